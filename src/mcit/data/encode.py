@@ -1,0 +1,84 @@
+"""Samples -> model inputs: the chat prompt, answer-only labels, batching with padding.
+
+Everything goes through the checkpoint's own processor (chat template, image processing,
+image-token expansion), so the built-in model and a real LLaVA / Qwen2-VL share this code.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from .schema import Sample
+
+IGNORE_INDEX = -100  # label value that the loss skips (transformers' convention)
+
+
+def load_image(image_root: Path | None, rel: str | None) -> Image.Image | None:
+    if rel is None:
+        return None
+    with Image.open(Path(image_root) / rel) as im:
+        return im.convert("RGB")
+
+
+def chat_prompt(processor, text: str, with_image: bool) -> str:
+    """The user turn through the processor's chat template, ending where the answer starts."""
+    content = ([{"type": "image"}] if with_image else []) + [{"type": "text", "text": text}]
+    messages = [{"role": "user", "content": content}]
+    return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def _tokenizer(processor):
+    return getattr(processor, "tokenizer", processor)
+
+
+def answer_ids(processor, answer: str) -> list[int]:
+    """Answer tokens plus end-of-sequence, tokenized on their own so the prompt/answer
+    boundary (and hence the loss mask) is exact."""
+    tok = _tokenizer(processor)
+    return tok(answer.strip(), add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+
+
+def encode_for_training(processor, sample: Sample, image_root: Path | None, max_length: int) -> dict:
+    """One training example: prompt tokens (labels masked) then answer tokens (labels kept)."""
+    image = load_image(image_root, sample.image)
+    prompt = chat_prompt(processor, sample.text, image is not None)
+    enc = processor(text=[prompt], images=[image] if image is not None else None, return_tensors="pt")
+    prompt_ids = enc.pop("input_ids")[0].tolist()
+    enc.pop("attention_mask", None)
+    target = answer_ids(processor, sample.answer)
+    ids = prompt_ids + target
+    if len(ids) > max_length:
+        # Truncating would cut image tokens or the answer; refuse instead of training on garbage.
+        raise ValueError(
+            f"task {sample.task}, record {sample.id}: {len(ids)} tokens exceed train.max_length={max_length}"
+        )
+    item = {
+        "input_ids": torch.tensor(ids),
+        "labels": torch.tensor([IGNORE_INDEX] * len(prompt_ids) + target),
+    }
+    item.update(enc)  # pixel_values and model-specific image fields (e.g. image_grid_thw)
+    return item
+
+
+def collate(items: list[dict], pad_id: int, padding_side: str = "right") -> dict:
+    """Pad token fields to the longest item; concatenate image tensors along dim 0."""
+    width = max(len(it["input_ids"]) for it in items)
+    out: dict[str, torch.Tensor] = {}
+
+    def pad(seqs, value):
+        rows = []
+        for s in seqs:
+            fill = torch.full((width - len(s),), value, dtype=s.dtype)
+            rows.append(torch.cat([fill, s] if padding_side == "left" else [s, fill]))
+        return torch.stack(rows)
+
+    out["input_ids"] = pad([it["input_ids"] for it in items], pad_id)
+    out["attention_mask"] = pad([torch.ones_like(it["input_ids"]) for it in items], 0)
+    if "labels" in items[0]:
+        out["labels"] = pad([it["labels"] for it in items], IGNORE_INDEX)
+    for key in items[0]:
+        if key not in ("input_ids", "labels"):
+            out[key] = torch.cat([it[key] for it in items], dim=0)
+    return out

@@ -1,0 +1,27 @@
+"""Sequential LoRA (CoIN's LoRA-FT baseline): one PEFT LoRA adapter on the language model's
+linear layers, continued from task to task; the projector optionally trains in full."""
+from __future__ import annotations
+
+from peft import LoraConfig, get_peft_model
+
+from ..models.adapters import set_trainable, target_regex
+from .base import Method
+
+
+class SequentialLoRA(Method):
+    name = "lora"
+
+    def lora_config(self, model) -> LoraConfig:
+        c = self.cfg
+        return LoraConfig(
+            r=c.lora_r,
+            lora_alpha=c.lora_alpha,
+            lora_dropout=c.lora_dropout,
+            target_modules=target_regex(model, c.target_modules),
+            # Saved with the adapter (in full) so a stage checkpoint is self-contained.
+            modules_to_save=["multi_modal_projector"] if c.train_projector else None,
+        )
+
+    def setup(self, model, run_cfg):
+        set_trainable(model, language_model=False, projector=False)
+        return get_peft_model(model, self.lora_config(model))

@@ -1,0 +1,101 @@
+"""Sequence metrics over a continual-learning accuracy matrix.
+
+``a[t][i]`` is the score (0-100) on task ``i`` after training stage ``t`` (0-based; stage ``t``
+trained task ``t``). Only the lower triangle (``i <= t``) is required; upper-triangle cells may
+be ``None``/NaN. ``zero_shot[i]`` is the base model's score on task ``i``.
+The formulas are the usual ones (MFT, MFN, MAA, BWT, Chaudhry forgetting, FWT), written here
+with 0-based indices.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+
+__all__ = ["METRIC_NAMES", "as_matrix", "compute_metrics"]
+
+METRIC_NAMES = ("MFT", "MFN", "MAA", "BWT", "Forgetting", "FWT")
+
+
+def _to_float(value: Any, where: str) -> float:
+    if value is None:
+        return math.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where} is not a number: {value!r}") from None
+
+
+def as_matrix(matrix: Any) -> np.ndarray:
+    """Validate ``matrix`` and return it as a float array with NaN for missing cells.
+
+    Raises ``ValueError`` if it is not square, a lower-triangle cell is missing or
+    non-finite, or an upper-triangle cell is infinite.
+    """
+    rows = list(matrix)
+    T = len(rows)
+    if T == 0:
+        raise ValueError("accuracy matrix is empty")
+    out = np.full((T, T), np.nan)
+    for t, row in enumerate(rows):
+        row = list(row)
+        if len(row) != T:
+            raise ValueError(f"accuracy matrix is not square: row {t} has {len(row)} entries, expected {T}")
+        for i, value in enumerate(row):
+            v = _to_float(value, f"cell a[{t}][{i}]")
+            if i <= t and not math.isfinite(v):
+                raise ValueError(
+                    f"cell a[{t}][{i}] (stage {t}, task {i}) is in the lower triangle and must be "
+                    f"a finite number, got {value!r}"
+                )
+            if i > t and math.isinf(v):
+                raise ValueError(f"cell a[{t}][{i}] (stage {t}, task {i}) is infinite")
+            out[t, i] = v
+    return out
+
+
+def _as_zero_shot(zero_shot: Any, T: int) -> np.ndarray | None:
+    if zero_shot is None:
+        return None
+    values = list(zero_shot)
+    if len(values) != T:
+        raise ValueError(f"zero_shot has {len(values)} entries, expected {T}")
+    out = np.array([_to_float(v, f"zero_shot[{i}]") for i, v in enumerate(values)])
+    for i, v in enumerate(out):
+        if math.isinf(v):
+            raise ValueError(f"zero_shot[{i}] is infinite")
+    return out
+
+
+def compute_metrics(matrix: Any, zero_shot: Sequence[float | None] | None = None) -> dict[str, float | None]:
+    """Return MFT, MFN, MAA, BWT, Forgetting and FWT for a T x T accuracy matrix.
+
+    BWT and Forgetting are ``None`` when T == 1. FWT is ``None`` unless every cell
+    ``a[i-1][i]`` (i >= 1) and the matching ``zero_shot[i]`` are available, and T > 1.
+    """
+    a = as_matrix(matrix)
+    T = a.shape[0]
+    b = _as_zero_shot(zero_shot, T)
+
+    diag = np.diag(a)
+    final = a[T - 1]
+    mft = float(diag.mean())
+    mfn = float(final.mean())
+    # A_t averages the tasks seen so far (row t, columns 0..t).
+    maa = float(np.mean([a[t, : t + 1].mean() for t in range(T)]))
+
+    bwt = forgetting = fwt = None
+    if T > 1:
+        bwt = float(np.mean(final[: T - 1] - diag[: T - 1]))
+        # Best score of task i over stages i..T-2 (the final stage excluded), minus its final score.
+        drops = [a[i : T - 1, i].max() - final[i] for i in range(T - 1)]
+        forgetting = float(np.mean(drops))
+        if b is not None:
+            upper = np.array([a[i - 1, i] for i in range(1, T)])
+            base = b[1:]
+            if np.all(np.isfinite(upper)) and np.all(np.isfinite(base)):
+                fwt = float(np.mean(upper - base))
+
+    return {"MFT": mft, "MFN": mfn, "MAA": maa, "BWT": bwt, "Forgetting": forgetting, "FWT": fwt}

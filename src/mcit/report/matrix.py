@@ -1,0 +1,235 @@
+"""Saving, loading and showing an accuracy matrix with its metrics.
+
+``save_matrix`` writes four views of one result next to each other in a run directory:
+``<name>.json`` (the machine-readable record, read back by ``load_matrix``), ``<name>.csv``,
+``<name>.md`` and ``<name>.png`` (a heatmap). Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from mcit.io import atomic_write_bytes, atomic_write_text
+from mcit.metrics import METRIC_NAMES, as_matrix, compute_metrics
+
+__all__ = ["format_table", "load_matrix", "save_matrix"]
+
+MISSING = "-"
+
+
+def _cells(matrix: np.ndarray) -> list[list[float | None]]:
+    return [[None if math.isnan(v) else float(v) for v in row] for row in matrix]
+
+
+def _zero_shot_list(zero_shot: Any, T: int) -> list[float | None] | None:
+    if zero_shot is None:
+        return None
+    values = list(zero_shot)
+    if len(values) != T:
+        raise ValueError(f"zero_shot has {len(values)} entries, expected {T}")
+    out: list[float | None] = []
+    for v in values:
+        f = None if v is None else float(v)
+        out.append(None if f is None or math.isnan(f) else f)
+    return out
+
+
+def _clean_metrics(metrics: dict[str, Any]) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for key, v in metrics.items():
+        f = None if v is None else float(v)
+        out[key] = None if f is None or not math.isfinite(f) else f
+    return out
+
+
+def _check_tasks(tasks: Sequence[str], T: int) -> list[str]:
+    tasks = [str(t) for t in tasks]
+    if len(tasks) != T:
+        raise ValueError(f"{len(tasks)} task names for a {T} x {T} matrix")
+    return tasks
+
+
+def _fmt(v: float | None, digits: int) -> str:
+    return MISSING if v is None else f"{v:.{digits}f}"
+
+
+def _metric_items(metrics: dict[str, float | None]) -> list[tuple[str, float | None]]:
+    """Known metrics first in their usual order, then any extra keys."""
+    keys = [k for k in METRIC_NAMES if k in metrics] + [k for k in metrics if k not in METRIC_NAMES]
+    return [(k, metrics[k]) for k in keys]
+
+
+# ---------------------------------------------------------------------------------- views
+
+
+def _to_csv(tasks: list[str], cells: list[list[float | None]], zero_shot: list[float | None] | None) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["stage", *tasks])
+
+    def row(label: str, values: Sequence[float | None]) -> None:
+        writer.writerow([label, *("" if v is None else repr(v) for v in values)])
+
+    if zero_shot is not None:
+        row("base", zero_shot)
+    for task, values in zip(tasks, cells):
+        row(task, values)
+    return buf.getvalue()
+
+
+def _md_escape(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def _to_markdown(
+    tasks: list[str],
+    cells: list[list[float | None]],
+    zero_shot: list[float | None] | None,
+    metrics: dict[str, float | None],
+    title: str,
+) -> str:
+    lines = [f"# {title}", "", "Rows: after stage (task trained); columns: evaluated on.", ""]
+    lines.append("| after stage | " + " | ".join(_md_escape(t) for t in tasks) + " |")
+    lines.append("|---|" + "---:|" * len(tasks))
+    rows = ([("base", zero_shot)] if zero_shot is not None else []) + list(zip(tasks, cells))
+    for label, values in rows:
+        lines.append(f"| {_md_escape(label)} | " + " | ".join(_fmt(v, 2) for v in values) + " |")
+    lines += ["", "| metric | value |", "|---|---:|"]
+    lines += [f"| {_md_escape(k)} | {_fmt(v, 2)} |" for k, v in _metric_items(metrics)]
+    return "\n".join(lines) + "\n"
+
+
+def _to_png(
+    tasks: list[str], cells: list[list[float | None]], zero_shot: list[float | None] | None, title: str
+) -> bytes:
+    # The object-oriented API with an explicit Agg canvas: no pyplot, no global backend switch.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    labels = (["base"] if zero_shot is not None else []) + tasks
+    rows = ([zero_shot] if zero_shot is not None else []) + cells
+    data = np.array([[np.nan if v is None else v for v in r] for r in rows], dtype=float)
+    n_rows, n_cols = data.shape
+
+    fig = Figure(figsize=(1.2 + 0.9 * n_cols, 1.0 + 0.6 * n_rows), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    image = ax.imshow(np.ma.masked_invalid(data), cmap="viridis", vmin=0.0, vmax=100.0, aspect="auto")
+    fig.colorbar(image, ax=ax, label="score")
+    for r in range(n_rows):
+        for c in range(n_cols):
+            v = data[r, c]
+            if not math.isnan(v):
+                ax.text(c, r, f"{v:.1f}", ha="center", va="center", fontsize=8,
+                        color="black" if v > 60 else "white")
+    ax.set_xticks(range(n_cols), tasks, rotation=45, ha="right")
+    ax.set_yticks(range(n_rows), labels)
+    ax.set_xlabel("evaluated on")
+    ax.set_ylabel("after stage")
+    ax.set_title(title)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------------------------- API
+
+
+def save_matrix(
+    run_dir: str | Path,
+    name: str,
+    tasks: Sequence[str],
+    matrix: Any,
+    zero_shot: Sequence[float | None] | None = None,
+    metrics: dict[str, Any] | None = None,
+) -> dict[str, Path]:
+    """Write ``<name>.json``, ``.csv``, ``.md`` and ``.png`` into ``run_dir``.
+
+    ``metrics`` defaults to ``compute_metrics(matrix, zero_shot)``. Returns the written paths
+    keyed by extension ("json", "csv", "md", "png").
+    """
+    if not name or "/" in name or "\\" in name:
+        raise ValueError(f"invalid result name {name!r}")
+    arr = as_matrix(matrix)
+    T = arr.shape[0]
+    tasks = _check_tasks(tasks, T)
+    cells = _cells(arr)
+    zs = _zero_shot_list(zero_shot, T)
+    if metrics is None:
+        metrics = compute_metrics(arr, zero_shot)
+    clean = _clean_metrics(metrics)
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    record = {"tasks": tasks, "matrix": cells, "zero_shot": zs, "metrics": clean}
+    paths = {ext: run_dir / f"{name}.{ext}" for ext in ("json", "csv", "md", "png")}
+    atomic_write_text(paths["json"], json.dumps(record, indent=2) + "\n")
+    atomic_write_text(paths["csv"], _to_csv(tasks, cells, zs))
+    atomic_write_text(paths["md"], _to_markdown(tasks, cells, zs, clean, name))
+    atomic_write_bytes(paths["png"], _to_png(tasks, cells, zs, name))
+    return paths
+
+
+def load_matrix(
+    path: str | Path,
+) -> tuple[list[str], list[list[float | None]], list[float | None] | None, dict[str, float | None]]:
+    """Read a ``<name>.json`` written by ``save_matrix``: (tasks, matrix, zero_shot, metrics).
+
+    Missing cells come back as ``None``.
+    """
+    with open(path, encoding="utf-8") as fh:
+        record = json.load(fh)
+    try:
+        tasks = [str(t) for t in record["tasks"]]
+        matrix = [[None if v is None else float(v) for v in row] for row in record["matrix"]]
+        zs = record.get("zero_shot")
+        zero_shot = None if zs is None else [None if v is None else float(v) for v in zs]
+        metrics = {k: None if v is None else float(v) for k, v in record.get("metrics", {}).items()}
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: not an accuracy-matrix record ({exc})") from None
+    as_matrix(matrix)  # re-validate shape and lower triangle
+    _check_tasks(tasks, len(matrix))
+    return tasks, matrix, zero_shot, metrics
+
+
+def format_table(
+    tasks: Sequence[str],
+    matrix: Any,
+    metrics: dict[str, Any],
+    zero_shot: Sequence[float | None] | None = None,
+    title: str | None = "accuracy matrix (rows: after stage, columns: evaluated on)",
+) -> str:
+    """A fixed-width plain-text table (one decimal, "-" for missing) plus a metrics line."""
+    arr = as_matrix(matrix)
+    T = arr.shape[0]
+    tasks = _check_tasks(tasks, T)
+    cells = _cells(arr)
+    zs = _zero_shot_list(zero_shot, T)
+
+    labels = (["base"] if zs is not None else []) + tasks
+    rows = ([zs] if zs is not None else []) + cells
+    body = [[_fmt(v, 1) for v in r] for r in rows]
+    label_w = max(len("stage"), *(len(s) for s in labels))
+    col_w = [max(len(t), *(len(r[c]) for r in body)) for c, t in enumerate(tasks)]
+
+    lines = []
+    if title:
+        lines.append(title)
+    header = "stage".ljust(label_w) + "".join("  " + t.rjust(w) for t, w in zip(tasks, col_w))
+    lines.append(header)
+    lines.append("-" * len(header))
+    for label, r in zip(labels, body):
+        lines.append(label.ljust(label_w) + "".join("  " + s.rjust(w) for s, w in zip(r, col_w)))
+    items = _metric_items(_clean_metrics(metrics))
+    if items:
+        lines.append("")
+        lines.append("  ".join(f"{k} {_fmt(v, 2)}" for k, v in items))
+    return "\n".join(lines)
