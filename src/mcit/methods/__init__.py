@@ -1,6 +1,7 @@
 """Continual-tuning methods, one file each, behind the `Method` interface (methods/base.py)."""
 from __future__ import annotations
 
+from ..config import ConfigError
 from .base import Method, TaskContext
 from .full import FullFineTune
 from .lora import SequentialLoRA
@@ -13,7 +14,7 @@ def build_method(cfg) -> Method:
     try:
         cls = METHODS[cfg.name]
     except KeyError:
-        raise ValueError(f"unknown method.name '{cfg.name}'; choose one of {sorted(METHODS)}") from None
+        raise ConfigError(f"unknown method.name '{cfg.name}'; choose one of {sorted(METHODS)}") from None
     return cls(cfg)
 
 

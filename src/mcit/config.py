@@ -1,0 +1,685 @@
+"""Typed run configuration: nested dataclasses filled from YAML and ``key.sub=value`` overrides.
+
+Every field carries a one-line ``help`` text in its metadata (the same text appears as a
+comment in the YAML files under ``configs/`` and in the ``config.yaml`` saved with each run)
+and optionally ``aliases``: other common spellings, used only to suggest the right key when an
+unknown one is given (``learning_rate`` -> ``lr``).
+
+The loading machinery is generic over any nested dataclass: field types are read from the
+annotations (``int``, ``float``, ``bool``, ``str``, ``X | None``, ``list[X]``, ``dict[str, X]``,
+``Literal[...]`` and nested dataclasses, which act as sections).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import functools
+import hashlib
+import json
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Literal, Mapping, Sequence, Union
+
+import yaml
+
+__all__ = [
+    "ConfigError",
+    "DataConfig",
+    "EvalConfig",
+    "MethodConfig",
+    "ModelConfig",
+    "RunConfig",
+    "TrainConfig",
+    "config_hash",
+    "config_keys",
+    "config_to_dict",
+    "config_to_yaml",
+    "load_config",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is malformed, has an unknown key or a wrong type."""
+
+
+def _field(default: Any, help: str, *, aliases: Sequence[str] = ()) -> Any:
+    """A dataclass field with its documentation (and suggestion aliases) in the metadata."""
+    metadata = {"help": help, "aliases": tuple(aliases)}
+    if isinstance(default, (list, dict, set)):
+        return field(default_factory=lambda d=default: copy.deepcopy(d), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def _section(cls: type, help: str) -> Any:
+    return field(default_factory=cls, metadata={"help": help, "aliases": ()})
+
+
+# --------------------------------------------------------------------------------------------
+# The schema
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DataConfig:
+    """Which benchmark to stream, where its files are and how much of it to use."""
+
+    benchmark: str = _field(
+        "coin-mini", '"coin-mini" (built in, generated) or "coin" (a release on disk)',
+        aliases=("dataset", "bench"))
+    root: str | None = _field(
+        None, "coin: the release folder; coin-mini: where to generate (default <cache>/coin-mini-<hash>)",
+        aliases=("data_root", "data_dir", "path"))
+    image_root: str | None = _field(
+        None, "coin: the image root; coin-mini: <root>/images",
+        aliases=("image_dir", "image_folder", "images"))
+    instruction_set: str = _field(
+        "Original", "which instruction templates to use (CoIN: Original, Diverse, 10Type)",
+        aliases=("instructions", "instruction_type"))
+    tasks: list[str] | None = _field(
+        None, "stream order; null = CoIN's default order", aliases=("task_order", "order"))
+    train_per_task: int = _field(
+        400, "training samples per task (coin: at most this many)",
+        aliases=("train_size", "n_train"))
+    test_per_task: int = _field(
+        60, "test samples per task (coin: at most this many)", aliases=("test_size", "n_test"))
+    pretrain_size: int = _field(
+        4000, "captioning samples for the base-model (alignment) stage",
+        aliases=("pretrain_samples", "n_pretrain"))
+    image_size: int = _field(64, "side of the square images fed to the vision tower, in pixels",
+                             aliases=("resolution", "img_size"))
+
+
+@dataclass
+class ModelConfig:
+    """The multimodal model: the built-in tiny LLaVA or a local Hugging Face checkpoint."""
+
+    name: str = _field(
+        "tiny-llava",
+        '"tiny-llava" (built in) or a local folder with a HF image-text-to-text checkpoint',
+        aliases=("model", "path", "model_name_or_path", "checkpoint"))
+    hidden_size: int = _field(128, "tiny-llava: width of the language model", aliases=("d_model",))
+    num_layers: int = _field(4, "tiny-llava: decoder layers of the language model",
+                             aliases=("layers", "n_layers", "num_hidden_layers"))
+    num_heads: int = _field(4, "tiny-llava: attention heads of the language model",
+                            aliases=("heads", "n_heads", "num_attention_heads"))
+    intermediate_size: int = _field(512, "tiny-llava: MLP width of the language model",
+                                    aliases=("ffn_size", "mlp_size"))
+    vision_hidden_size: int = _field(128, "tiny-llava: width of the vision tower")
+    vision_layers: int = _field(3, "tiny-llava: layers of the vision tower")
+    patch_size: int = _field(8, "tiny-llava: vision patch side, in pixels")
+    vocab_size: int = _field(1024, "tiny-llava: tokenizer vocabulary size")
+    base_steps: int = _field(1500, "tiny-llava: optimizer steps of the base-model (alignment) stage")
+    base_lr: float = _field(1e-3, "tiny-llava: learning rate of the base-model stage",
+                            aliases=("base_learning_rate",))
+    base_batch_size: int = _field(32, "tiny-llava: batch size of the base-model stage")
+    dtype: str = _field("float32", "parameter dtype: float32, bfloat16 or float16",
+                        aliases=("torch_dtype", "precision"))
+
+
+@dataclass
+class MethodConfig:
+    """The continual-learning method and its hyper-parameters."""
+
+    name: str = _field("lora", '"full" (all weights) or "lora"', aliases=("method",))
+    lora_r: int = _field(16, "LoRA rank", aliases=("r", "rank"))
+    lora_alpha: int = _field(32, "LoRA scaling numerator (scale = alpha / r)", aliases=("alpha",))
+    lora_dropout: float = _field(0.0, "dropout on the LoRA input", aliases=("dropout",))
+    target_modules: list[str] | None = _field(
+        None, "module names LoRA wraps; null = every linear layer of the language model",
+        aliases=("targets", "lora_target_modules"))
+    train_projector: bool = _field(True, "also train the vision-language projector",
+                                   aliases=("tune_projector", "tune_mm_mlp_adapter"))
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation within each task of the stream."""
+
+    steps_per_task: int | None = _field(
+        300, "optimizer steps per task; null = use epochs", aliases=("max_steps", "steps"))
+    epochs: float = _field(1.0, "passes over each task's data when steps_per_task is null",
+                           aliases=("num_epochs", "num_train_epochs"))
+    batch_size: int = _field(16, "samples per forward pass",
+                             aliases=("per_device_train_batch_size", "bs", "train_batch_size"))
+    grad_accum: int = _field(1, "forward passes per optimizer step",
+                             aliases=("gradient_accumulation_steps", "accumulation_steps"))
+    lr: float = _field(1e-3, "peak learning rate", aliases=("learning_rate",))
+    projector_lr: float | None = _field(
+        None, "learning rate of the projector; null = lr",
+        aliases=("projector_learning_rate", "mm_projector_lr"))
+    weight_decay: float = _field(0.0, "AdamW weight decay", aliases=("wd",))
+    warmup_ratio: float = _field(0.03, "fraction of each task's steps spent warming up",
+                                 aliases=("warmup",))
+    max_grad_norm: float = _field(1.0, "gradient clipping norm", aliases=("grad_clip", "clip_norm"))
+    max_length: int = _field(256, "maximum tokens per training sequence",
+                             aliases=("model_max_length", "max_seq_length", "seq_len"))
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation after each stage."""
+
+    batch_size: int = _field(64, "test questions per generation batch",
+                             aliases=("eval_batch_size", "per_device_eval_batch_size"))
+    max_new_tokens: int = _field(24, "answer length limit, in tokens", aliases=("max_tokens",))
+    upper_triangle: bool = _field(False, "also evaluate tasks not yet trained (forward transfer)",
+                                  aliases=("forward_transfer", "full_matrix"))
+    zero_shot: bool = _field(True, "evaluate the base model before stage 1", aliases=("zeroshot",))
+
+
+@dataclass
+class RunConfig:
+    """One continual instruction tuning run."""
+
+    seed: int = _field(0, "seed for data order, initialisation and sampling", aliases=("random_seed",))
+    output_dir: str = _field("runs", "folder holding the run folders", aliases=("out_dir", "output"))
+    name: str | None = _field(None, "run folder name; null = <timestamp>-<method>",
+                              aliases=("run_name", "exp_name"))
+    data: DataConfig = _section(DataConfig, "the benchmark")
+    model: ModelConfig = _section(ModelConfig, "the model")
+    method: MethodConfig = _section(MethodConfig, "the continual-learning method")
+    train: TrainConfig = _section(TrainConfig, "training within each task")
+    eval: EvalConfig = _section(EvalConfig, "evaluation after each stage")
+
+
+# --------------------------------------------------------------------------------------------
+# Type handling
+# --------------------------------------------------------------------------------------------
+
+_NoneType = type(None)
+
+
+@functools.lru_cache(maxsize=None)
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _is_union(tp: Any) -> bool:
+    return typing.get_origin(tp) in (Union, types.UnionType)
+
+
+def _is_section(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _type_name(tp: Any) -> str:
+    if tp is _NoneType:
+        return "None"
+    if tp is Any:
+        return "any"
+    if _is_union(tp):
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin in (list, tuple, dict):
+        return f"{origin.__name__}[{', '.join(_type_name(a) for a in args if a is not Ellipsis)}]"
+    if _is_section(tp):
+        return f"a mapping ({tp.__name__})"
+    return getattr(tp, "__name__", repr(tp))
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{text} ({type(value).__name__})"
+
+
+class _Mismatch(Exception):
+    """Internal: ``value`` at ``key`` is not a ``tp``."""
+
+    def __init__(self, key: str, tp: Any, value: Any, hint: str = ""):
+        super().__init__(key)
+        self.key, self.tp, self.value, self.hint = key, tp, value, hint
+
+
+def _accepts_str(tp: Any) -> bool:
+    if tp is str or tp is Any:
+        return True
+    return _is_union(tp) and any(_accepts_str(a) for a in typing.get_args(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str, src: "_Source") -> Any:
+    """``value`` converted to the annotation ``tp``; raises ``_Mismatch`` if it cannot be."""
+    if tp is Any:
+        return value
+    if tp is _NoneType:
+        if value is None:
+            return None
+        raise _Mismatch(key, tp, value)
+    if _is_union(tp):
+        args = typing.get_args(tp)
+        if value is None:
+            if _NoneType in args:
+                return None
+            raise _Mismatch(key, tp, value)
+        members = [a for a in args if a is not _NoneType]
+        if len(members) == 1:  # Optional[X]: let X report the precise problem
+            try:
+                return _coerce(value, members[0], key, src)
+            except _Mismatch as err:
+                if err.key == key:
+                    raise _Mismatch(key, tp, value, err.hint) from None
+                raise
+        for member in members:
+            try:
+                return _coerce(value, member, key, src)
+            except _Mismatch:
+                continue
+        raise _Mismatch(key, tp, value)
+
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        if any(value == a and type(value) is type(a) for a in args):
+            return value
+        raise _Mismatch(key, tp, value)
+    if origin in (list, tuple) or tp in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise _Mismatch(key, tp, value)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(args) != len(value):
+                raise _Mismatch(key, tp, value, f"expected {len(args)} items")
+            items = [_coerce(v, a, f"{key}[{i}]", src) for i, (v, a) in enumerate(zip(value, args))]
+        else:
+            item_tp = args[0] if args else Any
+            items = [_coerce(v, item_tp, f"{key}[{i}]", src) for i, v in enumerate(value)]
+        return tuple(items) if (origin is tuple or tp is tuple) else items
+    if origin is dict or tp is dict:
+        if not isinstance(value, Mapping):
+            raise _Mismatch(key, tp, value)
+        key_tp, val_tp = args if args else (Any, Any)
+        return {_coerce(k, key_tp, f"{key}.<key>", src): _coerce(v, val_tp, f"{key}.{k}", src)
+                for k, v in value.items()}
+    if _is_section(tp):
+        if not isinstance(value, Mapping):
+            raise _Mismatch(key, tp, value)
+        obj = tp()
+        _apply_mapping(obj, value, key, src)
+        return obj
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise _Mismatch(key, tp, value, "use true or false")
+    if tp is int:
+        if isinstance(value, bool):
+            raise _Mismatch(key, tp, value)
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            text = value.strip()
+            try:
+                return int(text)
+            except ValueError:
+                pass
+            try:
+                number = float(text)
+            except ValueError:
+                raise _Mismatch(key, tp, value) from None
+            if number.is_integer():
+                return int(number)
+        raise _Mismatch(key, tp, value)
+    if tp is float:
+        if isinstance(value, bool):
+            raise _Mismatch(key, tp, value)
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value.strip())
+            except ValueError:
+                raise _Mismatch(key, tp, value) from None
+        raise _Mismatch(key, tp, value)
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        hint = "quote it to make it a string" if isinstance(value, (int, float, bool)) else ""
+        raise _Mismatch(key, tp, value, hint)
+    if isinstance(tp, type):
+        if isinstance(value, tp):
+            return value
+        raise _Mismatch(key, tp, value)
+    raise ConfigError(f"{key}: unsupported annotation {tp!r} in the config schema")
+
+
+# --------------------------------------------------------------------------------------------
+# Applying mappings and overrides
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Source:
+    """Where values come from, for error messages."""
+
+    name: str  # "cfg.yaml" or "override 'train.lr=3e-4'"
+    lines: dict[tuple[str, ...], int] = field(default_factory=dict)  # YAML key path -> line
+
+    def where(self, key: str) -> str:
+        line = self.lines.get(tuple(key.split("."))) if key else None
+        return f"{self.name} (line {line})" if line else self.name
+
+
+def _fields(cls: type) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls) if f.init}
+
+
+def config_keys(cls: type = RunConfig, *, sections: bool = False) -> list[str]:
+    """Every dotted key of the dataclass ``cls`` (leaves; with ``sections=True`` sections too)."""
+    return [key for key, _, is_section in _walk_schema(cls) if sections or not is_section]
+
+
+def _walk_schema(cls: type, prefix: str = "") -> Iterator[tuple[str, dataclasses.Field, bool]]:
+    hints = _hints(cls)
+    for name, f in _fields(cls).items():
+        key = prefix + name
+        tp = hints[name]
+        if _is_section(tp):
+            yield key, f, True
+            yield from _walk_schema(tp, key + ".")
+        else:
+            yield key, f, False
+
+
+def _similarity(a: str, b: str) -> float:
+    return difflib.SequenceMatcher(None, a.lower(), b.lower()).ratio()
+
+
+def _suggest(root_cls: type, level_cls: type, prefix: str, bad: str, rest: str) -> str | None:
+    """The closest valid dotted key to ``prefix + bad (+ '.' + rest)``, or None."""
+    requested = prefix + bad + ("." + rest if rest else "")
+    valid = {key: (f, is_section) for key, f, is_section in _walk_schema(root_cls)}
+    scored: list[tuple[float, int, str]] = []  # (score, preference, suggestion)
+
+    # 1. a sibling at the level where the key went wrong (or one of its aliases)
+    for name, f in _fields(level_cls).items():
+        for spelling in (name, *f.metadata.get("aliases", ())):
+            score = _similarity(bad, spelling)
+            suggestion = prefix + name
+            if rest and suggestion + "." + rest in valid:
+                suggestion += "." + rest
+            scored.append((score, 2, suggestion))
+    # 2. the whole dotted key against every dotted key (and dotted alias)
+    # 3. the last component against the leaf names (and aliases) of every section
+    last = requested.rsplit(".", 1)[-1]
+    for key, (f, _) in valid.items():
+        head = key.rsplit(".", 1)[0] + "." if "." in key else ""
+        for spelling in (key.rsplit(".", 1)[-1], *f.metadata.get("aliases", ())):
+            scored.append((_similarity(requested, head + spelling), 1, key))
+            leaf_score = _similarity(last, spelling)
+            if leaf_score >= 0.8:
+                scored.append((leaf_score - 0.01, 0, key))
+    scored = [s for s in scored if s[0] >= 0.6 and s[2] != requested]
+    if not scored:
+        return None
+    return max(scored)[2]
+
+
+def _unknown_key(root_cls: type, level_cls: type, prefix: str, bad: str, rest: str,
+                 src: _Source) -> ConfigError:
+    requested = prefix + bad + ("." + rest if rest else "")
+    message = f"unknown key {requested!r} in {src.name}"
+    suggestion = _suggest(root_cls, level_cls, prefix, bad, rest)
+    if suggestion:
+        message += f"; did you mean {suggestion!r}?"
+    else:
+        names = ", ".join(_fields(level_cls))
+        message += f"; valid keys{' under ' + repr(prefix[:-1]) if prefix else ''}: {names}"
+    line = src.lines.get(tuple(requested.split(".")))
+    if line:
+        message += f" (line {line})"
+    return ConfigError(message)
+
+
+def _mismatch_error(err: _Mismatch, src: _Source) -> ConfigError:
+    message = (f"invalid value for {err.key!r} in {src.where(err.key.split('[')[0])}: "
+               f"expected {_type_name(err.tp)}, got {_show(err.value)}")
+    if err.hint:
+        message += f" ({err.hint})"
+    return ConfigError(message)
+
+
+def _apply_mapping(obj: Any, mapping: Mapping, prefix: str, src: _Source, root_cls: type | None = None) -> None:
+    """Merge ``mapping`` into the dataclass instance ``obj`` (in place), section by section."""
+    cls = type(obj)
+    root_cls = root_cls or cls
+    dotted_prefix = prefix + "." if prefix else ""
+    fields_, hints = _fields(cls), _hints(cls)
+    for raw_key, value in mapping.items():
+        if not isinstance(raw_key, str):
+            raise ConfigError(f"key {dotted_prefix}{raw_key!r} in {src.name} is not a string")
+        if raw_key not in fields_:
+            raise _unknown_key(root_cls, cls, dotted_prefix, raw_key, "", src)
+        key = dotted_prefix + raw_key
+        tp = hints[raw_key]
+        if _is_section(tp):
+            if value is None:  # an empty section ("train:" with everything commented out)
+                continue
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"invalid value for {key!r} in {src.where(key)}: expected "
+                                  f"{_type_name(tp)}, got {_show(value)}")
+            _apply_mapping(getattr(obj, raw_key), value, key, src, root_cls)
+            continue
+        try:
+            setattr(obj, raw_key, _coerce(value, tp, key, src))
+        except _Mismatch as err:
+            raise _mismatch_error(err, src) from None
+
+
+def _apply_override(cfg: Any, text: str) -> None:
+    src = _Source(f"override {text!r}")
+    if not isinstance(text, str) or "=" not in text:
+        raise ConfigError(f"malformed override {text!r}: expected key.sub=value")
+    dotted, raw = (part.strip() for part in text.split("=", 1))
+    parts = dotted.split(".")
+    if not dotted or any(not p for p in parts):
+        raise ConfigError(f"malformed override {text!r}: empty key")
+
+    obj, root_cls = cfg, type(cfg)
+    for i, part in enumerate(parts[:-1]):
+        fields_, hints = _fields(type(obj)), _hints(type(obj))
+        prefix = ".".join(parts[:i]) + "." if i else ""
+        if part not in fields_:
+            raise _unknown_key(root_cls, type(obj), prefix, part, ".".join(parts[i + 1:]), src)
+        if not _is_section(hints[part]):
+            raise ConfigError(f"{prefix + part!r} in {src.name} is a value, not a section; "
+                              f"cannot set {dotted!r}")
+        obj = getattr(obj, part)
+
+    leaf = parts[-1]
+    cls = type(obj)
+    prefix = ".".join(parts[:-1]) + "." if len(parts) > 1 else ""
+    if leaf not in _fields(cls):
+        raise _unknown_key(root_cls, cls, prefix, leaf, "", src)
+    tp = _hints(cls)[leaf]
+
+    try:
+        value = yaml.safe_load(raw)
+        parse_error = None
+    except yaml.YAMLError as exc:
+        value, parse_error = None, exc
+    if parse_error is not None:
+        if _accepts_str(tp):
+            value = raw
+        else:
+            raise ConfigError(f"cannot parse the value of {src.name}: "
+                              f"{str(parse_error).splitlines()[0]}") from None
+
+    if _is_section(tp):
+        _apply_mapping(obj, {leaf: value}, prefix.rstrip("."), src, root_cls)
+        return
+    try:
+        coerced = _coerce(value, tp, dotted, src)
+    except _Mismatch as err:
+        # `run.name=001` or `model.name=true`: YAML made a number/bool of what is meant as text
+        if value is not None and not isinstance(value, str) and _accepts_str(tp) \
+                and not isinstance(value, (list, dict)):
+            coerced = raw
+        else:
+            raise _mismatch_error(err, src) from None
+    setattr(obj, leaf, coerced)
+
+
+# --------------------------------------------------------------------------------------------
+# YAML files
+# --------------------------------------------------------------------------------------------
+
+
+def _yaml_error(name: str, exc: yaml.YAMLError) -> ConfigError:
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    where = f"{name} (line {mark.line + 1}, column {mark.column + 1})" if mark else name
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    context = getattr(exc, "context", None)
+    detail = f"{context}, {problem}" if context else problem
+    return ConfigError(f"cannot parse {where}: {detail}")
+
+
+def _key_lines(node: yaml.Node, name: str, path: tuple[str, ...] = (),
+               out: dict[tuple[str, ...], int] | None = None) -> dict[tuple[str, ...], int]:
+    """Line of every mapping key (by key path); raises on duplicate keys."""
+    out = {} if out is None else out
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.value == "<<":
+                continue
+            key = key_node.value
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                dotted = ".".join(path + (key,))
+                raise ConfigError(f"duplicate key {dotted!r} in {name} (line {line})")
+            seen.add(key)
+            out[path + (key,)] = line
+            _key_lines(value_node, name, path + (key,), out)
+    return out
+
+
+def _read_yaml(path: Path) -> tuple[Any, dict[tuple[str, ...], int]]:
+    name = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {name}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config path is a folder, not a YAML file: {name}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {name}: {exc}") from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise _yaml_error(name, exc) from None
+    if data is None:
+        return {}, {}
+    if not isinstance(data, dict):
+        line = node.start_mark.line + 1 if node is not None else 1
+        raise ConfigError(f"{name} (line {line}): the top level must be a mapping of keys to "
+                          f"values, got {type(data).__name__}")
+    return data, _key_lines(node, name)
+
+
+# --------------------------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------------------------
+
+
+def load_config(path: str | Path | None, overrides: Sequence[str] = (),
+                cls: type = RunConfig) -> Any:
+    """The defaults of ``cls``, then the YAML file at ``path`` (if any), then ``overrides``.
+
+    Overrides are ``key.sub=value`` strings whose value is parsed as YAML
+    (``train.lr=3e-4``, ``data.tasks=[GQA,VizWiz]``, ``method.target_modules=null``).
+    Raises ``ConfigError`` on unparsable files, unknown keys and wrong types.
+    """
+    if isinstance(overrides, str):
+        overrides = [overrides]
+    cfg = cls()
+    if path is not None:
+        path = Path(path)
+        data, lines = _read_yaml(path)
+        _apply_mapping(cfg, data, "", _Source(str(path), lines))
+    for text in overrides:
+        _apply_override(cfg, text)
+    return cfg
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """A plain (deep-copied) dict of a config dataclass, nested sections as dicts."""
+    if not dataclasses.is_dataclass(cfg) or isinstance(cfg, type):
+        raise TypeError(f"expected a config dataclass instance, got {type(cfg).__name__}")
+    return dataclasses.asdict(cfg)
+
+
+def _canonical(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return _canonical(dataclasses.asdict(obj))
+    if isinstance(obj, Mapping):
+        return {str(k): _canonical(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_canonical(v) for v in obj]
+    if isinstance(obj, (set, frozenset)):
+        return sorted((_canonical(v) for v in obj), key=lambda v: json.dumps(v, sort_keys=True))
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return repr(obj)
+    if obj is None or isinstance(obj, (str, int, float, bool)):
+        return obj
+    if hasattr(obj, "item"):  # numpy / torch scalars
+        return _canonical(obj.item())
+    raise TypeError(f"cannot hash a {type(obj).__name__} in a config: {obj!r}")
+
+
+def config_hash(obj: Any) -> str:
+    """First 12 hex digits of the sha256 of ``obj`` (a config or JSON-like data) as canonical JSON."""
+    text = json.dumps(_canonical(obj), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+
+
+def _yaml_scalar(value: Any) -> str:
+    if isinstance(value, str) and any(c in value for c in "\n\r\t") or (
+            isinstance(value, str) and not value.isprintable()):
+        return json.dumps(value, ensure_ascii=False)  # a JSON string is a valid YAML scalar
+    text = yaml.safe_dump(value, default_flow_style=True, width=2**31 - 1, allow_unicode=True)
+    text = text.strip()
+    if text.endswith("\n..."):
+        text = text[: -len("\n...")]
+    elif text.endswith("..."):
+        text = text[:-3].rstrip()
+    return text
+
+
+def config_to_yaml(cfg: Any, *, comments: bool = True, header: str | None = None) -> str:
+    """YAML text of ``cfg``; with ``comments`` each key carries its help text as a comment.
+
+    ``load_config`` on the result gives back an equal config.
+    """
+    lines: list[str] = []
+    if header:
+        lines += [f"# {line}".rstrip() for line in header.splitlines()]
+
+    def emit(obj: Any, indent: int) -> None:
+        hints = _hints(type(obj))
+        pad = "  " * indent
+        for name, f in _fields(type(obj)).items():
+            value = getattr(obj, name)
+            help_text = f.metadata.get("help", "") if comments else ""
+            if _is_section(hints[name]):
+                if lines and lines[-1] != "":
+                    lines.append("")
+                lines.append(f"{pad}{name}:" + (f"  # {help_text}" if help_text else ""))
+                emit(value, indent + 1)
+                continue
+            line = f"{pad}{name}: {_yaml_scalar(value)}"
+            if help_text:
+                line += f"  # {help_text}"
+            lines.append(line)
+
+    emit(cfg, 0)
+    return "\n".join(lines) + "\n"

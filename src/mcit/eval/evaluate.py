@@ -1,0 +1,40 @@
+"""Evaluate one task: generate, clean, score every sample, keep every prediction."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..data.schema import Sample
+from .generate import generate_answers
+from .scorers import clean_generation, score
+
+
+def evaluate_task(model, processor, samples: list[Sample], image_root: Path | None, scorer: str,
+                  ec, device=None, desc: str = "eval", show_progress: bool = True) -> tuple[float, list[dict]]:
+    """Returns the task score (0-100) and one record per sample."""
+    raw = generate_answers(model, processor, samples, image_root, batch_size=ec.batch_size,
+                           max_new_tokens=ec.max_new_tokens, device=device, desc=desc,
+                           show_progress=show_progress)
+    records = []
+    for sample, text in zip(samples, raw):
+        pred = clean_generation(text)
+        records.append({
+            "id": sample.id,
+            "task": sample.task,
+            "text": sample.text,
+            "answers": list(sample.answers),
+            "raw": text,
+            "prediction": pred,
+            "score": score(scorer, pred, sample),
+        })
+    task_score = 100.0 * sum(r["score"] for r in records) / max(1, len(records))
+    return task_score, records
+
+
+def majority_baseline(train: list[Sample], test: list[Sample], scorer: str) -> tuple[str, float]:
+    """The trivial baseline: always answer the most common training answer (ties: first seen)."""
+    counts: dict[str, int] = {}
+    for s in train:
+        counts[s.answer] = counts.get(s.answer, 0) + 1
+    answer = max(counts, key=counts.get)
+    value = 100.0 * sum(score(scorer, answer, s) for s in test) / max(1, len(test))
+    return answer, value

@@ -1,0 +1,50 @@
+"""Batched greedy generation: left padding, the KV cache, one `generate` call per batch."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..data.encode import chat_prompt, load_image
+from ..data.schema import Sample
+
+
+@torch.no_grad()
+def generate_answers(model, processor, samples: list[Sample], image_root: Path | None, *,
+                     batch_size: int, max_new_tokens: int, device=None, desc: str = "eval",
+                     show_progress: bool = True) -> list[str]:
+    """Greedy answers for `samples`, in order. Left padding keeps every prompt's last token
+    at the same position, so a whole batch decodes together with the KV cache."""
+    tok = getattr(processor, "tokenizer", processor)
+    old_side = tok.padding_side
+    tok.padding_side = "left"
+    was_training = model.training
+    model.eval()
+    device = device or next(model.parameters()).device
+    answers: list[str] = []
+    starts = range(0, len(samples), batch_size)
+    try:
+        for start in tqdm(starts, desc=desc, disable=not show_progress, leave=False):
+            chunk = samples[start:start + batch_size]
+            images = [load_image(image_root, s.image) for s in chunk]
+            prompts = [chat_prompt(processor, s.text, im is not None) for s, im in zip(chunk, images)]
+            has_images = [im for im in images if im is not None]
+            if has_images and len(has_images) != len(images):
+                raise ValueError("a batch mixes samples with and without images; not supported yet")
+            enc = processor(text=prompts, images=has_images or None, padding=True, return_tensors="pt")
+            enc = {k: v.to(device) for k, v in enc.items()}
+            out = model.generate(
+                **enc,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                num_beams=1,
+                use_cache=True,
+                pad_token_id=tok.pad_token_id,
+            )
+            new_tokens = out[:, enc["input_ids"].shape[1]:]
+            answers.extend(tok.batch_decode(new_tokens, skip_special_tokens=True))
+    finally:
+        tok.padding_side = old_side
+        model.train(was_training)
+    return answers

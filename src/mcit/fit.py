@@ -1,0 +1,102 @@
+"""Fitting one task: the inner loop every stage (and the base-model stage) runs.
+
+Read it top to bottom: batches -> forward -> method's extra loss -> backward (with
+accumulation) -> clip -> optimizer step -> method's after_step -> next. Accelerate supplies
+devices and processes; the method hooks are the only variation point.
+"""
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+
+import torch
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import get_cosine_schedule_with_warmup
+
+from .data.encode import collate
+from .methods.base import Method, TaskContext
+
+
+def steps_for(tc, n_items: int, world_size: int) -> int:
+    """Optimizer steps for one task: a fixed budget, or epochs over the global batch."""
+    if tc.steps_per_task:
+        return int(tc.steps_per_task)
+    global_batch = tc.batch_size * tc.grad_accum * world_size
+    return max(1, math.ceil(tc.epochs * n_items / global_batch))
+
+
+def _batches(loader: DataLoader):
+    """Endless iterator that reshuffles (deterministically, via the seeded sampler) each epoch."""
+    epoch = 0
+    while True:
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
+def train_task(model, method: Method, ctx: TaskContext, items: list[dict], run_cfg, pad_id: int,
+               seed: int, desc: str) -> dict:
+    """Train `model` on encoded `items` for one task; returns loss statistics."""
+    tc = run_cfg.train
+    acc = ctx.accelerator
+    set_seed(seed)
+    loader = DataLoader(
+        items,
+        batch_size=tc.batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(seed),
+        collate_fn=lambda b: collate(b, pad_id),
+        drop_last=len(items) >= tc.batch_size * acc.num_processes,
+    )
+    total = steps_for(tc, len(items), acc.num_processes)
+    groups = method.param_groups(model, run_cfg)
+    params = [p for g in groups for p in g["params"]]
+    optimizer = torch.optim.AdamW(groups, weight_decay=tc.weight_decay)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(tc.warmup_ratio * total), total)
+    optimizer, loader, scheduler = acc.prepare(optimizer, loader, scheduler)
+
+    model.train()
+    batches = _batches(loader)
+    losses = []
+    bar = tqdm(range(total), desc=desc, disable=not acc.is_main_process, leave=False)
+    for step in bar:
+        step_loss = 0.0
+        for micro in range(tc.grad_accum):
+            batch = next(batches)
+            # Only the last micro-batch synchronises gradients across processes.
+            sync = nullcontext() if micro == tc.grad_accum - 1 else acc.no_sync(model)
+            with sync:
+                out = model(**batch)
+                loss = out.loss
+                extra = method.extra_loss(ctx, batch, out)
+                if extra is not None:
+                    loss = loss + extra
+                acc.backward(loss / tc.grad_accum)
+            step_loss += loss.detach().float().item() / tc.grad_accum
+        if tc.max_grad_norm:
+            acc.clip_grad_norm_(params, tc.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        ctx.step = step + 1
+        method.after_step(ctx)  # gradients are still there (LCIA needs them)
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(step_loss)
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{sum(losses[-10:]) / len(losses[-10:]):.3f}")
+    _release(acc, optimizer, scheduler, loader)
+    model.eval()
+    head = losses[: max(1, len(losses) // 10)]
+    tail = losses[-max(1, len(losses) // 10):]
+    return {"steps": total, "loss_first": sum(head) / len(head), "loss_last": sum(tail) / len(tail)}
+
+
+def _release(acc, optimizer, scheduler, loader) -> None:
+    """Forget this task's optimizer state. Accelerate keeps a reference to everything it
+    prepared and has no public call to drop one object (free_memory drops the model too), so
+    without this every task's AdamW state would stay alive until the run ends."""
+    acc._optimizers = [o for o in acc._optimizers if o is not optimizer]
+    acc._schedulers = [s for s in acc._schedulers if s is not scheduler]
+    acc._dataloaders = [d for d in acc._dataloaders if d is not loader]

@@ -1,0 +1,84 @@
+"""The built-in model's base stage: the analogue of LLaVA's alignment pretraining.
+
+A freshly initialised tiny LLaVA cannot see. Before the continual stream starts it is
+trained on a caption/question mixture over the same visual world (coin-mini's pretrain.json),
+without the task instructions or answer formats, so the stream starts from a model that
+knows what is in an image but not yet how each task wants the answer. The result is cached
+under a hash of everything that shaped it and reused by later runs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+from pathlib import Path
+
+from accelerate import Accelerator
+
+from ..config import config_hash
+from ..data.coin_format import read_train_json
+from ..data.encode import encode_for_training
+from ..io import atomic_write_text
+from ..methods.base import Method, TaskContext
+from ..fit import train_task
+from .tiny_llava import build_model, build_processor, train_tokenizer
+
+
+class _TrainEverything(Method):
+    """From-scratch pretraining: vision tower, projector and LM all learn."""
+
+    name = "base-stage"
+
+    def param_groups(self, model, run_cfg):
+        return [{"params": [p for p in model.parameters() if p.requires_grad], "lr": run_cfg.train.lr}]
+
+
+def base_stage_key(model_cfg, data_cfg, seed: int) -> str:
+    shape = {k: v for k, v in dataclasses.asdict(model_cfg).items() if k not in ("name", "dtype")}
+    world = {k: getattr(data_cfg, k) for k in ("pretrain_size", "image_size", "train_per_task")}
+    return config_hash({"model": shape, "world": world, "seed": seed, "version": 1})
+
+
+def ensure_base_model(run_cfg, data_root: Path, cache_dir: Path, accelerator: Accelerator) -> Path:
+    """Path of the cached base checkpoint for this config; trained first if missing."""
+    mc, dc = run_cfg.model, run_cfg.data
+    target = cache_dir / f"tiny-llava-{base_stage_key(mc, dc, run_cfg.seed)}"
+    if (target / "done").is_file():
+        return target
+    if accelerator.is_main_process:
+        _train_base(run_cfg, data_root, target, accelerator)
+    accelerator.wait_for_everyone()
+    return target
+
+
+def _train_base(run_cfg, data_root: Path, target: Path, accelerator: Accelerator) -> None:
+    mc, dc = run_cfg.model, run_cfg.data
+    image_root = data_root / "images"
+    pretrain = read_train_json(data_root / "pretrain.json", "pretrain", image_root)
+    # The tokenizer learns the benchmark's whole vocabulary (as a real LLM's tokenizer would
+    # already cover it): pretraining text plus every task's training text.
+    corpus = [s.text + " " + s.answer for s in pretrain]
+    for task_dir in sorted((data_root / dc.instruction_set).iterdir()):
+        corpus += [s.text + " " + s.answer for s in read_train_json(task_dir / "train.json", task_dir.name, image_root)]
+    tokenizer = train_tokenizer(corpus, mc.vocab_size)
+    processor = build_processor(tokenizer, dc.image_size, mc.patch_size)
+    model = build_model(mc, processor, dc.image_size)
+
+    stage_cfg = dataclasses.replace(
+        run_cfg,
+        train=dataclasses.replace(run_cfg.train, steps_per_task=mc.base_steps, lr=mc.base_lr,
+                                  batch_size=mc.base_batch_size, grad_accum=1, projector_lr=None),
+    )
+    items = [encode_for_training(processor, s, image_root, run_cfg.train.max_length) for s in pretrain]
+    model = accelerator.prepare_model(model)
+    ctx = TaskContext(task="pretrain", index=-1, tasks=[], model=model, accelerator=accelerator)
+    stats = train_task(model, _TrainEverything(None), ctx, items, stage_cfg,
+                       tokenizer.pad_token_id, seed=run_cfg.seed, desc="base model")
+
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.unwrap_model(model).save_pretrained(tmp, safe_serialization=True)
+    processor.save_pretrained(tmp)
+    atomic_write_text(tmp / "done", f"loss_first={stats['loss_first']:.4f} loss_last={stats['loss_last']:.4f}\n")
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)

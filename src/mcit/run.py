@@ -1,0 +1,262 @@
+"""The run folder: its creation, the saved configuration and environment, JSON files and the
+per-stage ``done.json`` markers that let an interrupted run be continued.
+
+Layout::
+
+    <output_dir>/<name>/
+        config.yaml          the resolved configuration
+        environment.json     versions, platform, device, command line, git commit, time
+        stages/01-<task>/    one folder per training stage; done.json is written last
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import importlib.metadata
+import json
+import platform
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from .config import ConfigError, config_hash, config_to_dict, config_to_yaml, load_config
+from .io import atomic_write_text
+
+__all__ = [
+    "RunError",
+    "create_run_dir",
+    "is_stage_done",
+    "load_json",
+    "load_stage_info",
+    "mark_stage_done",
+    "save_json",
+    "save_run_info",
+    "stage_dir",
+]
+
+CONFIG_FILE = "config.yaml"
+ENVIRONMENT_FILE = "environment.json"
+DONE_FILE = "done.json"
+PACKAGES = ("torch", "transformers", "peft", "accelerate", "tokenizers", "numpy")
+
+# Keys that say where the run folder is, not what the run does: ignored when an existing
+# folder's config.yaml is compared with the current config.
+_LOCATION_KEYS = ("output_dir", "name")
+
+
+class RunError(RuntimeError):
+    """The run folder cannot be used as asked."""
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _safe_component(text: str) -> str:
+    """``text`` usable as one path component: anything unusual becomes '_'."""
+    cleaned = re.sub(r"[^A-Za-z0-9._+-]+", "_", str(text)).strip("._")
+    return cleaned or "_"
+
+
+def _content_dict(cfg: Any) -> dict[str, Any]:
+    data = config_to_dict(cfg)
+    for key in _LOCATION_KEYS:
+        data.pop(key, None)
+    return data
+
+
+def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: list[str] = []
+        for key in list(a) + [k for k in b if k not in a]:
+            out += _differences(a.get(key), b.get(key), f"{prefix}{key}.")
+        return out
+    return [] if a == b else [f"{prefix[:-1]}: {a!r} -> {b!r}"]
+
+
+def create_run_dir(cfg: Any) -> Path:
+    """Create (or reuse) ``<output_dir>/<name or timestamp-method>`` and return it.
+
+    An existing folder is reused only if it has no ``config.yaml`` yet or its ``config.yaml``
+    describes the same run as ``cfg`` (``output_dir`` and ``name`` aside); otherwise RunError.
+    """
+    if cfg.name is not None:
+        name = str(cfg.name)
+        parts = Path(name).parts
+        if not name.strip() or Path(name).is_absolute() or ".." in parts:
+            raise RunError(f"run name {name!r} must be a relative folder name without '..'")
+    else:
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        name = f"{stamp}-{_safe_component(cfg.method.name)}"
+    run_dir = Path(cfg.output_dir) / name
+
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunError(f"{run_dir} exists and is not a folder")
+    saved = run_dir / CONFIG_FILE
+    if saved.exists():
+        try:
+            previous = load_config(saved, [], cls=type(cfg))
+        except ConfigError as exc:
+            raise RunError(f"{run_dir} already holds a run whose config cannot be read ({exc}); "
+                           "choose another run name") from None
+        old, new = _content_dict(previous), _content_dict(cfg)
+        if config_hash(old) != config_hash(new):
+            diff = _differences(old, new)
+            shown = "; ".join(diff[:5]) + (f"; and {len(diff) - 5} more" if len(diff) > 5 else "")
+            raise RunError(f"{run_dir} already holds a run with a different config ({shown}); "
+                           "choose another run name or output_dir")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def _package_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {}
+    for package in ("mcit", *PACKAGES):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    return versions
+
+
+def _read_ref(git_dir: Path, ref: str) -> str | None:
+    """The commit a ref points to, from loose refs or packed-refs (without running git)."""
+    candidates = [git_dir]
+    common = git_dir / "commondir"
+    if common.is_file():
+        candidates.append((git_dir / common.read_text().strip()).resolve())
+    for base in candidates:
+        loose = base / ref
+        if loose.is_file():
+            value = loose.read_text().strip()
+            if re.fullmatch(r"[0-9a-f]{40,64}", value):
+                return value
+        packed = base / "packed-refs"
+        if packed.is_file():
+            for line in packed.read_text().splitlines():
+                fields = line.split()
+                if len(fields) == 2 and fields[1] == ref and re.fullmatch(r"[0-9a-f]{40,64}", fields[0]):
+                    return fields[0]
+    return None
+
+
+def git_commit(start: str | Path | None = None) -> str | None:
+    """Commit checked out in the repository containing ``start`` (default: the mcit package).
+
+    Reads the ``.git`` files directly; returns None when there is no repository or it cannot
+    be read.
+    """
+    try:
+        here = Path(start if start is not None else __file__).resolve()
+        for folder in (here, *here.parents):
+            dot_git = folder / ".git"
+            if dot_git.is_dir():
+                git_dir = dot_git
+            elif dot_git.is_file():  # worktree or submodule: "gitdir: <path>"
+                text = dot_git.read_text().strip()
+                if not text.startswith("gitdir:"):
+                    return None
+                git_dir = (folder / text[len("gitdir:"):].strip()).resolve()
+            else:
+                continue
+            head = (git_dir / "HEAD").read_text().strip()
+            if head.startswith("ref:"):
+                return _read_ref(git_dir, head[len("ref:"):].strip())
+            return head if re.fullmatch(r"[0-9a-f]{40,64}", head) else None
+    except (OSError, UnicodeDecodeError):
+        return None
+    return None
+
+
+def save_run_info(run_dir: str | Path, cfg: Any, extra: dict[str, Any] | None = None) -> None:
+    """Write ``config.yaml`` (the resolved config) and ``environment.json`` into ``run_dir``.
+
+    ``extra`` (e.g. ``{"device": {...}}``) is merged into environment.json's top level.
+    """
+    run_dir = Path(run_dir)
+    header = (f"mcit run configuration (config hash {config_hash(cfg)})\n"
+              f"load with: mcit run --config {run_dir / CONFIG_FILE}")
+    atomic_write_text(run_dir / CONFIG_FILE, config_to_yaml(cfg, header=header))
+    environment: dict[str, Any] = {
+        "time": _now(),
+        "python": sys.version.split()[0],
+        "python_implementation": platform.python_implementation(),
+        "executable": sys.executable,
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "packages": _package_versions(),
+        "git_commit": git_commit(),
+        "seed": getattr(cfg, "seed", None),
+        "config_hash": config_hash(cfg),
+        "argv": list(sys.argv),
+    }
+    environment.update(extra or {})
+    save_json(run_dir / ENVIRONMENT_FILE, environment)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj, key=repr)
+    if hasattr(obj, "tolist"):  # numpy arrays and scalars, torch tensors
+        return obj.tolist()
+    if hasattr(obj, "item"):
+        return obj.item()
+    raise TypeError(f"{type(obj).__name__} is not JSON serializable: {obj!r}")
+
+
+def save_json(path: str | Path, obj: Any) -> Path:
+    """Write ``obj`` as indented JSON (keys in their given order) atomically; return the path.
+
+    NaN and infinities are written as the (non-standard) tokens Python's json module reads back.
+    """
+    text = json.dumps(obj, indent=2, sort_keys=False, ensure_ascii=False, default=_json_default)
+    return atomic_write_text(path, text + "\n")
+
+
+def load_json(path: str | Path) -> Any:
+    """Parse the JSON file at ``path`` (FileNotFoundError if missing, RunError if malformed)."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise RunError(f"{path} is not valid JSON (line {exc.lineno}): {exc.msg}") from None
+
+
+def stage_dir(run_dir: str | Path, t: int, task: str) -> Path:
+    """``<run_dir>/stages/<t+1:02d>-<task>`` for the 0-based stage ``t`` (not created here)."""
+    if isinstance(t, bool) or not isinstance(t, int) or t < 0:
+        raise ValueError(f"stage index must be a non-negative int, got {t!r}")
+    return Path(run_dir) / "stages" / f"{t + 1:02d}-{_safe_component(task)}"
+
+
+def mark_stage_done(stage_dir: str | Path, info: dict[str, Any]) -> Path:
+    """Record that a stage finished: write ``done.json`` (``info`` plus ``done_at``) atomically.
+
+    Call it after everything else of the stage has been written.
+    """
+    path = Path(stage_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    record = dict(info)
+    record.setdefault("done_at", _now())
+    return save_json(path / DONE_FILE, record)
+
+
+def load_stage_info(stage_dir: str | Path) -> dict[str, Any] | None:
+    """The ``info`` recorded by ``mark_stage_done``, or None if the stage is not done."""
+    try:
+        record = load_json(Path(stage_dir) / DONE_FILE)
+    except (OSError, RunError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def is_stage_done(stage_dir: str | Path) -> bool:
+    """Whether ``mark_stage_done`` completed for this stage folder."""
+    return load_stage_info(stage_dir) is not None

@@ -1,0 +1,128 @@
+"""The continual loop: config -> stream -> model -> for each task: hooks, fit, save, evaluate
+-> accuracy matrix -> metrics -> report. Read it top to bottom."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from safetensors.torch import save_file
+
+from .data.encode import encode_for_training
+from .data.stream import Stream, build_stream, cache_dir
+from .eval.evaluate import evaluate_task
+from .fit import train_task
+from .methods import TaskContext, build_method
+from .metrics import compute_metrics
+from .models.load import load_checkpoint
+from .report.matrix import format_table, save_matrix
+from .run import create_run_dir, mark_stage_done, save_json, save_run_info, stage_dir
+
+
+def run_stream(cfg, log=print) -> dict:
+    acc = Accelerator(cpu=not torch.cuda.is_available())
+    set_seed(cfg.seed)
+    main = acc.is_main_process
+    started = time.time()
+
+    # 1. The stream of tasks (generated first for coin-mini).
+    stream = build_stream(cfg.data, cfg.seed, show_progress=main)
+
+    # 2. The model: the built-in tiny LLaVA (its base stage cached) or a local checkpoint.
+    if cfg.model.name == "tiny-llava":
+        from .models.base_stage import ensure_base_model
+
+        checkpoint = ensure_base_model(cfg, stream.root, cache_dir(), acc)
+    else:
+        checkpoint = Path(cfg.model.name)
+    model, processor = load_checkpoint(checkpoint, cfg.model.dtype)
+    method = build_method(cfg.method)
+    model = method.setup(model, cfg)
+    model = acc.prepare_model(model)
+    tok = getattr(processor, "tokenizer", processor)
+
+    run_dir = create_run_dir(cfg) if main else None
+    if main:
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in model.parameters())
+        save_run_info(run_dir, cfg, {
+            "device": str(acc.device),
+            "num_processes": acc.num_processes,
+            "effective_batch": cfg.train.batch_size * cfg.train.grad_accum * acc.num_processes,
+            "checkpoint": str(checkpoint),
+            "parameters": {"total": total, "trainable": trainable},
+            "tasks": stream.tasks,
+        })
+        log(f"run folder: {run_dir}")
+        log(f"model: {checkpoint}  ({total / 1e6:.2f} M parameters, {trainable / 1e6:.2f} M trainable with '{method.name}')")
+
+    T = len(stream.tasks)
+    matrix: list[list[float | None]] = [[None] * T for _ in range(T)]
+    zero_shot = None
+
+    def evaluate(task: str, label: str, out_dir: Path | None) -> float:
+        value, records = evaluate_task(acc.unwrap_model(model), processor, stream.test[task], stream.image_root,
+                                       stream.scorers[task], cfg.eval, device=acc.device,
+                                       desc=f"eval {label} on {task}", show_progress=main)
+        if main and out_dir is not None:
+            save_jsonl(out_dir / "predictions" / f"{task}.jsonl", records)
+        return value
+
+    # 3. Zero-shot row: the model before any stage (needed for forward transfer).
+    if cfg.eval.zero_shot:
+        zero_shot = [evaluate(t, "base", run_dir / "stages" / "00-base" if main else None) for t in stream.tasks]
+        if main:
+            log("base model: " + "  ".join(f"{t} {v:.1f}" for t, v in zip(stream.tasks, zero_shot)))
+
+    # 4. The stream, one task after another.
+    for t, task in enumerate(stream.tasks):
+        ctx = TaskContext(task=task, index=t, tasks=stream.tasks, model=model, accelerator=acc)
+        method.before_task(ctx)
+        samples = method.train_samples(ctx, stream.train[task])
+        items = [encode_for_training(processor, s, stream.image_root, cfg.train.max_length) for s in samples]
+        stats = train_task(model, method, ctx, items, cfg, tok.pad_token_id, seed=cfg.seed * 1000 + t,
+                           desc=f"stage {t + 1}/{T} {task}")
+        method.after_task(ctx)
+
+        out = stage_dir(run_dir, t, task) if main else None
+        if main:
+            method.save_model(acc.unwrap_model(model), out / "model")
+            state = method.state_dict()
+            if state:
+                save_file({k: v.contiguous().cpu() for k, v in state.items()}, str(out / "method_state.safetensors"))
+
+        evaluated = range(T) if cfg.eval.upper_triangle else range(t + 1)
+        for i in evaluated:
+            matrix[t][i] = evaluate(stream.tasks[i], f"stage {t + 1}", out)
+        if main:
+            row = {stream.tasks[i]: matrix[t][i] for i in evaluated}
+            mark_stage_done(out, {"task": task, "train": stats, "scores": row, "method_log": ctx.log})
+            save_matrix(run_dir, "matrix_partial", stream.tasks[: t + 1], [r[: t + 1] for r in matrix[: t + 1]],
+                        zero_shot[: t + 1] if zero_shot else None)
+            log(f"stage {t + 1}/{T} {task}: loss {stats['loss_first']:.3f} -> {stats['loss_last']:.3f}; "
+                + "  ".join(f"{stream.tasks[i]} {matrix[t][i]:.1f}" for i in range(t + 1)))
+
+    # 5. Matrix -> metrics -> report.
+    metrics = compute_metrics(matrix, zero_shot)
+    result = {"run_dir": str(run_dir), "tasks": stream.tasks, "matrix": matrix, "zero_shot": zero_shot,
+              "metrics": metrics, "seconds": time.time() - started}
+    if main:
+        save_matrix(run_dir, "matrix", stream.tasks, matrix, zero_shot, metrics)
+        (run_dir / "matrix_partial.json").unlink(missing_ok=True)
+        for ext in ("csv", "md", "png"):
+            (run_dir / f"matrix_partial.{ext}").unlink(missing_ok=True)
+        save_json(run_dir / "metrics.json", {"view": "instruction_following", **metrics, "seconds": result["seconds"]})
+        log(format_table(stream.tasks, matrix, metrics, zero_shot))
+    acc.wait_for_everyone()
+    return result
+
+
+def save_jsonl(path: Path, records: list[dict]) -> None:
+    import json
+
+    from .io import atomic_write_text
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
