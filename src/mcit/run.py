@@ -176,8 +176,7 @@ def save_run_info(run_dir: str | Path, cfg: Any, extra: dict[str, Any] | None = 
     ``extra`` (e.g. ``{"device": {...}}``) is merged into environment.json's top level.
     """
     run_dir = Path(run_dir)
-    header = (f"mcit run configuration (config hash {config_hash(cfg)})\n"
-              f"load with: mcit run --config {run_dir / CONFIG_FILE}")
+    header = f"resolved mcit run configuration (config hash {config_hash(cfg)})"
     atomic_write_text(run_dir / CONFIG_FILE, config_to_yaml(cfg, header=header))
     environment: dict[str, Any] = {
         "time": _now(),
