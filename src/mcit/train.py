@@ -26,6 +26,7 @@ def run_stream(cfg, log=print) -> dict:
     set_seed(cfg.seed)
     main = acc.is_main_process
     started = time.time()
+    method = build_method(cfg.method)  # fail on a bad method name before any expensive work
 
     # 1. The stream of tasks (generated first for coin-mini).
     stream = build_stream(cfg.data, cfg.seed, show_progress=main)
@@ -38,7 +39,6 @@ def run_stream(cfg, log=print) -> dict:
     else:
         checkpoint = Path(cfg.model.name)
     model, processor = load_checkpoint(checkpoint, cfg.model.dtype)
-    method = build_method(cfg.method)
     model = method.setup(model, cfg)
     model = acc.prepare_model(model)
     tok = getattr(processor, "tokenizer", processor)
