@@ -316,3 +316,18 @@ def test_scores_in_unit_interval():
         for pred in ["", "dog", "A", "[0, 0, 1, 1]", "garbage ### text"]:
             v = fn(pred, s)
             assert 0.0 <= v <= 1.0, (kind, pred, v)
+
+
+def test_trivial_baseline_majority_answer_and_mean_box():
+    from mcit.eval.evaluate import trivial_baseline
+
+    def s(ans, task="VQAv2"):
+        return Sample(id=ans, task=task, image=None, text="q", answers=(ans,))
+
+    train = [s("yes"), s("no"), s("yes")]
+    test = [s("yes"), s("no"), s("no"), s("yes")]
+    assert trivial_baseline(train, test, "exact") == ("yes", 50.0)
+    # mean of [0,0,.4,.4] and [.2,.2,.6,.6] is [.1,.1,.5,.5]; IoU with [.1,.1,.5,.5] is 1, with [.6,.6,.9,.9] is 0
+    boxes = [s("[0.0, 0.0, 0.4, 0.4]", "Grounding"), s("[0.2, 0.2, 0.6, 0.6]", "Grounding")]
+    test_boxes = [s("[0.1, 0.1, 0.5, 0.5]", "Grounding"), s("[0.6, 0.6, 0.9, 0.9]", "Grounding")]
+    assert trivial_baseline(boxes, test_boxes, "bbox") == ("[0.10, 0.10, 0.50, 0.50]", 50.0)

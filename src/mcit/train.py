@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 
 from .data.encode import encode_for_training
 from .data.stream import Stream, build_stream, cache_dir
-from .eval.evaluate import evaluate_task
+from .eval.evaluate import evaluate_task, trivial_baseline
 from .fit import train_task
 from .methods import TaskContext, build_method
 from .metrics import compute_metrics
@@ -55,7 +55,10 @@ def run_stream(cfg, log=print) -> dict:
             "parameters": {"total": total, "trainable": trainable},
             "tasks": stream.tasks,
         })
+        baselines = {t: trivial_baseline(stream.train[t], stream.test[t], stream.scorers[t]) for t in stream.tasks}
+        save_json(run_dir / "baselines.json", {t: {"constant_answer": a, "score": v} for t, (a, v) in baselines.items()})
         log(f"run folder: {run_dir}")
+        log("constant-answer baseline: " + "  ".join(f"{t} {v:.1f}" for t, (_, v) in baselines.items()))
         log(f"model: {checkpoint}  ({total / 1e6:.2f} M parameters, {trainable / 1e6:.2f} M trainable with '{method.name}')")
 
     T = len(stream.tasks)

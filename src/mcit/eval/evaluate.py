@@ -5,7 +5,7 @@ from pathlib import Path
 
 from ..data.schema import Sample
 from .generate import generate_answers
-from .scorers import clean_generation, score
+from .scorers import clean_generation, parse_box, score
 
 
 def evaluate_task(model, processor, samples: list[Sample], image_root: Path | None, scorer: str,
@@ -30,11 +30,16 @@ def evaluate_task(model, processor, samples: list[Sample], image_root: Path | No
     return task_score, records
 
 
-def majority_baseline(train: list[Sample], test: list[Sample], scorer: str) -> tuple[str, float]:
-    """The trivial baseline: always answer the most common training answer (ties: first seen)."""
-    counts: dict[str, int] = {}
-    for s in train:
-        counts[s.answer] = counts.get(s.answer, 0) + 1
-    answer = max(counts, key=counts.get)
+def trivial_baseline(train: list[Sample], test: list[Sample], scorer: str) -> tuple[str, float]:
+    """The score of a constant answer: the most common training answer (ties: first seen), or
+    for boxes, where every answer is unique, the mean training box."""
+    if scorer == "bbox":
+        boxes = [b for b in (parse_box(s.answer) for s in train) if b is not None]
+        answer = "[" + ", ".join(f"{sum(c) / len(boxes):.2f}" for c in zip(*boxes)) + "]"
+    else:
+        counts: dict[str, int] = {}
+        for s in train:
+            counts[s.answer] = counts.get(s.answer, 0) + 1
+        answer = max(counts, key=counts.get)
     value = 100.0 * sum(score(scorer, answer, s) for s in test) / max(1, len(test))
     return answer, value

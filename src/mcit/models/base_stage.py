@@ -16,6 +16,7 @@ from pathlib import Path
 from accelerate import Accelerator
 
 from ..config import config_hash
+from ..data import coin_mini
 from ..data.coin_format import read_train_json
 from ..data.encode import encode_for_training
 from ..io import atomic_write_text
@@ -36,6 +37,7 @@ class _TrainEverything(Method):
 def base_stage_key(model_cfg, data_cfg, seed: int) -> str:
     shape = {k: v for k, v in dataclasses.asdict(model_cfg).items() if k not in ("name", "dtype")}
     world = {k: getattr(data_cfg, k) for k in ("pretrain_size", "image_size", "train_per_task")}
+    world["coin_mini_version"] = coin_mini.VERSION
     return config_hash({"model": shape, "world": world, "seed": seed, "version": 1})
 
 

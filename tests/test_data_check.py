@@ -1,0 +1,271 @@
+"""Whole-release validation (mcit.data.check): every problem of every file, reported at once."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from mcit.config import ConfigError, DataConfig
+from mcit.data import check as check_mod
+from mcit.data.check import Problem, check_release, check_stream_config
+from mcit.data.coin_format import format_bbox, write_test_json, write_train_json
+from mcit.data.schema import Sample
+
+TASKS = ["ScienceQA", "TextVQA", "Grounding"]
+N = 3  # records per split and task in the clean fixture
+
+
+def _png(path: Path, color: tuple[int, int, int]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (16, 12), color).save(path, format="PNG")
+
+
+def _make_release(root: Path) -> tuple[Path, Path]:
+    """A clean CoIN-format release: <root>/Original/<Task>/{train,test}.json + <root>/images."""
+    images = root / "images"
+    release = root / "Original"
+    for t, task in enumerate(TASKS):
+        prefix = task[:3].lower()
+        for i in range(N):
+            _png(images / task / f"{i}.png", (40 * t, 60 * i, 100))
+        train = [
+            Sample(f"{prefix}-t{i}", task, f"{task}/{i}.png", f"Question {i}?\nAnswer briefly.",
+                   (f"answer {i}",))
+            for i in range(N)
+        ]
+        if task == "Grounding":
+            test = [
+                Sample(f"{prefix}-q{i}", task, f"{task}/{i}.png",
+                       "Please provide the bounding box coordinate of the region this sentence "
+                       f"describes: object {i}", (format_bbox([0.1, 0.2, 0.5, 0.6]),),
+                       extra={"bbox": [0.1, 0.2, 0.5, 0.6], "size": [16, 12]})
+                for i in range(N)
+            ]
+        else:
+            test = [
+                Sample(f"{prefix}-q{i}", task, f"{task}/{i}.png", f"Question {i}?\nAnswer briefly.",
+                       (f"answer {i}",))
+                for i in range(N)
+            ]
+        (release / task).mkdir(parents=True)
+        write_train_json(release / task / "train.json", train)
+        write_test_json(release / task / "test.json", test)
+    return release, images
+
+
+def _load(path: Path) -> list:
+    return json.loads(path.read_text("utf-8"))
+
+
+def _dump(path: Path, records) -> None:
+    path.write_text(json.dumps(records, indent=1), "utf-8")
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[int, int, str]]:
+    return {
+        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns,
+                                     hashlib.sha256(p.read_bytes()).hexdigest())
+        for p in sorted(folder.rglob("*")) if p.is_file()
+    } | {str(p.relative_to(folder)) + "/": (0, 0, "") for p in folder.rglob("*") if p.is_dir()}
+
+
+def _plant_defects(release: Path, images: Path) -> None:
+    # ScienceQA/train.json: a missing image, an escaping path, a duplicate id
+    path = release / "ScienceQA" / "train.json"
+    recs = _load(path)
+    recs[1]["image"] = "ScienceQA/missing.png"
+    recs[2]["image"] = "../../etc/passwd"
+    recs.append(dict(recs[0]))  # same id "sci-t0" again
+    _dump(path, recs)
+    # ScienceQA/test.json: a record missing its answer, an absolute image path
+    path = release / "ScienceQA" / "test.json"
+    recs = _load(path)
+    del recs[1]["answer"]
+    recs[2]["image"] = "/etc/passwd"
+    _dump(path, recs)
+    # TextVQA: a broken train.json (truncated) and no test.json
+    path = release / "TextVQA" / "train.json"
+    path.write_text(path.read_text("utf-8")[:-40], "utf-8")
+    (release / "TextVQA" / "test.json").unlink()
+    # Grounding/train.json: two records share a corrupt (non-image) PNG
+    (images / "Grounding" / "corrupt.png").write_bytes(b"this is not a PNG file\n" * 4)
+    path = release / "Grounding" / "train.json"
+    recs = _load(path)
+    recs[0]["image"] = recs[2]["image"] = "Grounding/corrupt.png"
+    _dump(path, recs)
+    # Grounding/test.json: a malformed answer_bbox
+    path = release / "Grounding" / "test.json"
+    recs = _load(path)
+    recs[1]["answer_bbox"] = "[0.1, 0.2, oops]"
+    _dump(path, recs)
+
+
+def _find(problems: list[Problem], file: str, record: str | None, field: str | None) -> Problem:
+    hits = [p for p in problems if (p.file, p.record, p.field) == (file, record, field)]
+    assert len(hits) == 1, f"expected one problem at {(file, record, field)}, got {hits}\n" + \
+        "\n".join(map(str, problems))
+    return hits[0]
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def test_clean_release_is_ok(tmp_path):
+    release, images = _make_release(tmp_path)
+    report = check_release(release, images, TASKS)
+    assert report.ok, report.format()
+    assert report.problems == []
+    assert list(report.counts) == TASKS
+    for task in TASKS:
+        for split in ("train", "test"):
+            assert (report.counts[task][split].records, report.counts[task][split].bad) == (N, 0)
+    text = report.format()
+    assert "no problems found" in text
+    assert "ScienceQA" in text and "Grounding" in text
+
+
+def test_every_planted_defect_is_reported(tmp_path):
+    release, images = _make_release(tmp_path)
+    _plant_defects(release, images)
+    before = _snapshot(tmp_path)
+
+    report = check_release(release, images, TASKS)
+
+    assert _snapshot(tmp_path) == before  # checking wrote nothing into the data folder
+    assert not report.ok
+    ps = report.problems
+
+    missing = _find(ps, "ScienceQA/train.json", "sci-t1", "image")
+    assert "not found" in missing.message and "ScienceQA/missing.png" in missing.message
+    assert str(missing).startswith("ScienceQA/train.json, record 'sci-t1', field 'image': image file not found")
+    assert "escapes the image root" in _find(ps, "ScienceQA/train.json", "sci-t2", "image").message
+    dup = _find(ps, "ScienceQA/train.json", "sci-t0", "id")
+    assert "duplicate" in dup.message and dup.index == 3
+
+    assert "missing" in _find(ps, "ScienceQA/test.json", "sci-q1", "answer").message
+    assert "absolute" in _find(ps, "ScienceQA/test.json", "sci-q2", "image").message
+
+    broken = _find(ps, "TextVQA/train.json", None, None)
+    assert "malformed JSON" in broken.message
+    assert "line" in broken.message and "column" in broken.message
+    assert "not found" in _find(ps, "TextVQA/test.json", None, None).message
+
+    for rid in ("gro-t0", "gro-t2"):
+        assert "not a readable image" in _find(ps, "Grounding/train.json", rid, "image").message
+    assert "box" in _find(ps, "Grounding/test.json", "gro-q1", "answer_bbox").message
+
+    assert len(ps) == 10, "\n".join(map(str, ps))
+
+    c = report.counts
+    assert (c["ScienceQA"]["train"].records, c["ScienceQA"]["train"].bad) == (4, 3)
+    assert (c["ScienceQA"]["test"].records, c["ScienceQA"]["test"].bad) == (3, 2)
+    assert c["TextVQA"]["train"].records is None and c["TextVQA"]["test"].records is None
+    assert (c["Grounding"]["train"].records, c["Grounding"]["train"].bad) == (3, 2)
+    assert (c["Grounding"]["test"].records, c["Grounding"]["test"].bad) == (3, 1)
+
+    text = report.format()
+    assert "10 problems" in text
+    for p in ps:
+        assert str(p) in text
+
+
+def test_shared_image_is_verified_once(tmp_path, monkeypatch):
+    release, images = _make_release(tmp_path)
+    for split in ("train", "test"):  # every record of ScienceQA points at one image
+        path = release / "ScienceQA" / f"{split}.json"
+        recs = _load(path)
+        for r in recs:
+            r["image"] = "ScienceQA/0.png"
+        _dump(path, recs)
+    opened: list[str] = []
+    real_open = Image.open
+
+    def counting_open(fp, *args, **kwargs):
+        opened.append(str(fp))
+        return real_open(fp, *args, **kwargs)
+
+    monkeypatch.setattr(check_mod.Image, "open", counting_open)
+    report = check_release(release, images, ["ScienceQA"])
+    assert report.ok, report.format()
+    assert len(opened) == 1
+
+
+def test_problems_the_readers_let_through_and_several_per_record(tmp_path):
+    release, images = _make_release(tmp_path)
+    path = release / "TextVQA" / "train.json"
+    recs = _load(path)
+    recs[0]["conversations"][1]["value"] = "   "  # empty answer
+    del recs[1]["id"]  # no id: named by its position
+    recs[2]["image"] = "../outside.png"  # an image problem ...
+    recs[2]["conversations"] = [{"from": "human", "value": "<image>\nQ?"}]  # ... and no gpt turn
+    recs.append(["not", "an", "object"])
+    _dump(path, recs)
+    path = release / "TextVQA" / "test.json"
+    recs = _load(path)
+    recs[0]["text"] = ""
+    _dump(path, recs)
+
+    report = check_release(release, images, ["TextVQA"])
+    ps = report.problems
+    assert "empty" in _find(ps, "TextVQA/train.json", "tex-t0", "conversations").message
+    no_id = _find(ps, "TextVQA/train.json", None, "id")
+    assert no_id.index == 1 and str(no_id).startswith("TextVQA/train.json, record #1, field 'id'")
+    assert "escapes" in _find(ps, "TextVQA/train.json", "tex-t2", "image").message
+    assert "gpt" in _find(ps, "TextVQA/train.json", "tex-t2", "conversations").message
+    assert "object" in _find(ps, "TextVQA/train.json", None, None).message
+    assert "empty" in _find(ps, "TextVQA/test.json", "tex-q0", "text").message
+    assert (report.counts["TextVQA"]["train"].records, report.counts["TextVQA"]["train"].bad) == (4, 4)
+    assert report.counts["TextVQA"]["test"].bad == 1
+
+
+def test_missing_task_folder_release_and_image_root(tmp_path):
+    release, images = _make_release(tmp_path)
+    report = check_release(release, images, ["ScienceQA", "VizWiz"])
+    assert not report.ok
+    folder = _find(report.problems, "VizWiz/", None, None)
+    assert "task folder not found" in folder.message
+    assert report.counts["VizWiz"]["train"].records is None
+    assert report.counts["ScienceQA"]["test"].records == N and len(report.problems) == 1
+
+    gone = check_release(tmp_path / "Diverse", images, TASKS)
+    assert [p.message for p in gone.problems] == ["release folder not found"]
+
+    no_images = check_release(release, tmp_path / "no-images", ["ScienceQA"])
+    assert len(no_images.problems) == 1 and "image root" in no_images.problems[0].message
+
+
+def test_format_caps_the_listing_but_keeps_every_problem(tmp_path):
+    release, images = _make_release(tmp_path)
+    path = release / "GQA"
+    path.mkdir()
+    recs = [{"question_id": f"g{i}", "image": f"GQA/{i}.png", "text": "Q?", "answer": "a"}
+            for i in range(30)]
+    _dump(path / "test.json", recs)
+    _dump(path / "train.json", [])
+    report = check_release(release, images, ["GQA"])
+    assert len(report.problems) == 30
+    text = report.format(max_problems=5)
+    assert "... and 25 more" in text
+    assert sum(line.startswith("  GQA/test.json") for line in text.splitlines()) == 5
+    assert report.counts["GQA"]["train"].records == 0
+
+
+def test_check_stream_config(tmp_path):
+    release, images = _make_release(tmp_path)
+    dc = DataConfig(benchmark="coin", root=str(tmp_path), image_root=str(images), tasks=TASKS)
+    report = check_stream_config(dc)
+    assert report.ok and list(report.counts) == TASKS
+
+    default = check_stream_config(DataConfig(benchmark="coin", root=str(tmp_path),
+                                             image_root=str(images)))
+    assert len(default.counts) == 8  # CoIN's default order
+    assert {p.file for p in default.problems} == {
+        f"{t}/" for t in default.counts if t not in TASKS}
+
+    with pytest.raises(ConfigError):
+        check_stream_config(DataConfig(benchmark="coin", root=str(tmp_path)))
+    with pytest.raises(ConfigError):
+        check_stream_config(DataConfig(benchmark="coin-mini"))
