@@ -44,15 +44,15 @@ def test_defaults_without_file_or_overrides():
     assert cfg.data.benchmark == "coin-mini" and cfg.data.tasks is None
     assert cfg.data.train_per_task == 400 and cfg.data.image_size == 64
     assert cfg.model.name == "tiny-llava" and cfg.model.base_lr == 1e-3
-    assert cfg.method.name == "lora" and cfg.method.lora_r == 16 and cfg.method.target_modules is None
-    assert cfg.train.steps_per_task == 300 and cfg.train.lr == 1e-3 and cfg.train.projector_lr is None
+    assert cfg.method.name == "lora" and cfg.method.lora_r == 32 and cfg.method.target_modules is None
+    assert cfg.train.steps_per_task == 300 and cfg.train.lr == 2e-3 and cfg.train.projector_lr is None
     assert cfg.eval.zero_shot is True and cfg.eval.upper_triangle is False
 
 
 def test_sections_are_independent_instances():
     a, b = RunConfig(), RunConfig()
     a.train.lr = 5.0
-    assert b.train.lr == 1e-3
+    assert b.train.lr == TrainConfig().lr
     assert isinstance(a.data, DataConfig) and isinstance(a.model, ModelConfig)
     assert isinstance(a.method, MethodConfig) and isinstance(a.train, TrainConfig)
     assert isinstance(a.eval, EvalConfig)
@@ -359,7 +359,7 @@ def test_commented_yaml_round_trip(tmp_path, make):
 def test_config_to_dict_is_plain_and_detached():
     cfg = load_config(None, ["data.tasks=[A]"])
     data = config_to_dict(cfg)
-    assert data["train"]["lr"] == 1e-3 and data["data"]["tasks"] == ["A"]
+    assert data["train"]["lr"] == TrainConfig().lr and data["data"]["tasks"] == ["A"]
     data["data"]["tasks"].append("B")
     assert cfg.data.tasks == ["A"]
 
@@ -369,7 +369,7 @@ def test_config_hash_is_stable_and_sensitive():
     assert len(h) == 12 and all(c in "0123456789abcdef" for c in h)
     assert config_hash(RunConfig()) == h
     assert config_hash(config_to_dict(RunConfig())) == h
-    assert config_hash(load_config(None, ["train.lr=0.002"])) != h
+    assert config_hash(load_config(None, ["train.lr=0.0005"])) != h
     assert config_hash(load_config(None, ["data.tasks=[A, B]"])) != config_hash(
         load_config(None, ["data.tasks=[B, A]"]))
     # key order of plain dicts does not matter
