@@ -44,8 +44,8 @@ def test_defaults_without_file_or_overrides():
     assert cfg.data.benchmark == "coin-mini" and cfg.data.tasks is None
     assert cfg.data.train_per_task == 400 and cfg.data.image_size == 64
     assert cfg.model.name == "tiny-llava" and cfg.model.base_lr == 1e-3
-    assert cfg.method.name == "lora" and cfg.method.lora_r == 32 and cfg.method.target_modules is None
-    assert cfg.train.steps_per_task == 300 and cfg.train.lr == 2e-3 and cfg.train.projector_lr is None
+    assert cfg.method.name == "lora" and cfg.method.lora_r == 16 and cfg.method.target_modules is None
+    assert cfg.train.steps_per_task == 300 and cfg.train.lr == 1e-3 and cfg.train.projector_lr is None
     assert cfg.eval.zero_shot is True and cfg.eval.upper_triangle is False
 
 

@@ -88,7 +88,7 @@ class DataConfig:
     test_per_task: int = _field(
         60, "test samples per task (coin: at most this many)", aliases=("test_size", "n_test"))
     pretrain_size: int = _field(
-        12000, "captioning samples for the base-model (alignment) stage",
+        4000, "captioning samples for the base-model (alignment) stage",
         aliases=("pretrain_samples", "n_pretrain"))
     image_size: int = _field(64, "side of the square images fed to the vision tower, in pixels",
                              aliases=("resolution", "img_size"))
@@ -115,10 +115,10 @@ class ModelConfig:
     vocab_size: int = _field(1024, "tiny-llava: tokenizer vocabulary size")
     vision_steps: int = _field(400, "tiny-llava: steps of the vision-encoder pretraining that precedes the base stage")
     vision_batch_size: int = _field(64, "tiny-llava: batch size of the vision-encoder pretraining")
-    base_steps: int = _field(2000, "tiny-llava: optimizer steps of the base-model (alignment) stage")
+    base_steps: int = _field(1500, "tiny-llava: optimizer steps of the base-model (alignment) stage")
     base_lr: float = _field(1e-3, "tiny-llava: learning rate of the base-model stage",
                             aliases=("base_learning_rate",))
-    base_batch_size: int = _field(16, "tiny-llava: batch size of the base-model stage")
+    base_batch_size: int = _field(32, "tiny-llava: batch size of the base-model stage")
     dtype: str = _field("float32", "parameter dtype: float32, bfloat16 or float16",
                         aliases=("torch_dtype", "precision"))
 
@@ -128,8 +128,8 @@ class MethodConfig:
     """The continual-learning method and its hyper-parameters."""
 
     name: str = _field("lora", '"full" (all weights) or "lora"', aliases=("method",))
-    lora_r: int = _field(32, "LoRA rank", aliases=("r", "rank"))
-    lora_alpha: int = _field(64, "LoRA scaling numerator (scale = alpha / r)", aliases=("alpha",))
+    lora_r: int = _field(16, "LoRA rank", aliases=("r", "rank"))
+    lora_alpha: int = _field(32, "LoRA scaling numerator (scale = alpha / r)", aliases=("alpha",))
     lora_dropout: float = _field(0.0, "dropout on the LoRA input", aliases=("dropout",))
     target_modules: list[str] | None = _field(
         None, "module names LoRA wraps; null = every linear layer of the language model",
@@ -150,7 +150,7 @@ class TrainConfig:
                              aliases=("per_device_train_batch_size", "bs", "train_batch_size"))
     grad_accum: int = _field(1, "forward passes per optimizer step",
                              aliases=("gradient_accumulation_steps", "accumulation_steps"))
-    lr: float = _field(2e-3, "peak learning rate", aliases=("learning_rate",))
+    lr: float = _field(1e-3, "peak learning rate", aliases=("learning_rate",))
     projector_lr: float | None = _field(
         None, "learning rate of the projector; null = lr",
         aliases=("projector_learning_rate", "mm_projector_lr"))
