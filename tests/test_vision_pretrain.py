@@ -31,3 +31,13 @@ def test_short_frequent_answers_become_classes_and_only_the_vision_tower_moves(t
     assert stats["loss_last"] < stats["loss_first"]  # two separable colours: it learns
     moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     assert moved and all("vision_tower" in n for n in moved)
+
+
+def test_no_classes_means_no_training(tmp_path):
+    Image.new("RGB", (32, 32), (1, 2, 3)).save(tmp_path / "0.png")
+    samples = [Sample("a", "pretrain", "0.png", "Describe.", ("only once",))]
+    processor = build_processor(train_tokenizer(["only once describe"] * 5, 300), 32, 8)
+    model = build_model(ModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
+                                    vision_hidden_size=32, vision_layers=1), processor, 32)
+    assert pretrain_vision(model, processor, samples, tmp_path, steps=5, batch_size=2, lr=1e-3, seed=0,
+                           show_progress=False)["steps"] == 0
