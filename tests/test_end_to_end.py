@@ -12,7 +12,7 @@ SMALL = [
     "data.tasks=[ImageNet,VQAv2]", "data.train_per_task=24", "data.test_per_task=6", "data.pretrain_size=24",
     "data.image_size=32", "model.hidden_size=32", "model.num_layers=1", "model.num_heads=2",
     "model.intermediate_size=64", "model.vision_hidden_size=32", "model.vision_layers=1", "model.vocab_size=400",
-    "model.base_steps=3", "model.base_batch_size=8", "model.vision_steps=2", "model.vision_batch_size=4", "train.steps_per_task=3", "train.batch_size=8",
+    "model.base_steps=3", "model.base_batch_size=8", "train.steps_per_task=3", "train.batch_size=8",
     "train.grad_accum=2", "eval.batch_size=4", "eval.max_new_tokens=4",
 ]
 

@@ -113,8 +113,6 @@ class ModelConfig:
     vision_layers: int = _field(3, "tiny-llava: layers of the vision tower")
     patch_size: int = _field(8, "tiny-llava: vision patch side, in pixels")
     vocab_size: int = _field(1024, "tiny-llava: tokenizer vocabulary size")
-    vision_steps: int = _field(400, "tiny-llava: steps of the vision-encoder pretraining that precedes the base stage")
-    vision_batch_size: int = _field(64, "tiny-llava: batch size of the vision-encoder pretraining")
     base_steps: int = _field(1500, "tiny-llava: optimizer steps of the base-model (alignment) stage")
     base_lr: float = _field(1e-3, "tiny-llava: learning rate of the base-model stage",
                             aliases=("base_learning_rate",))

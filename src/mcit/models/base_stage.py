@@ -1,8 +1,7 @@
 """The built-in model's base stage: the analogue of LLaVA's alignment pretraining.
 
-A freshly initialised tiny LLaVA cannot see. Before the continual stream starts its vision
-tower is pretrained on its own (models/vision_pretrain.py, the role CLIP plays for LLaVA) and
-then the whole model is trained on a caption/question mixture over the same visual world (coin-mini's pretrain.json),
+A freshly initialised tiny LLaVA cannot see. Before the continual stream starts it is
+trained on a caption/question mixture over the same visual world (coin-mini's pretrain.json),
 without the task instructions or answer formats, so the stream starts from a model that
 knows what is in an image but not yet how each task wants the answer. The result is cached
 under a hash of everything that shaped it and reused by later runs.
@@ -24,7 +23,6 @@ from ..data.encode import encode_for_training
 from ..io import atomic_write_text
 from ..methods.base import Method, TaskContext
 from ..fit import train_task
-from .vision_pretrain import pretrain_vision
 from .tiny_llava import build_model, build_processor, train_tokenizer
 
 
@@ -74,9 +72,6 @@ def _train_base(run_cfg, data_root: Path, target: Path, accelerator: Accelerator
         train=dataclasses.replace(run_cfg.train, steps_per_task=mc.base_steps, lr=mc.base_lr,
                                   batch_size=mc.base_batch_size, grad_accum=1, projector_lr=None),
     )
-    vision = pretrain_vision(model, processor, pretrain, image_root, steps=mc.vision_steps,
-                             batch_size=mc.vision_batch_size, lr=mc.base_lr, seed=run_cfg.seed,
-                             show_progress=accelerator.is_main_process)
     items = [encode_for_training(processor, s, image_root, run_cfg.train.max_length) for s in pretrain]
     model = accelerator.prepare_model(model)
     ctx = TaskContext(task="pretrain", index=-1, tasks=[], model=model, accelerator=accelerator)
@@ -87,6 +82,6 @@ def _train_base(run_cfg, data_root: Path, target: Path, accelerator: Accelerator
     shutil.rmtree(tmp, ignore_errors=True)
     accelerator.unwrap_model(model).save_pretrained(tmp, safe_serialization=True)
     processor.save_pretrained(tmp)
-    atomic_write_text(tmp / "done", json.dumps({"vision_encoder": vision, "alignment": stats}, indent=2) + "\n")
+    atomic_write_text(tmp / "done", json.dumps({"alignment": stats}, indent=2) + "\n")
     shutil.rmtree(target, ignore_errors=True)
     os.replace(tmp, target)
