@@ -81,3 +81,25 @@ def test_default_yaml_documents_exactly_the_defaults():
     text = DEFAULT_CONFIG.read_text()
     assert load_config(DEFAULT_CONFIG, []) == RunConfig()
     assert "lr: 0.001  # peak learning rate" in text  # fields carry their documentation
+
+
+def test_local_checkpoint_folder_runs_through_the_same_loop(cache, tmp_path):
+    """model.name=<folder>: the real-checkpoint path (AutoModelForImageTextToText + AutoProcessor),
+    here with a tiny random LLaVA saved by save_pretrained, as a downloaded one would be."""
+    import torch
+
+    from mcit.config import ModelConfig
+    from mcit.models.tiny_llava import build_model, build_processor, train_tokenizer
+
+    torch.manual_seed(0)
+    processor = build_processor(train_tokenizer(["What color is the shape? red blue yes no"] * 5, 300), 32, 8)
+    model = build_model(ModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
+                                    vision_hidden_size=32, vision_layers=1), processor, 32)
+    ckpt = tmp_path / "my-llava"
+    model.save_pretrained(ckpt)
+    processor.save_pretrained(ckpt)
+    run = _run(cache, "local", f"model.name={ckpt}", "data.tasks=[VQAv2]", "eval.zero_shot=false")
+    env = json.loads((run / "environment.json").read_text())
+    assert env["checkpoint"] == str(ckpt)
+    assert not list((cache / "cache").glob("tiny-llava-*"))  # no base stage was trained
+    assert (run / "stages" / "01-VQAv2" / "model" / "adapter_model.safetensors").is_file()
