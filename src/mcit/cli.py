@@ -17,20 +17,46 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from .config import ConfigError
     from .data.coin_format import DataError
     from .run import RunError
+    from .train import DataCheckFailed
 
-    return (UserError, ConfigError, DataError, RunError)
+    return (UserError, ConfigError, DataError, RunError, DataCheckFailed)
 
 
 def cmd_run(args) -> int:
     from .config import load_config
     from .train import run_stream
 
-    path = Path(args.config) if args.config else DEFAULT_CONFIG
-    if not path.is_file():
-        raise UserError(f"config file not found: {path}")
-    cfg = load_config(path, args.overrides)
+    cfg = load_config(_config_path(args.config), args.overrides)
     run_stream(cfg)
     return 0
+
+
+def cmd_data_check(args) -> int:
+    """Validate every file of a stream; print counts and every problem; exit 1 on problems."""
+    from .config import load_config
+    from .data import coin_mini
+    from .data.check import check_release, check_stream_config
+    from .data.stream import coin_mini_root
+
+    cfg = load_config(_config_path(args.config), args.overrides)
+    dc = cfg.data
+    if dc.benchmark == "coin-mini":  # check what mcit generated, in the same layout
+        root = coin_mini_root(dc, cfg.seed)
+        if not (root / "meta.json").is_file():
+            raise UserError(f"coin-mini has not been generated yet at {root}; `mcit run` generates it")
+        report = check_release(root / dc.instruction_set, root / "images", list(dc.tasks or coin_mini.TASKS))
+    else:
+        report = check_stream_config(dc)
+    print(report.format())
+    print("ok" if report.ok else f"{len(report.problems)} problem(s)")
+    return 0 if report.ok else 1
+
+
+def _config_path(config: str | None) -> Path:
+    path = Path(config) if config else DEFAULT_CONFIG
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    return path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,14 +68,21 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("config", nargs="?", help="YAML config (default: the built-in default.yaml)")
     run.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=3e-4 method.name=full")
     run.set_defaults(func=cmd_run)
+    data = sub.add_parser("data", help="data utilities").add_subparsers(dest="data_command", required=True)
+    check = data.add_parser("check", help="validate every file of the configured stream before training",
+                            description="Report every problem (file, record, field) at once; exit 1 if any.")
+    check.add_argument("config", nargs="?", help="YAML config (default: the built-in default.yaml)")
+    check.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.root=/data/CoIN")
+    check.set_defaults(func=cmd_data_check)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     # `mcit run key=value` (no config file): argparse would take the override as CONFIG.
-    if len(argv) >= 2 and argv[0] == "run" and "=" in argv[1] and not argv[1].endswith((".yaml", ".yml")):
-        argv = ["run", str(DEFAULT_CONFIG), *argv[1:]]
+    head = 2 if argv[:2] == ["data", "check"] else 1
+    if len(argv) > head and "=" in argv[head] and not argv[head].endswith((".yaml", ".yml")):
+        argv = [*argv[:head], str(DEFAULT_CONFIG), *argv[head:]]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # checkpoints are local folders, never downloads
     args = build_parser().parse_args(argv)
     try:

@@ -170,6 +170,8 @@ class EvalConfig:
     upper_triangle: bool = _field(False, "also evaluate tasks not yet trained (forward transfer)",
                                   aliases=("forward_transfer", "full_matrix"))
     zero_shot: bool = _field(True, "evaluate the base model before stage 1", aliases=("zeroshot",))
+    scoring: str = _field("corrected", '"corrected" scorers, or "coin-compat": the official CoIN scripts, defects included',
+                          aliases=("scoring_mode", "scorer"))
 
 
 @dataclass

@@ -10,8 +10,11 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from safetensors.torch import save_file
 
+from .data.check import check_stream_config
 from .data.encode import encode_for_training
 from .data.stream import Stream, build_stream, cache_dir
+from .config import ConfigError
+from .eval.coin_compat import MODES as SCORING_MODES
 from .eval.evaluate import evaluate_task, trivial_baseline
 from .fit import train_task
 from .methods import TaskContext, build_method
@@ -27,8 +30,15 @@ def run_stream(cfg, log=print) -> dict:
     main = acc.is_main_process
     started = time.time()
     method = build_method(cfg.method)  # fail on a bad method name before any expensive work
+    if cfg.eval.scoring not in SCORING_MODES:
+        raise ConfigError(f"eval.scoring: '{cfg.eval.scoring}' is not one of {list(SCORING_MODES)}")
 
-    # 1. The stream of tasks (generated first for coin-mini).
+    # 1. The stream of tasks (generated first for coin-mini); a release on disk is validated
+    #    as a whole first, so a bad file stops the run before anything is trained or written.
+    if cfg.data.benchmark == "coin":
+        report = check_stream_config(cfg.data)
+        if not report.ok:
+            raise DataCheckFailed(report)
     stream = build_stream(cfg.data, cfg.seed, show_progress=main)
 
     # 2. The model: the built-in tiny LLaVA (its base stage cached) or a local checkpoint.
@@ -116,10 +126,19 @@ def run_stream(cfg, log=print) -> dict:
         (run_dir / "matrix_partial.json").unlink(missing_ok=True)
         for ext in ("csv", "md", "png"):
             (run_dir / f"matrix_partial.{ext}").unlink(missing_ok=True)
-        save_json(run_dir / "metrics.json", {"view": "instruction_following", **metrics, "seconds": result["seconds"]})
+        save_json(run_dir / "metrics.json", {"view": "instruction_following", "scoring": cfg.eval.scoring,
+                                             **metrics, "seconds": result["seconds"]})
         log(format_table(stream.tasks, matrix, metrics, zero_shot))
     acc.wait_for_everyone()
     return result
+
+
+class DataCheckFailed(Exception):
+    """The stream's files have problems; `report` lists every one of them."""
+
+    def __init__(self, report):
+        super().__init__("the data check found problems; nothing was trained or written\n" + report.format())
+        self.report = report
 
 
 def save_jsonl(path: Path, records: list[dict]) -> None:

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from ..data.schema import Sample
 from .generate import generate_answers
+from .coin_compat import score_mode
 from .scorers import clean_generation, parse_box, score
 
 
@@ -24,7 +25,7 @@ def evaluate_task(model, processor, samples: list[Sample], image_root: Path | No
             "answers": list(sample.answers),
             "raw": text,
             "prediction": pred,
-            "score": score(scorer, pred, sample),
+            "score": score_mode(ec.scoring, scorer, pred, sample),
         })
     task_score = 100.0 * sum(r["score"] for r in records) / max(1, len(records))
     return task_score, records
