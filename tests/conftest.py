@@ -3,3 +3,19 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def save_tiny_checkpoint(path, texts=("What color is the shape? red blue yes no",), image_size=32, **dims):
+    """A tiny random LLaVA saved with save_pretrained, as a downloaded checkpoint would be."""
+    import torch
+
+    from mcit.config import ModelConfig
+    from mcit.models.tiny_llava import build_model, build_processor, train_tokenizer
+
+    torch.manual_seed(0)
+    shape = dict(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, vision_hidden_size=32,
+                 vision_layers=1, patch_size=8, vocab_size=300) | dims
+    processor = build_processor(train_tokenizer(list(texts) * 10, shape["vocab_size"]), image_size, shape["patch_size"])
+    build_model(ModelConfig(**shape), processor, image_size).save_pretrained(path)
+    processor.save_pretrained(path)
+    return path

@@ -5,12 +5,10 @@ import json
 import shutil
 
 import pytest
-import torch
+from conftest import save_tiny_checkpoint
 
 from mcit.cli import main
-from mcit.config import ModelConfig
 from mcit.data import coin_mini
-from mcit.models.tiny_llava import build_model, build_processor, train_tokenizer
 
 TASKS = "data.tasks=[ImageNet,VQAv2]"
 
@@ -24,14 +22,7 @@ def release(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    processor = build_processor(train_tokenizer(["What color is the shape? red blue yes no"] * 5, 300), 32, 8)
-    model = build_model(ModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
-                                    vision_hidden_size=32, vision_layers=1), processor, 32)
-    path = tmp_path_factory.mktemp("ckpt")
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    return path
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt"))
 
 
 def _args(root, *extra):

@@ -4,6 +4,8 @@ import json
 
 import pytest
 
+from conftest import save_tiny_checkpoint
+
 from mcit.cli import DEFAULT_CONFIG, main
 from mcit.config import RunConfig, load_config
 from mcit.report.matrix import load_matrix
@@ -86,18 +88,7 @@ def test_default_yaml_documents_exactly_the_defaults():
 def test_local_checkpoint_folder_runs_through_the_same_loop(cache, tmp_path):
     """model.name=<folder>: the real-checkpoint path (AutoModelForImageTextToText + AutoProcessor),
     here with a tiny random LLaVA saved by save_pretrained, as a downloaded one would be."""
-    import torch
-
-    from mcit.config import ModelConfig
-    from mcit.models.tiny_llava import build_model, build_processor, train_tokenizer
-
-    torch.manual_seed(0)
-    processor = build_processor(train_tokenizer(["What color is the shape? red blue yes no"] * 5, 300), 32, 8)
-    model = build_model(ModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
-                                    vision_hidden_size=32, vision_layers=1), processor, 32)
-    ckpt = tmp_path / "my-llava"
-    model.save_pretrained(ckpt)
-    processor.save_pretrained(ckpt)
+    ckpt = save_tiny_checkpoint(tmp_path / "my-llava")
     run = _run(cache, "local", f"model.name={ckpt}", "data.tasks=[VQAv2]", "eval.zero_shot=false")
     env = json.loads((run / "environment.json").read_text())
     assert env["checkpoint"] == str(ckpt)

@@ -2,32 +2,25 @@
 real-checkpoint path, generates in batches, and takes LoRA on the language model only."""
 import pytest
 import torch
+from conftest import save_tiny_checkpoint
 from PIL import Image
 
-from mcit.config import ConfigError, ModelConfig, load_config
+from mcit.config import ConfigError, load_config
 from mcit.data.encode import IGNORE_INDEX, collate, encode_for_training
 from mcit.data.schema import Sample
 from mcit.eval.generate import generate_answers
 from mcit.methods import build_method
 from mcit.models.adapters import language_model_linear_names
 from mcit.models.load import load_checkpoint
-from mcit.models.tiny_llava import build_model, build_processor, train_tokenizer
+from mcit.models.tiny_llava import build_processor, train_tokenizer
 
 TEXTS = ["What color is the circle?\nAnswer the question using a single word or phrase.", "red", "blue", "yes no"]
 
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    mc = ModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
-                     vision_hidden_size=32, vision_layers=2, patch_size=8, vocab_size=300)
-    tok = train_tokenizer(TEXTS * 10, mc.vocab_size)
-    processor = build_processor(tok, image_size=32, patch_size=8)
-    model = build_model(mc, processor, image_size=32)
-    path = tmp_path_factory.mktemp("ckpt")
-    model.save_pretrained(path, safe_serialization=True)
-    processor.save_pretrained(path)
-    return path
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt"), TEXTS, hidden_size=32, num_layers=2,
+                                vision_layers=2)
 
 
 @pytest.fixture()
