@@ -10,7 +10,7 @@ never share a stream and a test set does not depend on the size of the train set
 The dataset is written in the layout of the real CoIN release, so the ordinary readers of
 :mod:`mcit.data.coin_format` load it::
 
-    <root>/Original/<Task>/train.json, test.json
+    <root>/<Set>/<Task>/train.json, test.json     (Set: Original, Diverse, 10Type)
     <root>/images/<Task>/<split>_<index>.png      (image root: <root>/images)
     <root>/images/pretrain/train_<index>.png
     <root>/pretrain.json                          (alignment-stage data, task "pretrain")
@@ -19,6 +19,11 @@ The dataset is written in the layout of the real CoIN release, so the ordinary r
 Balanced answers (option letters, yes/no, unanswerable share, classes) come from fixed
 schedules: every block of consecutive records holds each value equally often, in an order
 shuffled by the seed.
+
+The three instruction sets of CoIN hold the same records and differ only in the instruction:
+*Original* uses :data:`INSTRUCTIONS` (one template per task), *Diverse* one paraphrase per
+task, *10Type* one of ten templates per task, drawn per record from its own
+``random.Random(f"{seed}:{task}:{split}:{index}:10type")`` stream (see :data:`TEMPLATES`).
 """
 
 from __future__ import annotations
@@ -51,10 +56,12 @@ __all__ = [
     "COLORS",
     "GENRES",
     "INSTRUCTIONS",
+    "INSTRUCTION_SETS",
     "NAME",
     "OBJECTS",
     "SHAPES",
     "TASKS",
+    "TEMPLATES",
     "VERSION",
     "WORDS",
     "generate",
@@ -80,6 +87,104 @@ INSTRUCTIONS: dict[str, str] = {
     "Grounding": "Please provide the bounding box coordinate of the region this sentence describes",
     "VQAv2": _SHORT,
     "OCRVQA": _SHORT,
+}
+
+INSTRUCTION_SETS = ("Original", "Diverse", "10Type")
+
+_DIVERSE: dict[str, str] = {
+    "ScienceQA": "Reply with only the letter of the correct option.",
+    "TextVQA": "Give your answer as one word or a short phrase.",
+    "ImageNet": "Name the object in a single word or a short phrase.",
+    "GQA": "Respond with just a word or a brief phrase.",
+    "VizWiz": "Reply with one word or a short phrase, or with 'Unanswerable' if the image does not "
+    "contain enough information.",
+    "Grounding": "Give the bounding box coordinates of the area that this phrase refers to",
+    "VQAv2": "Keep the answer to a single word or a short phrase.",
+    "OCRVQA": "State the answer as a single word or a short phrase.",
+}
+
+_SHORT_10 = [
+    "Answer the question using a single word or phrase.",
+    "Give your answer as one word or a short phrase.",
+    "Respond with just a word or a brief phrase.",
+    "Keep the answer to a single word or a short phrase.",
+    "Reply briefly, using one word or a short phrase.",
+    "State the answer as a single word or a short phrase.",
+    "Use only a word or a short phrase to answer.",
+    "Your answer should be one word or a brief phrase.",
+    "Answer in as few words as possible, a single word or phrase.",
+    "Provide a one-word or short-phrase answer.",
+]
+
+_TEN: dict[str, list[str]] = {
+    "ScienceQA": [
+        "Answer with the option's letter from the given choices directly.",
+        "Reply with only the letter of the correct option.",
+        "Choose the right option and give only its letter.",
+        "Respond with the letter of the correct choice and nothing else.",
+        "Pick the correct answer and state just its letter.",
+        "Select one of the options and answer with its letter only.",
+        "Give only the letter that marks the correct choice.",
+        "Write the letter of the best option, without any explanation.",
+        "Which option is correct? Answer with its letter alone.",
+        "Answer by giving just the letter of the right choice.",
+    ],
+    "TextVQA": list(_SHORT_10),
+    "ImageNet": [
+        "Answer the question using a single word or phrase.",
+        "Name the object in a single word or a short phrase.",
+        "Say what the object is, in one word or a short phrase.",
+        "Identify the object using a single word or phrase.",
+        "Give the name of the object as one word or a brief phrase.",
+        "Reply with the object's name only.",
+        "Use one word or a short phrase to name what is shown.",
+        "State the class of the object in a word or short phrase.",
+        "Tell what is pictured using just a word or a short phrase.",
+        "Respond with only the name of the object.",
+    ],
+    "GQA": list(_SHORT_10),
+    "VizWiz": [
+        "When the provided information is insufficient, respond with 'Unanswerable'. "
+        "Answer the question using a single word or phrase.",
+        "Reply with one word or a short phrase, or with 'Unanswerable' if the image does not "
+        "contain enough information.",
+        "Answer in a single word or phrase; if the question cannot be answered from the image, "
+        "say 'Unanswerable'.",
+        "Give a one-word or short-phrase answer, or 'Unanswerable' when the image is not enough "
+        "to tell.",
+        "If the image does not show enough to answer, respond 'Unanswerable'; otherwise answer "
+        "with a word or short phrase.",
+        "Use a single word or phrase to answer, and say 'Unanswerable' if that is impossible.",
+        "Respond briefly with a word or phrase; answer 'Unanswerable' when the information is "
+        "missing.",
+        "Answer with just a word or a short phrase, or 'Unanswerable' if it cannot be determined.",
+        "Keep the answer to a word or short phrase; reply 'Unanswerable' if the picture is "
+        "insufficient.",
+        "State the answer in one word or phrase, or write 'Unanswerable' when the image lacks "
+        "the needed details.",
+    ],
+    "Grounding": [
+        "Please provide the bounding box coordinate of the region this sentence describes",
+        "Give the bounding box coordinates of the area that this phrase refers to",
+        "Output the bounding box of the region described by this sentence",
+        "Locate the region this phrase describes and give its bounding box coordinates",
+        "Provide the box coordinates of the object mentioned in this sentence",
+        "Return the bounding box for the part of the image this text refers to",
+        "What are the bounding box coordinates of the region this sentence describes",
+        "Find the region matching this description and output its bounding box",
+        "State the coordinates of the box around the region this phrase names",
+        "Mark the region this sentence refers to with its bounding box coordinates",
+    ],
+    "VQAv2": list(_SHORT_10),
+    "OCRVQA": list(_SHORT_10),
+}
+
+# instruction set -> task -> templates. The Original template of VizWiz has two lines (the
+# instruction proper is its last line); every other template is a single line.
+TEMPLATES: dict[str, dict[str, list[str]]] = {
+    "Original": {t: [INSTRUCTIONS[t]] for t in TASKS},
+    "Diverse": {t: [_DIVERSE[t]] for t in TASKS},
+    "10Type": _TEN,
 }
 
 # ---------------------------------------------------------------------------------------
@@ -803,27 +908,37 @@ def _gen_pretrain(rng: random.Random, i: int, key: str, S: int) -> _Item:
 # writing the dataset
 
 
-def task_dir(root: Path, task: str) -> Path:
-    return Path(root) / "Original" / task
+def task_dir(root: Path, task: str, instruction_set: str = "Original") -> Path:
+    if instruction_set not in INSTRUCTION_SETS:
+        raise ValueError(f"unknown instruction set {instruction_set!r}; expected one of {INSTRUCTION_SETS}")
+    return Path(root) / instruction_set / task
 
 
 def image_root(root: Path) -> Path:
     return Path(root) / "images"
 
 
-def load(root: Path, task: str, split: str) -> list[Sample]:
+def load(root: Path, task: str, split: str, instruction_set: str = "Original") -> list[Sample]:
     """Read one task split of a generated coin-mini dataset."""
-    return read_task(task_dir(root, task), task, split, image_root(root))
+    return read_task(task_dir(root, task, instruction_set), task, split, image_root(root))
 
 
 def load_pretrain(root: Path) -> list[Sample]:
     return read_train_json(Path(root) / "pretrain.json", "pretrain", image_root(root))
 
 
-def _text_for(task: str, question: str) -> str:
+def _instruction_for(instruction_set: str, task: str, seed: int, split: str, i: int) -> str:
+    templates = TEMPLATES[instruction_set][task]
+    if instruction_set == "10Type":
+        return random.Random(f"{seed}:{task}:{split}:{i}:10type").choice(templates)
+    return templates[0]
+
+
+def _text_for(task: str, question: str, instruction: str | None = None) -> str:
+    instruction = INSTRUCTIONS[task] if instruction is None else instruction
     if task == "Grounding":
-        return f"{INSTRUCTIONS[task]}: {question}"
-    return f"{question}\n{INSTRUCTIONS[task]}"
+        return f"{instruction}: {question}"
+    return f"{question}\n{instruction}"
 
 
 def _make_item(task: str, seed: int, split: str, i: int, S: int) -> _Item:
@@ -858,6 +973,12 @@ def _matches(meta: dict | None, params: dict) -> bool:
     return bool(meta) and all(meta.get(k) == v for k, v in params.items())
 
 
+def _complete(root: Path, params: dict) -> bool:
+    """True when ``root`` holds a finished dataset with ``params`` and every instruction set
+    (datasets written before Diverse/10Type existed lack those folders)."""
+    return _matches(_read_meta(root), params) and all((root / s).is_dir() for s in INSTRUCTION_SETS)
+
+
 def _build(out: Path, params: dict, progress: bool) -> None:
     from tqdm.auto import tqdm
 
@@ -870,6 +991,7 @@ def _build(out: Path, params: dict, progress: bool) -> None:
         for task, split, n in jobs:
             (images / task).mkdir(parents=True, exist_ok=True)
             samples = []
+            by_set: dict[str, list[Sample]] = {s: [] for s in INSTRUCTION_SETS}
             for i in range(n):
                 item = _make_item(task, seed, split, i, S)
                 rel = f"{task}/{split}_{i}.png"
@@ -881,14 +1003,24 @@ def _build(out: Path, params: dict, progress: bool) -> None:
                 answers = tuple(item.answer) if isinstance(item.answer, list) else (item.answer,)
                 extra = {k: item.extra[k] for k in ("bbox", "size") if k in item.extra}
                 samples.append(Sample(id=sid, task=task, image=rel, text=text, answers=answers, extra=extra))
+                if task != "pretrain":
+                    for iset in INSTRUCTION_SETS:
+                        # Original keeps the exact text it always had (INSTRUCTIONS)
+                        t = text if iset == "Original" else _text_for(
+                            task, item.question, _instruction_for(iset, task, seed, split, i))
+                        by_set[iset].append(Sample(id=sid, task=task, image=rel, text=t, answers=answers,
+                                                   extra=extra))
                 bar.update(1)
             if task == "pretrain":
                 write_train_json(out / "pretrain.json", samples)
-            elif split == "train":
-                write_train_json(task_dir(out, task) / "train.json", samples)
-            else:
-                write_test_json(task_dir(out, task) / "test.json", samples)
-    meta = dict(params, tasks=list(TASKS), instructions=dict(INSTRUCTIONS))
+                continue
+            for iset, set_samples in by_set.items():
+                if split == "train":
+                    write_train_json(task_dir(out, task, iset) / "train.json", set_samples)
+                else:
+                    write_test_json(task_dir(out, task, iset) / "test.json", set_samples)
+    meta = dict(params, tasks=list(TASKS), instructions=dict(INSTRUCTIONS),
+                instruction_sets=list(INSTRUCTION_SETS))
     atomic_write_text(out / "meta.json", json.dumps(meta, indent=1) + "\n")  # last: marks completion
 
 
@@ -903,7 +1035,9 @@ def generate(
 ) -> Path:
     """Generate coin-mini into ``root`` and return ``root``.
 
-    Nothing is done when ``root/meta.json`` already records the same parameters. The data is
+    Nothing is done when ``root/meta.json`` already records the same parameters and every
+    instruction set folder exists (a dataset written before the Diverse/10Type sets existed is
+    refused below rather than reused). The data is
     written into a temporary sibling folder and renamed into place at the end, so an
     interrupted run leaves no partial dataset at ``root``. A ``root`` that exists and is not
     an empty folder nor a coin-mini dataset with these parameters is refused (FileExistsError);
@@ -912,10 +1046,13 @@ def generate(
     root = Path(root)
     params = _params(seed, train_per_task, test_per_task, pretrain_size, image_size)
     meta = _read_meta(root)
-    if _matches(meta, params):
+    if _complete(root, params):
         return root
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
-        what = "a coin-mini dataset with other parameters" if meta else "other content"
+        if _matches(meta, params):
+            what = "an older coin-mini dataset without all instruction sets " + str(INSTRUCTION_SETS)
+        else:
+            what = "a coin-mini dataset with other parameters" if meta else "other content"
         raise FileExistsError(f"{root} already holds {what}; choose another folder or remove it")
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
@@ -925,7 +1062,7 @@ def generate(
         try:
             os.replace(tmp, root)  # an empty folder at root is replaced (POSIX rename)
         except OSError:
-            if _matches(_read_meta(root), params):  # a concurrent run finished first
+            if _complete(root, params):  # a concurrent run finished first
                 shutil.rmtree(tmp, ignore_errors=True)
                 return root
             raise

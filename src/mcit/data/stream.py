@@ -32,7 +32,7 @@ class Stream:
 def coin_mini_root(dc, seed: int) -> Path:
     if dc.root:
         return Path(dc.root)
-    key = config_hash({k: getattr(dc, k) for k in ("train_per_task", "test_per_task", "pretrain_size", "image_size")} | {"seed": seed, "version": coin_mini.VERSION})
+    key = config_hash({k: getattr(dc, k) for k in ("train_per_task", "test_per_task", "pretrain_size", "image_size")} | {"seed": seed, "version": coin_mini.VERSION, "sets": list(coin_mini.INSTRUCTION_SETS)})
     return cache_dir() / f"coin-mini-{key}"
 
 

@@ -61,7 +61,8 @@ def _train_base(run_cfg, data_root: Path, target: Path, accelerator: Accelerator
     # The tokenizer learns the benchmark's whole vocabulary (as a real LLM's tokenizer would
     # already cover it): pretraining text plus every task's training text.
     corpus = [s.text + " " + s.answer for s in pretrain]
-    for task_dir in sorted((data_root / dc.instruction_set).iterdir()):
+    # Always the Original instructions, so one cached base model serves every instruction set.
+    for task_dir in sorted((data_root / "Original").iterdir()):
         corpus += [s.text + " " + s.answer for s in read_train_json(task_dir / "train.json", task_dir.name, image_root)]
     tokenizer = train_tokenizer(corpus, mc.vocab_size)
     processor = build_processor(tokenizer, dc.image_size, mc.patch_size)
