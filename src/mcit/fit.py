@@ -61,7 +61,8 @@ def train_task(model, method: Method, ctx: TaskContext, items: list[dict], run_c
     model.train()
     batches = _batches(loader)
     losses = []
-    bar = tqdm(range(total), desc=desc, disable=not acc.is_main_process, leave=False)
+    # disable=None: bars on a terminal, none in redirected logs (no carriage-return spam).
+    bar = tqdm(range(total), desc=desc, disable=None if acc.is_main_process else True, leave=False)
     for step in bar:
         step_loss = 0.0
         for micro in range(tc.grad_accum):

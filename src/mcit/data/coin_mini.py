@@ -985,7 +985,7 @@ def _build(out: Path, params: dict, progress: bool) -> None:
     seed, S = params["seed"], params["image_size"]
     total = len(TASKS) * (params["train_per_task"] + params["test_per_task"]) + params["pretrain_size"]
     images = image_root(out)
-    with tqdm(total=total, disable=not progress, desc=NAME, unit="rec") as bar:
+    with tqdm(total=total, disable=None if progress else True, desc=NAME, unit="rec") as bar:
         jobs = [(t, s, params[f"{s}_per_task"]) for t in TASKS for s in ("train", "test")]
         jobs.append(("pretrain", "train", params["pretrain_size"]))
         for task, split, n in jobs:

@@ -25,7 +25,7 @@ def generate_answers(model, processor, samples: list[Sample], image_root: Path |
     answers: list[str] = []
     starts = range(0, len(samples), batch_size)
     try:
-        for start in tqdm(starts, desc=desc, disable=not show_progress, leave=False):
+        for start in tqdm(starts, desc=desc, disable=None if show_progress else True, leave=False):
             chunk = samples[start:start + batch_size]
             images = [load_image(image_root, s.image) for s in chunk]
             prompts = [chat_prompt(processor, s.text, im is not None) for s, im in zip(chunk, images)]
