@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from pathlib import Path
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.yaml"
@@ -84,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) > head and "=" in argv[head] and not argv[head].endswith((".yaml", ".yml")):
         argv = [*argv[:head], str(DEFAULT_CONFIG), *argv[head:]]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # checkpoints are local folders, never downloads
+    # PEFT still calls a transformers property deprecated in v5; the warning says nothing to users.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
