@@ -27,6 +27,16 @@ def cmd_run(args) -> int:
     from .config import load_config
     from .train import run_stream
 
+    if args.resume:
+        run_dir = Path(args.resume)
+        if args.config or args.overrides:
+            raise UserError("--resume continues a run with its own saved config; give no config or overrides")
+        if not (run_dir / "config.yaml").is_file():
+            raise UserError(f"--resume: {run_dir} is not a run folder (no config.yaml)")
+        cfg = load_config(run_dir / "config.yaml", [])
+        cfg.output_dir, cfg.name = str(run_dir.parent), run_dir.name
+        run_stream(cfg, resume=True)
+        return 0
     cfg = load_config(_config_path(args.config), args.overrides)
     run_stream(cfg)
     return 0
@@ -68,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "(coin-mini, tiny LLaVA, sequential LoRA).")
     run.add_argument("config", nargs="?", help="YAML config (default: the built-in default.yaml)")
     run.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=3e-4 method.name=full")
+    run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run after its last completed stage")
     run.set_defaults(func=cmd_run)
     data = sub.add_parser("data", help="data utilities").add_subparsers(dest="data_command", required=True)
     check = data.add_parser("check", help="validate every file of the configured stream before training",

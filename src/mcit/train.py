@@ -21,10 +21,10 @@ from .methods import TaskContext, build_method
 from .metrics import compute_metrics
 from .models.load import load_checkpoint
 from .report.matrix import format_table, save_matrix
-from .run import create_run_dir, mark_stage_done, save_json, save_run_info, stage_dir
+from .run import RunError, create_run_dir, load_json, load_stage_info, mark_stage_done, save_json, save_run_info, stage_dir
 
 
-def run_stream(cfg, log=print) -> dict:
+def run_stream(cfg, log=print, resume: bool = False) -> dict:
     acc = Accelerator(cpu=not torch.cuda.is_available())
     set_seed(cfg.seed)
     main = acc.is_main_process
@@ -54,26 +54,32 @@ def run_stream(cfg, log=print) -> dict:
     tok = getattr(processor, "tokenizer", processor)
 
     run_dir = create_run_dir(cfg) if main else None
+    T = len(stream.tasks)
+    matrix: list[list[float | None]] = [[None] * T for _ in range(T)]
+    zero_shot = None
+    done = completed_stages(run_dir or Path(cfg.output_dir) / str(cfg.name), stream.tasks) if resume else []
+    if main and not resume and completed_stages(run_dir, stream.tasks):
+        raise RunError(f"{run_dir} already has completed stages; continue it with `mcit run --resume {run_dir}`")
     if main:
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in model.parameters())
-        save_run_info(run_dir, cfg, {
+        info = {
             "device": str(acc.device),
             "num_processes": acc.num_processes,
             "effective_batch": cfg.train.batch_size * cfg.train.grad_accum * acc.num_processes,
             "checkpoint": str(checkpoint),
             "parameters": {"total": total, "trainable": trainable},
             "tasks": stream.tasks,
-        })
+        }
+        if resume:  # the original config.yaml and environment.json stay as they were
+            save_json(run_dir / f"environment-resume-{len(done)}.json", info | {"resumed_after_stage": len(done)})
+        else:
+            save_run_info(run_dir, cfg, info)
         baselines = {t: trivial_baseline(stream.train[t], stream.test[t], stream.scorers[t]) for t in stream.tasks}
         save_json(run_dir / "baselines.json", {t: {"constant_answer": a, "score": v} for t, (a, v) in baselines.items()})
         log(f"run folder: {run_dir}")
         log("constant-answer baseline: " + "  ".join(f"{t} {v:.1f}" for t, (_, v) in baselines.items()))
         log(f"model: {checkpoint}  ({total / 1e6:.2f} M parameters, {trainable / 1e6:.2f} M trainable with '{method.name}')")
-
-    T = len(stream.tasks)
-    matrix: list[list[float | None]] = [[None] * T for _ in range(T)]
-    zero_shot = None
 
     def evaluate(task: str, label: str, out_dir: Path | None) -> float:
         value, records = evaluate_task(acc.unwrap_model(model), processor, stream.test[task], stream.image_root,
@@ -83,14 +89,30 @@ def run_stream(cfg, log=print) -> dict:
             save_jsonl(out_dir / "predictions" / f"{task}.jsonl", records)
         return value
 
+    # Resuming: completed stages are read back, never recomputed; the model continues from the
+    # last completed stage's weights. A stage cut off half-way is redone from its start, which
+    # gives the same result as an uninterrupted run (each stage is seeded on its own).
+    if done:
+        for t, info in enumerate(done):
+            for task, value in info["scores"].items():
+                matrix[t][stream.tasks.index(task)] = value
+        if cfg.eval.zero_shot:
+            saved = load_json(run_dir / "zero_shot.json")
+            zero_shot = [saved[t] for t in stream.tasks]
+        method.load_model(acc.unwrap_model(model), stage_dir(run_dir, len(done) - 1, stream.tasks[len(done) - 1]) / "model")
+        log(f"resuming after stage {len(done)}/{T} ({stream.tasks[len(done) - 1]})")
+
     # 3. Zero-shot row: the model before any stage (needed for forward transfer).
-    if cfg.eval.zero_shot:
+    elif cfg.eval.zero_shot:
         zero_shot = [evaluate(t, "base", run_dir / "stages" / "00-base" if main else None) for t in stream.tasks]
         if main:
+            save_json(run_dir / "zero_shot.json", dict(zip(stream.tasks, zero_shot)))
             log("base model: " + "  ".join(f"{t} {v:.1f}" for t, v in zip(stream.tasks, zero_shot)))
 
     # 4. The stream, one task after another.
     for t, task in enumerate(stream.tasks):
+        if t < len(done):
+            continue
         ctx = TaskContext(task=task, index=t, tasks=stream.tasks, model=model, accelerator=acc)
         method.before_task(ctx)
         samples = method.train_samples(ctx, stream.train[task])
@@ -131,6 +153,17 @@ def run_stream(cfg, log=print) -> dict:
         log(format_table(stream.tasks, matrix, metrics, zero_shot))
     acc.wait_for_everyone()
     return result
+
+
+def completed_stages(run_dir: Path, tasks: list[str]) -> list[dict]:
+    """done.json records of the stages finished in order from the first (stops at a gap)."""
+    done = []
+    for t, task in enumerate(tasks):
+        info = load_stage_info(stage_dir(run_dir, t, task))
+        if info is None:
+            break
+        done.append(info)
+    return done
 
 
 class DataCheckFailed(Exception):

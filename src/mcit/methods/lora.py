@@ -2,7 +2,10 @@
 linear layers, continued from task to task; the projector optionally trains in full."""
 from __future__ import annotations
 
-from peft import LoraConfig, get_peft_model
+from pathlib import Path
+
+from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+from safetensors.torch import load_file
 
 from ..models.adapters import set_trainable, target_regex
 from .base import Method
@@ -25,3 +28,9 @@ class SequentialLoRA(Method):
     def setup(self, model, run_cfg):
         set_trainable(model, language_model=False, projector=False)
         return get_peft_model(model, self.lora_config(model))
+
+    def load_model(self, model, directory: Path) -> None:
+        """Adapter (and projector) weights of a saved stage back into the live PEFT model."""
+        result = set_peft_model_state_dict(model, load_file(str(Path(directory) / "adapter_model.safetensors")))
+        if getattr(result, "unexpected_keys", None):
+            raise RuntimeError(f"{directory}: adapter keys the model does not have: {result.unexpected_keys[:5]}")
