@@ -2,6 +2,7 @@
 -> accuracy matrix -> metrics -> report. Read it top to bottom."""
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -12,11 +13,12 @@ from safetensors.torch import save_file
 
 from .data.check import check_stream_config
 from .data.encode import encode_for_training
-from .data.stream import Stream, build_stream, cache_dir
+from .data.stream import build_stream, cache_dir
 from .config import ConfigError
 from .eval.coin_compat import MODES as SCORING_MODES
 from .eval.evaluate import evaluate_task, trivial_baseline
 from .fit import train_task
+from .io import atomic_write_text
 from .methods import TaskContext, build_method
 from .metrics import compute_metrics
 from .models.load import load_checkpoint
@@ -57,8 +59,8 @@ def run_stream(cfg, log=print, resume: bool = False) -> dict:
     T = len(stream.tasks)
     matrix: list[list[float | None]] = [[None] * T for _ in range(T)]
     zero_shot = None
-    done = completed_stages(run_dir or Path(cfg.output_dir) / str(cfg.name), stream.tasks) if resume else []
-    if main and not resume and completed_stages(run_dir, stream.tasks):
+    done = completed_stages(run_dir or Path(cfg.output_dir) / str(cfg.name), stream.tasks)
+    if done and not resume:
         raise RunError(f"{run_dir} already has completed stages; continue it with `mcit run --resume {run_dir}`")
     if main:
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -75,7 +77,8 @@ def run_stream(cfg, log=print, resume: bool = False) -> dict:
             save_json(run_dir / f"environment-resume-{len(done)}.json", info | {"resumed_after_stage": len(done)})
         else:
             save_run_info(run_dir, cfg, info)
-        baselines = {t: trivial_baseline(stream.train[t], stream.test[t], stream.scorers[t]) for t in stream.tasks}
+        baselines = {t: trivial_baseline(stream.train[t], stream.test[t], stream.scorers[t], cfg.eval.scoring)
+                     for t in stream.tasks}
         save_json(run_dir / "baselines.json", {t: {"constant_answer": a, "score": v} for t, (a, v) in baselines.items()})
         log(f"run folder: {run_dir}")
         log("constant-answer baseline: " + "  ".join(f"{t} {v:.1f}" for t, (_, v) in baselines.items()))
@@ -145,8 +148,7 @@ def run_stream(cfg, log=print, resume: bool = False) -> dict:
               "metrics": metrics, "seconds": time.time() - started}
     if main:
         save_matrix(run_dir, "matrix", stream.tasks, matrix, zero_shot, metrics)
-        (run_dir / "matrix_partial.json").unlink(missing_ok=True)
-        for ext in ("csv", "md", "png"):
+        for ext in ("json", "csv", "md", "png"):
             (run_dir / f"matrix_partial.{ext}").unlink(missing_ok=True)
         save_json(run_dir / "metrics.json", {"view": "instruction_following", "scoring": cfg.eval.scoring,
                                              **metrics, "seconds": result["seconds"]})
@@ -175,9 +177,5 @@ class DataCheckFailed(Exception):
 
 
 def save_jsonl(path: Path, records: list[dict]) -> None:
-    import json
-
-    from .io import atomic_write_text
-
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))

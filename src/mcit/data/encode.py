@@ -29,14 +29,15 @@ def chat_prompt(processor, text: str, with_image: bool) -> str:
     return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
-def _tokenizer(processor):
+def tokenizer_of(processor):
+    """The text tokenizer inside a multimodal processor (or the tokenizer itself)."""
     return getattr(processor, "tokenizer", processor)
 
 
 def answer_ids(processor, answer: str) -> list[int]:
     """Answer tokens plus end-of-sequence, tokenized on their own so the prompt/answer
     boundary (and hence the loss mask) is exact."""
-    tok = _tokenizer(processor)
+    tok = tokenizer_of(processor)
     return tok(answer.strip(), add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
 
 

@@ -1,12 +1,14 @@
 """Evaluate one task: generate, clean, score every sample, keep every prediction."""
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
+from ..data.coin_format import format_bbox
 from ..data.schema import Sample
 from .generate import generate_answers
 from .coin_compat import score_mode
-from .scorers import clean_generation, parse_box, score
+from .scorers import clean_generation, parse_box
 
 
 def evaluate_task(model, processor, samples: list[Sample], image_root: Path | None, scorer: str,
@@ -31,16 +33,14 @@ def evaluate_task(model, processor, samples: list[Sample], image_root: Path | No
     return task_score, records
 
 
-def trivial_baseline(train: list[Sample], test: list[Sample], scorer: str) -> tuple[str, float]:
+def trivial_baseline(train: list[Sample], test: list[Sample], scorer: str,
+                     mode: str = "corrected") -> tuple[str, float]:
     """The score of a constant answer: the most common training answer (ties: first seen), or
-    for boxes, where every answer is unique, the mean training box."""
+    for boxes, where every answer is unique, the mean training box. Scored in the run's mode."""
     if scorer == "bbox":
         boxes = [b for b in (parse_box(s.answer) for s in train) if b is not None]
-        answer = "[" + ", ".join(f"{sum(c) / len(boxes):.2f}" for c in zip(*boxes)) + "]"
+        answer = format_bbox([sum(c) / len(boxes) for c in zip(*boxes)])
     else:
-        counts: dict[str, int] = {}
-        for s in train:
-            counts[s.answer] = counts.get(s.answer, 0) + 1
-        answer = max(counts, key=counts.get)
-    value = 100.0 * sum(score(scorer, answer, s) for s in test) / max(1, len(test))
+        answer = Counter(s.answer for s in train).most_common(1)[0][0]
+    value = 100.0 * sum(score_mode(mode, scorer, answer, s) for s in test) / max(1, len(test))
     return answer, value

@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..data.encode import chat_prompt, load_image
+from ..data.encode import chat_prompt, load_image, tokenizer_of
 from ..data.schema import Sample
 
 
@@ -16,7 +16,7 @@ def generate_answers(model, processor, samples: list[Sample], image_root: Path |
                      show_progress: bool = True) -> list[str]:
     """Greedy answers for `samples`, in order. Left padding keeps every prompt's last token
     at the same position, so a whole batch decodes together with the KV cache."""
-    tok = getattr(processor, "tokenizer", processor)
+    tok = tokenizer_of(processor)
     old_side = tok.padding_side
     tok.padding_side = "left"
     was_training = model.training

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import torch
 from ..config import ConfigError
+from ..data.encode import tokenizer_of
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -22,7 +23,7 @@ def load_checkpoint(path: str | Path, dtype: str = "float32"):
     model = AutoModelForImageTextToText.from_pretrained(path, dtype=DTYPES[dtype], local_files_only=True)
     if getattr(processor, "chat_template", None) is None:
         raise ConfigError(f"model.name: the processor in '{path}' has no chat template")
-    tok = getattr(processor, "tokenizer", processor)
+    tok = tokenizer_of(processor)
     if tok.pad_token_id is None:  # Llama-family tokenizers ship without one; batching needs it
         tok.pad_token = tok.eos_token
     return model, processor
