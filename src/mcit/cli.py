@@ -1,4 +1,4 @@
-"""`mcit` command line: `mcit run [CONFIG.yaml] [key=value ...]`."""
+"""`mcit` command line: `mcit run [CONFIG.yaml] [key=value ...]`, `mcit judge RUN_DIR`, `mcit data check`."""
 from __future__ import annotations
 
 import argparse
@@ -17,10 +17,11 @@ class UserError(Exception):
 def _user_errors() -> tuple[type[BaseException], ...]:
     from .config import ConfigError
     from .data.coin_format import DataError
+    from .eval.judge_protocol import JudgeError
     from .run import RunError
     from .train import DataCheckFailed
 
-    return (UserError, ConfigError, DataError, RunError, DataCheckFailed)
+    return (UserError, ConfigError, DataError, RunError, DataCheckFailed, JudgeError)
 
 
 def cmd_run(args) -> int:
@@ -45,9 +46,8 @@ def cmd_run(args) -> int:
 def cmd_data_check(args) -> int:
     """Validate every file of a stream; print counts and every problem; exit 1 on problems."""
     from .config import load_config
-    from .data import coin_mini
     from .data.check import check_release, check_stream_config
-    from .data.stream import coin_mini_root
+    from .data.stream import coin_mini_root, stream_order
 
     cfg = load_config(_config_path(args.config), args.overrides)
     dc = cfg.data
@@ -55,12 +55,46 @@ def cmd_data_check(args) -> int:
         root = coin_mini_root(dc, cfg.seed)
         if not (root / "meta.json").is_file():
             raise UserError(f"coin-mini has not been generated yet at {root}; `mcit run` generates it")
-        report = check_release(root / dc.instruction_set, root / "images", list(dc.tasks or coin_mini.TASKS))
+        report = check_release(root / dc.instruction_set, root / "images", stream_order(dc, seed=0))
     else:
         report = check_stream_config(dc)
     print(report.format())
     print("ok" if report.ok else f"{len(report.problems)} problem(s)")
     return 0 if report.ok else 1
+
+
+def cmd_judge(args) -> int:
+    """Re-score a run's saved predictions with the General Knowledge judge (no model needed)."""
+    from .config import load_config
+    from .eval.judge import judge_run
+
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"judge: run folder not found: {run_dir}")
+    overrides = [_judge_override(o) for o in args.overrides]
+    if args.backend:
+        overrides.append(f"judge.backend={args.backend}")
+    saved = run_dir / "config.yaml"  # the run's own judge settings, if it has any
+    cfg = load_config(saved if saved.is_file() else None, overrides)
+    if cfg.judge.backend == "none":
+        raise UserError("judge: judge.backend is 'none'; choose embedding, openai or local (--backend)")
+    judge_run(run_dir, cfg.judge)
+    return 0
+
+
+def _judge_override(text: str) -> str:
+    """`model=x` and `judge.model=x` both mean judge.model; other sections are refused."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise UserError(f"judge: malformed override {text!r}: expected key=value, e.g. judge.model=NAME")
+    leaf = key[len("judge."):] if key.startswith("judge.") else key
+    if "." in leaf:
+        raise UserError(f"judge: only judge.* settings can be changed here, not {key!r}")
+    if leaf == "api_key":  # never echo what follows: it would be the secret itself
+        raise UserError("judge.api_key: the API key is not taken from the command line or a file; "
+                        "put it in the environment variable named by judge.api_key_env (default MCIT_JUDGE_API_KEY)")
+    return f"judge.{leaf}={value}"
 
 
 def _config_path(config: str | None) -> Path:
@@ -80,6 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=3e-4 method.name=full")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run after its last completed stage")
     run.set_defaults(func=cmd_run)
+    judge = sub.add_parser("judge", help="score a run's saved predictions with the General Knowledge judge",
+                           description="Re-score RUN_DIR's saved predictions with a judge (no model is loaded) "
+                                       "and write matrix_gk.* and metrics_gk.json. Settings: the run's own "
+                                       "judge section, then --backend, then judge.* overrides.")
+    judge.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by `mcit run`")
+    judge.add_argument("overrides", nargs="*", help="judge settings, e.g. judge.model=NAME base_url=http://host:8000/v1")
+    judge.add_argument("--backend", choices=["embedding", "openai", "local"], help="the judge backend")
+    judge.set_defaults(func=cmd_judge)
     data = sub.add_parser("data", help="data utilities").add_subparsers(dest="data_command", required=True)
     check = data.add_parser("check", help="validate every file of the configured stream before training",
                             description="Report every problem (file, record, field) at once; exit 1 if any.")
@@ -93,12 +135,18 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     # `mcit run key=value` (no config file): argparse would take the override as CONFIG.
     head = 2 if argv[:2] == ["data", "check"] else 1
-    if len(argv) > head and "=" in argv[head] and not argv[head].endswith((".yaml", ".yml")):
+    if argv[:1] != ["judge"] and len(argv) > head and "=" in argv[head] and not argv[head].endswith((".yaml", ".yml")):
         argv = [*argv[:head], str(DEFAULT_CONFIG), *argv[head:]]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # checkpoints are local folders, never downloads
     # PEFT still calls a transformers property deprecated in v5; the warning says nothing to users.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # `mcit judge RUN --backend openai model=x`: overrides after an option land in `extra`.
+    if extra and args.command == "judge" and not any(e.startswith("-") for e in extra):
+        args.overrides, extra = [*args.overrides, *extra], []
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
     except _user_errors() as exc:

