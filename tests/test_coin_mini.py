@@ -71,10 +71,21 @@ def test_pretrain_has_no_task_formats(root: Path):
     pairs = [(s.text, s.answer) for s in cm.load_pretrain(root)]
     pairs += [(it.question, it.answer) for it in _items("pretrain", 60)]
     assert all(isinstance(a, str) for _, a in pairs)
+    sqa_questions = {q for it in _items("ScienceQA", 40) for q in it.question.split("\n")[:1]}
+    kinds = {"letter": 0, "box": 0}
     for text, answer in pairs:
         assert not any(line in text for line in instruction_lines)
-        assert not re.search(r"^[A-E]\. ", text, re.M) and not re.fullmatch(r"[A-E]", answer)
-        assert not answer.startswith("[") and "unanswerable" not in answer.lower()
+        assert "unanswerable" not in answer.lower()
+        if re.fullmatch(r"[A-E]", answer):  # generic multiple choice, like LLaVA-1.5's A-OKVQA
+            kinds["letter"] += 1
+            options = re.findall(r"^([A-E])\. ", text, re.M)
+            assert answer in options and text.split("\n")[0] not in sqa_questions
+        elif answer.startswith("["):  # where an object is, like LLaVA-1.5's RefCOCO boxes
+            kinds["box"] += 1
+            assert text.startswith("Where is the ") and len(parse_bbox(answer)) == 4
+        else:
+            assert not re.search(r"^[A-E]\. ", text, re.M)
+    assert kinds["letter"] > 0 and kinds["box"] > 0
 
 
 def test_answer_formats(root: Path):

@@ -14,8 +14,9 @@ SMALL = [
     "data.tasks=[ImageNet,VQAv2]", "data.train_per_task=24", "data.test_per_task=6", "data.pretrain_size=24",
     "data.image_size=32", "model.hidden_size=32", "model.num_layers=1", "model.num_heads=2",
     "model.intermediate_size=64", "model.vision_hidden_size=32", "model.vision_layers=1", "model.vocab_size=400",
+    "model.vision_steps=2", "model.vision_images=16", "model.vision_batch_size=8",
     "model.base_steps=3", "model.base_batch_size=8", "train.steps_per_task=3", "train.batch_size=8",
-    "train.grad_accum=2", "eval.batch_size=4", "eval.max_new_tokens=4",
+    "train.grad_accum=2", "eval.batch_size=4", "eval.max_new_tokens=4", "judge.backend=none",
 ]
 
 
@@ -32,11 +33,12 @@ def _run(tmp_path, name, *extra):
 
 
 def test_two_task_run_writes_the_run_folder_and_is_reproducible(cache, capsys):
-    run = _run(cache, "a")
+    run = _run(cache, "a", "judge.backend=embedding")
     out = capsys.readouterr().out
     assert "MFT" in out and "BWT" in out and "ImageNet" in out
 
-    for f in ["config.yaml", "environment.json", "metrics.json", "matrix.json", "matrix.csv", "matrix.md", "matrix.png"]:
+    for f in ["config.yaml", "environment.json", "metrics.json", "matrix.json", "matrix.csv", "matrix.md", "matrix.png",
+              "metrics_gk.json", "matrix_gk.json"]:  # both views: instruction following, general knowledge
         assert (run / f).is_file(), f
     assert not (run / "matrix_partial.json").exists()
     env = json.loads((run / "environment.json").read_text())

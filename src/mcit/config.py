@@ -31,6 +31,7 @@ __all__ = [
     "ConfigError",
     "DataConfig",
     "EvalConfig",
+    "JudgeConfig",
     "MethodConfig",
     "ModelConfig",
     "RunConfig",
@@ -81,7 +82,11 @@ class DataConfig:
         "Original", "which instruction templates to use (CoIN: Original, Diverse, 10Type)",
         aliases=("instructions", "instruction_type"))
     tasks: list[str] | None = _field(
-        None, "stream order; null = CoIN's default order", aliases=("task_order", "order"))
+        None, "the tasks, in stream order (any subset); null = all tasks in the named `order`",
+        aliases=("task_order",))
+    order: str = _field(
+        "coin", 'named order when tasks is null: "coin" (CoIN\'s default), "reverse", or "random" (a seeded permutation)',
+        aliases=("stream_order", "named_order"))
     train_per_task: int = _field(
         400, "training samples per task (coin: at most this many)",
         aliases=("train_size", "n_train"))
@@ -113,6 +118,9 @@ class ModelConfig:
     vision_layers: int = _field(3, "tiny-llava: layers of the vision tower")
     patch_size: int = _field(8, "tiny-llava: vision patch side, in pixels")
     vocab_size: int = _field(1024, "tiny-llava: tokenizer vocabulary size")
+    vision_steps: int = _field(1000, "tiny-llava: optimizer steps of the vision-encoder pretraining stage")
+    vision_images: int = _field(8000, "tiny-llava: labelled images (generated) for the vision-encoder stage")
+    vision_batch_size: int = _field(64, "tiny-llava: batch size of the vision-encoder stage")
     base_steps: int = _field(1500, "tiny-llava: optimizer steps of the base-model (alignment) stage")
     base_lr: float = _field(1e-3, "tiny-llava: learning rate of the base-model stage",
                             aliases=("base_learning_rate",))
@@ -125,7 +133,9 @@ class ModelConfig:
 class MethodConfig:
     """The continual-learning method and its hyper-parameters."""
 
-    name: str = _field("lora", '"full" (all weights) or "lora"', aliases=("method",))
+    name: str = _field("lora", "full, lora, moelora, multitask (joint upper bound), lora-taskid (a LoRA per task, "
+                       "task id given), ema, lcia, replay, ewc, lwf or olora; see mcit.methods",
+                       aliases=("method",))
     lora_r: int = _field(16, "LoRA rank", aliases=("r", "rank"))
     lora_alpha: int = _field(32, "LoRA scaling numerator (scale = alpha / r)", aliases=("alpha",))
     lora_dropout: float = _field(0.0, "dropout on the LoRA input", aliases=("dropout",))
@@ -134,6 +144,45 @@ class MethodConfig:
         aliases=("targets", "lora_target_modules"))
     train_projector: bool = _field(True, "also train the vision-language projector",
                                    aliases=("tune_projector", "tune_mm_mlp_adapter"))
+    moe_experts: int = _field(4, "moelora: LoRA experts per adapted layer, each of rank lora_r / moe_experts",
+                              aliases=("experts", "num_experts", "expert_num", "n_experts"))
+    moe_top_k: int | None = _field(
+        None, "moelora: experts each token uses (gates renormalised over them); null = dense, all experts",
+        aliases=("top_k", "num_experts_per_tok"))
+    moe_balance_weight: float = _field(
+        0.0, "moelora: weight of the Switch load-balancing loss E * sum_e f_e * P_e (mean over layers); 0 = off",
+        aliases=("balance_weight", "aux_loss_weight", "router_aux_loss_coef", "load_balance_weight"))
+    moe_impl: Literal["fused", "reference"] = _field(
+        "fused", 'moelora: "fused" (all experts in two matmuls) or "reference" (a loop over experts); same weights',
+        aliases=("impl", "moe_implementation"))
+    ema_weight: float = _field(
+        0.01, "ema: weight a of the new parameters in theta* = (1 - a) theta* + a theta after each step; "
+        "lcia: the fallback when its balanced coefficient is not in (0, 1)", aliases=("ema_alpha", "ema_coef"))
+    lcia_grouping: bool = _field(
+        True, "lcia: instruction grouping (retrain a similar group's adapter or expand with a new one, "
+        "route each test sample by its instruction); false = balanced EMA only", aliases=("grouping",))
+    lcia_threshold: float | None = _field(
+        None, "lcia: similarity needed to join a group; null = by instruction set (0.90 Original, 0.30 Diverse/10Type)",
+        aliases=("group_threshold", "similarity_threshold"))
+    lcia_similarity: Literal["tfidf", "embedding"] = _field(
+        "tfidf", 'lcia: instruction similarity: "tfidf" (cosine, English stop words removed) or "embedding" '
+        "(the bundled sentence-embedding model)", aliases=("similarity",))
+    replay_size: int = _field(200, "replay: samples kept in the buffer", aliases=("buffer_size", "memory_size"))
+    replay_selection: Literal["reservoir", "balanced"] = _field(
+        "balanced", 'replay: "reservoir" sampling over everything seen, or "balanced" (equal share per earlier task)',
+        aliases=("buffer_selection",))
+    replay_ratio: float = _field(
+        0.25, "replay: buffer samples mixed in per task, as a fraction of the task's own training samples",
+        aliases=("mix_ratio", "replay_fraction"))
+    ewc_lambda: float = _field(100.0, "ewc: weight of the quadratic penalty (lambda/2) sum F (theta - theta*)^2",
+                               aliases=("ewc_weight",))
+    ewc_fisher_samples: int = _field(64, "ewc: training samples of each task used to estimate the diagonal Fisher",
+                                     aliases=("fisher_samples",))
+    lwf_lambda: float = _field(1.0, "lwf: weight of KL(previous stage || current) on the answer tokens",
+                               aliases=("lwf_weight", "distill_weight"))
+    lwf_temperature: float = _field(2.0, "lwf: softmax temperature of the distillation", aliases=("temperature",))
+    olora_lambda: float = _field(0.05, "olora: weight of the orthogonality loss sum |A_t A_j^T| over earlier tasks j",
+                                 aliases=("orth_weight", "lambda_orth"))
 
 
 @dataclass
@@ -144,6 +193,12 @@ class TrainConfig:
         300, "optimizer steps per task; null = use epochs", aliases=("max_steps", "steps"))
     epochs: float = _field(1.0, "passes over each task's data when steps_per_task is null",
                            aliases=("num_epochs", "num_train_epochs"))
+    task_steps: dict[str, int] = _field(
+        {}, "per-task optimizer steps overriding steps_per_task, e.g. {Grounding: 600}",
+        aliases=("steps_by_task", "per_task_steps"))
+    task_epochs: dict[str, float] = _field(
+        {}, "per-task epochs (used when the task has no step budget), e.g. {ScienceQA: 2}",
+        aliases=("epochs_by_task", "per_task_epochs"))
     batch_size: int = _field(16, "samples per forward pass",
                              aliases=("per_device_train_batch_size", "bs", "train_batch_size"))
     grad_accum: int = _field(1, "forward passes per optimizer step",
@@ -175,6 +230,37 @@ class EvalConfig:
 
 
 @dataclass
+class JudgeConfig:
+    """The General Knowledge view: a judge re-scores every saved prediction 0-10 at the end."""
+
+    backend: str = _field(
+        "embedding", '"embedding" (offline, bundled sentence-embedding model), "openai" (an '
+        'OpenAI-compatible endpoint), "local" (a local HF causal-LM folder) or "none"',
+        aliases=("kind", "judge_backend"))
+    model: str | None = _field(
+        None, "openai: the model name the endpoint serves; local: the model folder; embedding: unused",
+        aliases=("judge_model",))
+    base_url: str = _field("http://127.0.0.1:8000/v1", "openai: endpoint base URL ({base_url}/chat/completions)",
+                           aliases=("url", "endpoint", "api_base"))
+    api_key_env: str = _field(
+        "MCIT_JUDGE_API_KEY", "openai: environment variable holding the API key (else OPENAI_API_KEY); "
+        "the key itself is never written to a config or any file", aliases=("api_key", "key_env"))
+    timeout: float = _field(60.0, "openai: seconds per request", aliases=("request_timeout",))
+    max_retries: int = _field(4, "openai: retries after 429, 5xx or connection errors",
+                              aliases=("retries",))
+    retry_backoff: float = _field(1.0, "openai: first retry delay in seconds, doubled at each retry",
+                                  aliases=("backoff",))
+    concurrency: int = _field(8, "openai: requests in flight at once", aliases=("workers", "parallel"))
+    temperature: float = _field(0.7, "openai: sampling temperature (CoIN: 0.7)")
+    top_p: float = _field(0.8, "openai: nucleus sampling (CoIN: 0.8)")
+    max_tokens: int = _field(20, "openai, local: reply length limit in tokens (CoIN: 20)",
+                             aliases=("reply_tokens",))
+    batch_size: int = _field(32, "local, embedding: samples per forward pass")
+    cache: str | None = _field(None, "judge cache file (JSON lines); null = <run folder>/judge_cache.jsonl",
+                               aliases=("cache_path", "cache_file"))
+
+
+@dataclass
 class RunConfig:
     """One continual instruction tuning run."""
 
@@ -187,6 +273,7 @@ class RunConfig:
     method: MethodConfig = _section(MethodConfig, "the continual-learning method")
     train: TrainConfig = _section(TrainConfig, "training within each task")
     eval: EvalConfig = _section(EvalConfig, "evaluation after each stage")
+    judge: JudgeConfig = _section(JudgeConfig, "General Knowledge view: judge scores of the saved predictions")
 
 
 # --------------------------------------------------------------------------------------------

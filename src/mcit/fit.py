@@ -19,12 +19,15 @@ from .data.encode import collate
 from .methods.base import Method, TaskContext
 
 
-def steps_for(tc, n_items: int, world_size: int) -> int:
-    """Optimizer steps for one task: a fixed budget, or epochs over the global batch."""
-    if tc.steps_per_task:
+def steps_for(tc, n_items: int, world_size: int, task: str | None = None) -> int:
+    """Optimizer steps for one task: its own budget (task_steps, task_epochs) if it has one,
+    else the run's fixed budget, else epochs over the global batch."""
+    if task in tc.task_steps:
+        return int(tc.task_steps[task])
+    if tc.steps_per_task and task not in tc.task_epochs:
         return int(tc.steps_per_task)
     global_batch = tc.batch_size * tc.grad_accum * world_size
-    return max(1, math.ceil(tc.epochs * n_items / global_batch))
+    return max(1, math.ceil(tc.task_epochs.get(task, tc.epochs) * n_items / global_batch))
 
 
 def _batches(loader: DataLoader):
@@ -38,8 +41,9 @@ def _batches(loader: DataLoader):
 
 
 def train_task(model, method: Method, ctx: TaskContext, items: list[dict], run_cfg, pad_id: int,
-               seed: int, desc: str) -> dict:
-    """Train `model` on encoded `items` for one task; returns loss statistics."""
+               seed: int, desc: str, steps: int | None = None) -> dict:
+    """Train `model` on encoded `items` for one task (`steps` optimizer steps, default: the
+    task's budget); returns loss statistics."""
     tc = run_cfg.train
     acc = ctx.accelerator
     set_seed(seed)
@@ -51,7 +55,7 @@ def train_task(model, method: Method, ctx: TaskContext, items: list[dict], run_c
         collate_fn=lambda b: collate(b, pad_id),
         drop_last=len(items) >= tc.batch_size * acc.num_processes,
     )
-    total = steps_for(tc, len(items), acc.num_processes)
+    total = steps if steps is not None else steps_for(tc, len(items), acc.num_processes, ctx.task)
     groups = method.param_groups(model, run_cfg)
     params = [p for g in groups for p in g["params"]]
     optimizer = torch.optim.AdamW(groups, weight_decay=tc.weight_decay)

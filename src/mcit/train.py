@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from safetensors.torch import save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as save_tensors
 
 from .data.check import check_stream_config
 from .data.encode import encode_for_training
@@ -17,8 +18,8 @@ from .data.stream import build_stream, cache_dir
 from .config import ConfigError
 from .eval.coin_compat import MODES as SCORING_MODES
 from .eval.evaluate import evaluate_task, trivial_baseline
-from .fit import train_task
-from .io import atomic_write_text
+from .fit import steps_for, train_task
+from .io import atomic_write_bytes, atomic_write_text
 from .methods import TaskContext, build_method
 from .metrics import compute_metrics
 from .models.load import load_checkpoint
@@ -42,6 +43,9 @@ def run_stream(cfg, log=print, resume: bool = False) -> dict:
         if not report.ok:
             raise DataCheckFailed(report)
     stream = build_stream(cfg.data, cfg.seed, show_progress=main)
+    budgeted = sorted((set(cfg.train.task_steps) | set(cfg.train.task_epochs)) - set(stream.tasks))
+    if budgeted:  # most likely a misspelt task name
+        raise ConfigError(f"train.task_steps/task_epochs name {budgeted}, which are not in the stream {stream.tasks}")
 
     # 2. The model: the built-in tiny LLaVA (its base stage cached) or a local checkpoint.
     if cfg.model.name == "tiny-llava":
@@ -57,9 +61,12 @@ def run_stream(cfg, log=print, resume: bool = False) -> dict:
 
     run_dir = create_run_dir(cfg) if main else None
     T = len(stream.tasks)
-    matrix: list[list[float | None]] = [[None] * T for _ in range(T)]
+    # A stage trains one task of the stream, or (a joint method: multitask) all tasks at once.
+    stages = [("multitask", list(stream.tasks))] if method.joint else [(t, [t]) for t in stream.tasks]
+    names = [name for name, _ in stages]
+    matrix: list[list[float | None]] = [[None] * T for _ in stages]
     zero_shot = None
-    done = completed_stages(run_dir or Path(cfg.output_dir) / str(cfg.name), stream.tasks)
+    done = completed_stages(run_dir or Path(cfg.output_dir) / str(cfg.name), names)
     if done and not resume:
         raise RunError(f"{run_dir} already has completed stages; continue it with `mcit run --resume {run_dir}`")
     if main:
@@ -72,6 +79,7 @@ def run_stream(cfg, log=print, resume: bool = False) -> dict:
             "checkpoint": str(checkpoint),
             "parameters": {"total": total, "trainable": trainable},
             "tasks": stream.tasks,
+            "stages": names,
         }
         if resume:  # the original config.yaml and environment.json stay as they were
             save_json(run_dir / f"environment-resume-{len(done)}.json", info | {"resumed_after_stage": len(done)})
@@ -85,12 +93,17 @@ def run_stream(cfg, log=print, resume: bool = False) -> dict:
         log(f"model: {checkpoint}  ({total / 1e6:.2f} M parameters, {trainable / 1e6:.2f} M trainable with '{method.name}')")
 
     def evaluate(task: str, label: str, out_dir: Path | None) -> float:
-        value, records = evaluate_task(acc.unwrap_model(model), processor, stream.test[task], stream.image_root,
-                                       stream.scorers[task], cfg.eval, device=acc.device,
-                                       desc=f"eval {label} on {task}", show_progress=main)
+        live = acc.unwrap_model(model)
+        records = []
+        for subset, route in method.eval_routes(live, task, stream.test[task]):
+            with route:
+                records += evaluate_task(live, processor, subset, stream.image_root, stream.scorers[task], cfg.eval,
+                                         device=acc.device, desc=f"eval {label} on {task}", show_progress=main)[1]
+        order = {s.id: k for k, s in enumerate(stream.test[task])}
+        records.sort(key=lambda r: order[r["id"]])
         if main and out_dir is not None:
             save_jsonl(out_dir / "predictions" / f"{task}.jsonl", records)
-        return value
+        return 100.0 * sum(r["score"] for r in records) / max(1, len(records))
 
     # Resuming: completed stages are read back, never recomputed; the model continues from the
     # last completed stage's weights. A stage cut off half-way is redone from its start, which
@@ -102,8 +115,13 @@ def run_stream(cfg, log=print, resume: bool = False) -> dict:
         if cfg.eval.zero_shot:
             saved = load_json(run_dir / "zero_shot.json")
             zero_shot = [saved[t] for t in stream.tasks]
-        method.load_model(acc.unwrap_model(model), stage_dir(run_dir, len(done) - 1, stream.tasks[len(done) - 1]) / "model")
-        log(f"resuming after stage {len(done)}/{T} ({stream.tasks[len(done) - 1]})")
+        last = stage_dir(run_dir, len(done) - 1, names[len(done) - 1])
+        method.load_model(acc.unwrap_model(model), last / "model")
+        if (last / "method_state.safetensors").is_file():
+            method.load_state_dict(load_file(str(last / "method_state.safetensors")))
+        if (last / "method_state.json").is_file():
+            method.load_json_state(load_json(last / "method_state.json"))
+        log(f"resuming after stage {len(done)}/{len(stages)} ({names[len(done) - 1]})")
 
     # 3. Zero-shot row: the model before any stage (needed for forward transfer).
     elif cfg.eval.zero_shot:
@@ -113,15 +131,18 @@ def run_stream(cfg, log=print, resume: bool = False) -> dict:
             log("base model: " + "  ".join(f"{t} {v:.1f}" for t, v in zip(stream.tasks, zero_shot)))
 
     # 4. The stream, one task after another.
-    for t, task in enumerate(stream.tasks):
+    for t, (task, trained) in enumerate(stages):
         if t < len(done):
             continue
-        ctx = TaskContext(task=task, index=t, tasks=stream.tasks, model=model, accelerator=acc)
+        ctx = TaskContext(task=task, index=t, tasks=names, model=model, accelerator=acc)
         method.before_task(ctx)
-        samples = method.train_samples(ctx, stream.train[task])
+        samples = method.train_samples(ctx, [s for name in trained for s in stream.train[name]])
         items = [encode_for_training(processor, s, stream.image_root, cfg.train.max_length) for s in samples]
+        # The budget comes from the tasks' own data, so methods that add samples (replay) get
+        # the same number of steps; a joint stage gets the sum of its tasks' budgets.
+        steps = sum(steps_for(cfg.train, len(stream.train[name]), acc.num_processes, name) for name in trained)
         stats = train_task(model, method, ctx, items, cfg, tok.pad_token_id, seed=cfg.seed * 1000 + t,
-                           desc=f"stage {t + 1}/{T} {task}")
+                           desc=f"stage {t + 1}/{len(stages)} {task}", steps=steps)
         method.after_task(ctx)
 
         out = stage_dir(run_dir, t, task) if main else None
@@ -129,18 +150,27 @@ def run_stream(cfg, log=print, resume: bool = False) -> dict:
             method.save_model(acc.unwrap_model(model), out / "model")
             state = method.state_dict()
             if state:
-                save_file({k: v.contiguous().cpu() for k, v in state.items()}, str(out / "method_state.safetensors"))
+                atomic_write_bytes(out / "method_state.safetensors",
+                                   save_tensors({k: v.contiguous().cpu() for k, v in state.items()}))
+            if method.json_state():
+                save_json(out / "method_state.json", method.json_state())
 
-        evaluated = range(T) if cfg.eval.upper_triangle else range(t + 1)
+        evaluated = range(T) if cfg.eval.upper_triangle or method.joint else range(t + 1)
         for i in evaluated:
             matrix[t][i] = evaluate(stream.tasks[i], f"stage {t + 1}", out)
         if main:
             row = {stream.tasks[i]: matrix[t][i] for i in evaluated}
             mark_stage_done(out, {"task": task, "train": stats, "scores": row, "method_log": ctx.log})
-            save_matrix(run_dir, "matrix_partial", stream.tasks[: t + 1], [r[: t + 1] for r in matrix[: t + 1]],
-                        zero_shot[: t + 1] if zero_shot else None)
-            log(f"stage {t + 1}/{T} {task}: loss {stats['loss_first']:.3f} -> {stats['loss_last']:.3f}; "
-                + "  ".join(f"{stream.tasks[i]} {matrix[t][i]:.1f}" for i in range(t + 1)))
+            if not method.joint:
+                save_matrix(run_dir, "matrix_partial", stream.tasks[: t + 1], [r[: t + 1] for r in matrix[: t + 1]],
+                            zero_shot[: t + 1] if zero_shot else None)
+            log(f"stage {t + 1}/{len(stages)} {task}: loss {stats['loss_first']:.3f} -> {stats['loss_last']:.3f}; "
+                + "  ".join(f"{stream.tasks[i]} {matrix[t][i]:.1f}" for i in evaluated))
+
+    if method.joint:
+        result = _finish_joint(cfg, run_dir, stream.tasks, matrix[0], zero_shot, started, main, log)
+        acc.wait_for_everyone()
+        return result
 
     # 5. Matrix -> metrics -> report.
     metrics = compute_metrics(matrix, zero_shot)
@@ -153,7 +183,23 @@ def run_stream(cfg, log=print, resume: bool = False) -> dict:
         save_json(run_dir / "metrics.json", {"view": "instruction_following", "scoring": cfg.eval.scoring,
                                              **metrics, "seconds": result["seconds"]})
         log(format_table(stream.tasks, matrix, metrics, zero_shot))
+        from .eval.judge import judge_run  # General Knowledge view from the saved predictions
+
+        result["metrics_gk"] = judge_run(run_dir, cfg.judge, log=log)  # None when judge.backend=none
     acc.wait_for_everyone()
+    return result
+
+
+def _finish_joint(cfg, run_dir, tasks, row, zero_shot, started, main, log) -> dict:
+    """A multitask run has one row, the upper bound the sequential methods are measured against."""
+    mean = sum(row) / len(row)
+    result = {"run_dir": str(run_dir), "tasks": tasks, "multitask": row, "zero_shot": zero_shot,
+              "metrics": {"multitask_mean": mean}, "seconds": time.time() - started}
+    if main:
+        save_json(run_dir / "multitask.json", {"scores": dict(zip(tasks, row)), "zero_shot": zero_shot})
+        save_json(run_dir / "metrics.json", {"view": "instruction_following", "scoring": cfg.eval.scoring,
+                                             "multitask_mean": mean, "seconds": result["seconds"]})
+        log("multitask (upper bound): " + "  ".join(f"{t} {v:.1f}" for t, v in zip(tasks, row)) + f"  | mean {mean:.2f}")
     return result
 
 

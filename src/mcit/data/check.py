@@ -33,7 +33,6 @@ from typing import Any, Callable
 from PIL import Image, UnidentifiedImageError
 
 from mcit.config import ConfigError
-from mcit.data import coin_mini
 from mcit.data.coin_format import (
     SPLITS,
     DataError,
@@ -46,6 +45,7 @@ from mcit.data.coin_format import (
     resolve_image,
 )
 from mcit.data.schema import Sample
+from mcit.data.stream import stream_order
 
 __all__ = ["CheckReport", "Problem", "SplitCounts", "check_release", "check_stream_config"]
 
@@ -300,5 +300,5 @@ def check_stream_config(dc) -> CheckReport:
     if not dc.root or not dc.image_root:
         raise ConfigError("data.benchmark=coin needs data.root (the release folder) "
                           "and data.image_root")
-    tasks = list(dc.tasks) if dc.tasks else list(coin_mini.TASKS)
+    tasks = stream_order(dc, seed=0)  # the set of tasks; their order does not matter here
     return check_release(Path(dc.root) / dc.instruction_set, Path(dc.image_root), tasks)

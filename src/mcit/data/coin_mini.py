@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter, ImageFont
+from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageFont
 
 from mcit.data.coin_format import (
     format_bbox,
@@ -68,11 +68,12 @@ __all__ = [
     "image_root",
     "load",
     "load_pretrain",
+    "vision_items",
     "task_dir",
 ]
 
 NAME = "coin-mini"
-VERSION = 1
+VERSION = 2  # 2: pretrain mixture gained option-letter and box questions
 
 TASKS = ["ScienceQA", "TextVQA", "ImageNet", "GQA", "VizWiz", "Grounding", "VQAv2", "OCRVQA"]
 
@@ -575,12 +576,7 @@ def _gen_textvqa(rng: random.Random, i: int, key: str, S: int) -> _Item:
 
 def _gen_imagenet(rng: random.Random, i: int, key: str, S: int) -> _Item:
     kind = _balanced(key, "class", i, OBJECTS)
-    img = Image.new("RGB", (S, S), rng.choice(NEUTRALS))
-    r = rng.uniform(0.3, 0.4) * S
-    cx, cy = rng.uniform(r + 1, S - r - 1), rng.uniform(r + 1, S - r - 1)
-    color = _object_color(rng, kind)
-    _draw_object(ImageDraw.Draw(img), kind, cx, cy, r, COLORS[color] if color else (0, 0, 0))
-    return _Item(img, "What is the object in the image?", kind)
+    return _Item(_object_image(rng, S, kind)[0], "What is the object in the image?", kind)
 
 
 # --- GQA --------------------------------------------------------------------------------
@@ -839,13 +835,60 @@ _GENERATORS: dict[str, Gen] = {
 
 # --- pretrain mixture -------------------------------------------------------------------
 
-_PRETRAIN_KINDS = tuple(["scene"] * 7 + ["object"] * 4 + ["text"] * 3 + ["cover"] * 3 + ["photo"] * 3)
+_PRETRAIN_KINDS = tuple(["scene"] * 7 + ["object"] * 4 + ["text"] * 3 + ["cover"] * 3 + ["photo"] * 3
+                        + ["choice"] * 2 + ["where"] * 2)
 _DESCRIBE = ("Describe the image.", "What is in this picture?", "Give a short description of the image.")
 
 
+def _object_image(rng: random.Random, S: int, name: str,
+                  size: tuple[float, float] = (0.3, 0.4)) -> tuple[Image.Image, str | None]:
+    """One everyday object of half-side ``size`` (fraction of S) at a random place; returns
+    (image, colour name or None)."""
+    img = Image.new("RGB", (S, S), rng.choice(NEUTRALS))
+    r = rng.uniform(*size) * S
+    cx, cy = rng.uniform(r + 1, S - r - 1), rng.uniform(r + 1, S - r - 1)
+    color = _object_color(rng, name)
+    _draw_object(ImageDraw.Draw(img), name, cx, cy, r, COLORS[color] if color else (0, 0, 0))
+    return img, color
+
+
+def _pretrain_choice(rng: random.Random, S: int) -> _Item:
+    """A generic multiple-choice question answered with the option letter, as in LLaVA-1.5's
+    instruction mixture (A-OKVQA): objects and signs, never the ScienceQA question kinds."""
+    if rng.random() < 0.5:
+        correct = rng.choice(OBJECTS)
+        img = _object_image(rng, S, correct)[0]
+        question, pool = rng.choice(["Which object is this?", "What is shown here?"]), OBJECTS
+    else:
+        correct = rng.choice(WORDS)
+        img = _text_image(rng, S, correct)[0]
+        question, pool = rng.choice(["Which word can you read?", "What does it say?"]), WORDS
+    n_opt = rng.choice([2, 3, 4, 5])
+    options = rng.sample([p for p in pool if p != correct], n_opt - 1)
+    pos = rng.randrange(n_opt)
+    options.insert(pos, correct)
+    lines = [question] + [f"{LETTERS[k]}. {opt}" for k, opt in enumerate(options)]
+    return _Item(img, "\n".join(lines), LETTERS[pos])
+
+
+def _pretrain_where(rng: random.Random, S: int) -> _Item:
+    """Where an object is, as a box in [0, 1] (LLaVA-1.5's mixture has RefCOCO boxes): single
+    objects placed anywhere, unlike Grounding's scenes of several shapes on a grid."""
+    name = rng.choice(OBJECTS)
+    img, _ = _object_image(rng, S, name, size=(0.12, 0.3))
+    background = Image.new("RGB", (S, S), img.getpixel((0, 0)))  # the plain background colour
+    left, top, right, bottom = ImageChops.difference(img, background).getbbox()
+    box = [left / S, top / S, right / S, bottom / S]
+    return _Item(img, rng.choice([f"Where is the {name}?", f"Where is the {name} in the picture?"]), format_bbox(box))
+
+
 def _gen_pretrain(rng: random.Random, i: int, key: str, S: int) -> _Item:
-    """Captions and generic questions: no task instruction, no option letters, no boxes."""
+    """Captions and generic questions, without any task instruction line."""
     kind = _balanced(key, "kind", i, _PRETRAIN_KINDS)
+    if kind == "choice":
+        return _pretrain_choice(rng, S)
+    if kind == "where":
+        return _pretrain_where(rng, S)
     describe = rng.random() < 0.5
     if kind == "scene":
         objs = _random_scene(rng, S, rng.randint(1, 4), False)
@@ -863,11 +906,7 @@ def _gen_pretrain(rng: random.Random, i: int, key: str, S: int) -> _Item:
         return _Item(img, f"What color is the {o.shape}?", f"The {o.shape} is {o.color}.")
     if kind == "object":
         name = rng.choice(OBJECTS)
-        img = Image.new("RGB", (S, S), rng.choice(NEUTRALS))
-        r = rng.uniform(0.3, 0.4) * S
-        color = _object_color(rng, name)
-        _draw_object(ImageDraw.Draw(img), name, rng.uniform(r + 1, S - r - 1), rng.uniform(r + 1, S - r - 1), r,
-                     COLORS[color] if color else (0, 0, 0))
+        img, color = _object_image(rng, S, name)
         what = f"{color} {name}" if color else name
         if describe:
             return _Item(img, rng.choice(_DESCRIBE), f"A picture of {_a(what)}.")
@@ -902,6 +941,37 @@ def _gen_pretrain(rng: random.Random, i: int, key: str, S: int) -> _Item:
         "blur": "A very blurry image; nothing can be recognized.",
     }[mode]
     return _Item(img, rng.choice(_DESCRIBE) if describe else "What can you see?", answer)
+
+
+# --- vision-encoder pretraining -----------------------------------------------------------
+
+_VISION_KINDS = ("text", "text", "text", "cover", "cover", "object", "shape")
+
+
+def _gen_vision(rng: random.Random, i: int, key: str, S: int) -> tuple[Image.Image, dict[str, str]]:
+    """An image with its attribute labels (word, title, author, object, shape, colour): the
+    labelled images the built-in model's vision encoder is pretrained on, the role web-scale
+    image-text pretraining plays for CLIP before LLaVA ever sees it."""
+    kind = _balanced(key, "kind", i, _VISION_KINDS)
+    if kind == "text":
+        word = rng.choice(WORDS)
+        img, _, color = _text_image(rng, S, word)
+        return img, {"word": word, "color": color}
+    if kind == "cover":
+        title, author, genre = rng.choice(TITLES), rng.choice(AUTHORS), rng.choice(tuple(GENRES))
+        return _cover(rng, S, title, author, genre), {"title": title, "author": author, "color": GENRES[genre][0]}
+    if kind == "object":
+        name = rng.choice(OBJECTS)
+        img, color = _object_image(rng, S, name)
+        return img, ({"object": name, "color": color} if color else {"object": name})
+    objs = _random_scene(rng, S, 1, True)
+    return _render_scene(objs, S), {"shape": objs[0].shape, "color": objs[0].color}
+
+
+def vision_items(seed: int, n: int, image_size: int = 64) -> list[tuple[Image.Image, dict[str, str]]]:
+    """``n`` labelled images for the vision-encoder stage, generated in memory from the seed."""
+    key = f"{seed}:vision:train"
+    return [_gen_vision(random.Random(f"{key}:{i}"), i, key, image_size) for i in range(n)]
 
 
 # ---------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +37,28 @@ def coin_mini_root(dc, seed: int) -> Path:
     return cache_dir() / f"coin-mini-{key}"
 
 
+NAMED_ORDERS = ("coin", "reverse", "random")
+
+
+def stream_order(dc, seed: int) -> list[str]:
+    """The tasks in stream order: data.tasks as given (any subset), else a named order of
+    CoIN's eight ("random" is a permutation fixed by the seed)."""
+    if dc.tasks:
+        repeated = sorted({t for t in dc.tasks if list(dc.tasks).count(t) > 1})
+        if repeated:
+            raise ConfigError(f"data.tasks: {repeated} listed more than once")
+        return list(dc.tasks)
+    if dc.order == "coin":
+        return list(COIN_ORDER)
+    if dc.order == "reverse":
+        return COIN_ORDER[::-1]
+    if dc.order == "random":
+        order = list(COIN_ORDER)
+        random.Random(f"{seed}:order").shuffle(order)
+        return order
+    raise ConfigError(f"data.order: '{dc.order}' is not one of {list(NAMED_ORDERS)} (or give data.tasks as a list)")
+
+
 def build_stream(dc, seed: int, show_progress: bool = True) -> Stream:
     """Read (and for coin-mini, first generate) every task of the configured stream."""
     if dc.benchmark == "coin-mini":
@@ -51,7 +74,7 @@ def build_stream(dc, seed: int, show_progress: bool = True) -> Stream:
         raise ConfigError(f"data.benchmark: '{dc.benchmark}' is not one of ['coin-mini', 'coin']")
 
     release = root / dc.instruction_set
-    tasks = list(dc.tasks) if dc.tasks else COIN_ORDER
+    tasks = stream_order(dc, seed)
     unknown = [t for t in tasks if not (release / t).is_dir()]
     if unknown:
         raise ConfigError(f"data.tasks: no folder for {unknown} under {release}")

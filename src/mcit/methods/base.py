@@ -11,9 +11,12 @@ method it runs. A method may:
     after_step(ctx)              after each optimizer step, gradients still present (EMA, LCIA).
     after_task(ctx)              at the end of each task, before the stage is saved.
     train_samples(ctx, samples)  the samples to train on for this task (replay mixes old ones in).
-    state_dict() / load_state_dict(sd)
-                                 extra tensors saved with every stage (safetensors), so a stage
-                                 can be evaluated or a run resumed.
+    eval_routes(model, task, samples)
+                                 at evaluation: which subset of the test samples is answered
+                                 under which adapter setting (task id, per-sample routing).
+    state_dict() / load_state_dict(sd), json_state() / load_json_state(d)
+                                 extra tensors (safetensors) and JSON state saved with every
+                                 stage, so a stage can be evaluated or a run resumed.
     save_model(model, dir) / load_model(model, dir)
                                  how a stage's weights are written (full weights or adapters).
 
@@ -21,6 +24,7 @@ Hooks default to doing nothing, so a method only writes what it changes.
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +47,7 @@ class TaskContext:
 
 class Method:
     name = "base"
+    joint = False  # True: one stage on the union of all tasks (multitask), not a sequence
 
     def __init__(self, cfg):
         self.cfg = cfg  # the MethodConfig
@@ -77,10 +82,24 @@ class Method:
     def after_task(self, ctx: TaskContext) -> None:
         pass
 
+    def eval_routes(self, model: torch.nn.Module, task: str, samples: list) -> list[tuple[list, Any]]:
+        """How to evaluate `samples` of `task`: (subset, context manager under which the model
+        answers that subset) pairs covering every sample once. Default: all, model as it is.
+        Methods that pick an adapter per task or per sample (task-id LoRA, LCIA groups) route here."""
+        return [(samples, nullcontext())]
+
     def state_dict(self) -> dict[str, torch.Tensor]:
+        """Tensor state saved with each stage (safetensors) and restored on resume."""
         return {}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        pass
+
+    def json_state(self) -> dict:
+        """JSON-able state saved with each stage (e.g. replay buffer ids, instruction groups)."""
+        return {}
+
+    def load_json_state(self, state: dict) -> None:
         pass
 
     def save_model(self, model: torch.nn.Module, directory: Path) -> None:

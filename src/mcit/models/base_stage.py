@@ -24,10 +24,11 @@ from ..io import atomic_write_text
 from ..methods.base import Method, TaskContext
 from ..fit import train_task
 from .tiny_llava import build_model, build_processor, train_tokenizer
+from .vision_stage import pretrain_vision
 
 
 class _TrainEverything(Method):
-    """From-scratch pretraining: vision tower, projector and LM all learn."""
+    """Alignment: projector and LM learn (whatever still requires grad; the tower is frozen)."""
 
     name = "base-stage"
 
@@ -39,7 +40,7 @@ def base_stage_key(model_cfg, data_cfg, seed: int) -> str:
     shape = {k: v for k, v in dataclasses.asdict(model_cfg).items() if k not in ("name", "dtype")}
     world = {k: getattr(data_cfg, k) for k in ("pretrain_size", "image_size", "train_per_task")}
     world["coin_mini_version"] = coin_mini.VERSION
-    return config_hash({"model": shape, "world": world, "seed": seed, "version": 1})
+    return config_hash({"model": shape, "world": world, "seed": seed, "version": 2})
 
 
 def ensure_base_model(run_cfg, data_root: Path, cache_dir: Path, accelerator: Accelerator) -> Path:
@@ -67,6 +68,12 @@ def _train_base(run_cfg, data_root: Path, target: Path, accelerator: Accelerator
     tokenizer = train_tokenizer(corpus, mc.vocab_size)
     processor = build_processor(tokenizer, dc.image_size, mc.patch_size)
     model = build_model(mc, processor, dc.image_size)
+    # LLaVA's recipe: a vision encoder pretrained on its own, then frozen during alignment.
+    vision = pretrain_vision(model, processor.image_processor,
+                             coin_mini.vision_items(run_cfg.seed, mc.vision_images, dc.image_size),
+                             steps=mc.vision_steps, batch_size=mc.vision_batch_size, lr=mc.base_lr,
+                             seed=run_cfg.seed, show_progress=accelerator.is_main_process)
+    model.model.vision_tower.requires_grad_(False)
 
     stage_cfg = dataclasses.replace(
         run_cfg,
@@ -83,6 +90,6 @@ def _train_base(run_cfg, data_root: Path, target: Path, accelerator: Accelerator
     shutil.rmtree(tmp, ignore_errors=True)
     accelerator.unwrap_model(model).save_pretrained(tmp, safe_serialization=True)
     processor.save_pretrained(tmp)
-    atomic_write_text(tmp / "done", json.dumps({"alignment": stats}, indent=2) + "\n")
+    atomic_write_text(tmp / "done", json.dumps({"vision_encoder": vision, "alignment": stats}, indent=2) + "\n")
     shutil.rmtree(target, ignore_errors=True)
     os.replace(tmp, target)
