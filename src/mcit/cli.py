@@ -1,4 +1,5 @@
-"""`mcit` command line: `mcit run [CONFIG.yaml] [key=value ...]`, `mcit judge RUN_DIR`, `mcit data check`."""
+"""`mcit` command line: `mcit run [CONFIG.yaml] [key=value ...]`, `mcit compare`, `mcit judge RUN_DIR`,
+`mcit data check`."""
 from __future__ import annotations
 
 import argparse
@@ -97,6 +98,15 @@ def _judge_override(text: str) -> str:
     return f"judge.{leaf}={value}"
 
 
+def cmd_compare(args) -> int:
+    from .compare import compare, parse_list
+
+    methods = parse_list(args.methods, "methods")
+    seeds = parse_list(args.seeds, "seeds", int)
+    compare(_config_path(args.config), args.overrides, methods, seeds, Path(args.out))
+    return 0
+
+
 def _config_path(config: str | None) -> Path:
     path = Path(config) if config else DEFAULT_CONFIG
     if not path.is_file():
@@ -122,6 +132,16 @@ def build_parser() -> argparse.ArgumentParser:
     judge.add_argument("overrides", nargs="*", help="judge settings, e.g. judge.model=NAME base_url=http://host:8000/v1")
     judge.add_argument("--backend", choices=["embedding", "openai", "local"], help="the judge backend")
     judge.set_defaults(func=cmd_judge)
+    comp = sub.add_parser("compare", help="run several methods over several seeds on the same stream; one table",
+                          description="Every method on the same stream, data and budgets; mean ± std over seeds "
+                                      "of MFT, MFN, MAA, BWT and Forgetting in both views. Finished runs are "
+                                      "reused, interrupted ones resumed.")
+    comp.add_argument("config", nargs="?", help="YAML config (default: the built-in default.yaml)")
+    comp.add_argument("overrides", nargs="*", help="dotted overrides applied to every run")
+    comp.add_argument("--methods", required=True, help="comma-separated method names, e.g. lora,ema,lcia")
+    comp.add_argument("--seeds", default="0", help="comma-separated seeds (default: 0)")
+    comp.add_argument("--out", default="compare", help="output folder (default: ./compare)")
+    comp.set_defaults(func=cmd_compare)
     data = sub.add_parser("data", help="data utilities").add_subparsers(dest="data_command", required=True)
     check = data.add_parser("check", help="validate every file of the configured stream before training",
                             description="Report every problem (file, record, field) at once; exit 1 if any.")
@@ -142,8 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    # `mcit judge RUN --backend openai model=x`: overrides after an option land in `extra`.
-    if extra and args.command == "judge" and not any(e.startswith("-") for e in extra):
+    # `mcit judge RUN --backend openai model=x`, `mcit compare --methods a,b k=v`: overrides after an
+    # option land in `extra`.
+    if extra and args.command in ("judge", "compare") and not any(e.startswith("-") for e in extra):
         args.overrides, extra = [*args.overrides, *extra], []
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")

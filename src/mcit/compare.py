@@ -1,0 +1,107 @@
+"""`mcit compare`: every method on the same stream, data and budgets, over several seeds, in one table.
+
+Each (method, seed) is an ordinary run folder under ``<out>/runs/<method>-seed<seed>``; a
+finished one (its metrics.json exists) is read back instead of re-run, and an interrupted one is
+resumed, so a long comparison can be stopped and started again. The table gives mean ± sample
+std over seeds of each metric in both views (instruction following; general knowledge when a
+judge ran), the trainable parameters and the wall time per method.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Callable
+
+from .config import ConfigError, load_config
+from .io import atomic_write_text
+from .run import load_json, save_json
+
+VIEW_METRICS = ("MFT", "MFN", "MAA", "BWT", "Forgetting")
+
+
+def parse_list(text: str, what: str, cast=str) -> list:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise ConfigError(f"--{what}: give a comma-separated list")
+    try:
+        return [cast(t) for t in items]
+    except ValueError:
+        raise ConfigError(f"--{what}: '{text}' is not a comma-separated list of {cast.__name__}") from None
+
+
+def compare(config: Path, overrides: list[str], methods: list[str], seeds: list[int], out: Path,
+            log: Callable[[str], None] = print) -> dict:
+    from .methods import method_class
+    from .train import run_stream
+
+    for m in methods:
+        method_class(m)  # an unknown method fails before the first (long) run
+    if len(set(methods)) != len(methods) or len(set(seeds)) != len(seeds):
+        raise ConfigError("--methods and --seeds must not repeat an entry")
+    runs: dict[str, list[dict]] = {m: [] for m in methods}
+    for m in methods:
+        for seed in seeds:
+            name = f"{m}-seed{seed}"
+            run_dir = out / "runs" / name
+            if not (run_dir / "metrics.json").is_file():
+                cfg = load_config(config, [*overrides, f"method.name={m}", f"seed={seed}",
+                                           f"output_dir={out / 'runs'}", f"name={name}"])
+                log(f"== {name}")
+                run_stream(cfg, log=log, resume=(run_dir / "config.yaml").is_file())
+            runs[m].append(_read_run(run_dir))
+    table = {m: _summarise(rs) for m, rs in runs.items()}
+    record = {"config": str(config), "overrides": overrides, "methods": methods, "seeds": seeds, "table": table}
+    save_json(out / "compare.json", record)
+    text = format_compare(table)
+    atomic_write_text(out / "compare.md", text + "\n")
+    log(text)
+    return record
+
+
+def _read_run(run_dir: Path) -> dict:
+    metrics = load_json(run_dir / "metrics.json")
+    gk = load_json(run_dir / "metrics_gk.json") if (run_dir / "metrics_gk.json").is_file() else {}
+    env = load_json(run_dir / "environment.json")
+    return {
+        "if": {k: metrics.get(k) for k in VIEW_METRICS} if "multitask_mean" not in metrics
+        else {"MFN": metrics["multitask_mean"]},  # the joint upper bound: its one row is its final accuracy
+        "gk": {k: gk.get(k) for k in VIEW_METRICS},
+        "trainable": env.get("parameters", {}).get("trainable"),
+        "seconds": metrics.get("seconds"),
+    }
+
+
+def mean_std(values: list[float | None]) -> tuple[float, float] | None:
+    """Mean and sample standard deviation (0 for one value); None when any value is missing."""
+    if not values or any(v is None or not math.isfinite(v) for v in values):
+        return None
+    m = sum(values) / len(values)
+    if len(values) == 1:
+        return m, 0.0
+    return m, math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
+
+
+def _summarise(runs: list[dict]) -> dict:
+    return {
+        "if": {k: mean_std([r["if"].get(k) for r in runs]) for k in VIEW_METRICS},
+        "gk": {k: mean_std([r["gk"].get(k) for r in runs]) for k in VIEW_METRICS},
+        "trainable": runs[0]["trainable"],
+        "seconds": mean_std([r["seconds"] for r in runs]),
+        "seeds": len(runs),
+    }
+
+
+def _cell(ms) -> str:
+    return "-" if ms is None else f"{ms[0]:.2f} ± {ms[1]:.2f}"
+
+
+def format_compare(table: dict) -> str:
+    head = ["method"] + [f"{k} (IF)" for k in VIEW_METRICS] + [f"{k} (GK)" for k in VIEW_METRICS]
+    head += ["trainable params", "seconds"]
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    for m, row in table.items():
+        cells = [m] + [_cell(row["if"][k]) for k in VIEW_METRICS] + [_cell(row["gk"][k]) for k in VIEW_METRICS]
+        cells += [f"{row['trainable']:,}" if row["trainable"] is not None else "-",
+                  "-" if row["seconds"] is None else f"{row['seconds'][0]:.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

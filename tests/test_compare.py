@@ -1,0 +1,50 @@
+"""`mcit compare`: same stream for every method, mean ± std over seeds, finished runs reused."""
+import json
+import math
+
+import pytest
+
+from mcit.cli import main
+from mcit.compare import mean_std, parse_list
+
+from test_end_to_end import SMALL, cache  # noqa: F401  (cache is a fixture)
+
+
+def test_mean_and_sample_std_by_hand():
+    assert mean_std([1.0, 2.0, 3.0, 4.0]) == (2.5, pytest.approx(math.sqrt(5 / 3)))
+    assert mean_std([7.0]) == (7.0, 0.0)
+    assert mean_std([1.0, None]) is None and mean_std([]) is None
+
+
+def test_list_arguments():
+    assert parse_list("lora, ema,lcia", "methods") == ["lora", "ema", "lcia"]
+    assert parse_list("0,1,2", "seeds", int) == [0, 1, 2]
+    with pytest.raises(ValueError, match="--seeds"):
+        parse_list("0,x", "seeds", int)
+
+
+def test_compare_two_methods_two_seeds_then_reuse(cache, capsys, monkeypatch):
+    out = cache / "cmp"
+    args = ["compare", *SMALL, "--methods", "lora,multitask", "--seeds", "0,1", "--out", str(out)]
+    assert main(args) == 0
+    table = json.loads((out / "compare.json").read_text())["table"]
+    assert set(table) == {"lora", "multitask"} and table["lora"]["seeds"] == 2
+    finals = [json.loads((out / "runs" / f"lora-seed{s}" / "metrics.json").read_text())["MFN"] for s in (0, 1)]
+    assert table["lora"]["if"]["MFN"][0] == pytest.approx(sum(finals) / 2)
+    assert table["multitask"]["if"]["BWT"] is None  # no sequence, no backward transfer
+    md = (out / "compare.md").read_text()
+    assert "| lora |" in md and "BWT (IF)" in md and "trainable params" in md
+
+    import mcit.train
+
+    def no_training(*a, **k):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(mcit.train, "run_stream", no_training)
+    assert main(args) == 0  # everything read back from the run folders
+
+
+def test_unknown_method_fails_before_any_run(cache, capsys):
+    assert main(["compare", *SMALL, "--methods", "lora,nope", "--out", str(cache / "c")]) == 2
+    assert "unknown method.name 'nope'" in capsys.readouterr().err
+    assert not (cache / "c").exists()
