@@ -1,0 +1,184 @@
+"""EWC: sequential LoRA plus the elastic weight consolidation penalty
+
+    L = L_task + (lambda / 2) * sum_k F_k (theta_k - theta*_k)^2
+
+over the trainable parameters (LoRA A/B and, when it trains, the projector).
+
+Fisher. Diagonal empirical Fisher, estimated at the end of each task at the task's final
+weights: the mean over `ewc_fisher_samples` training samples of the squared gradient of each
+sample's own answer-token loss (mean token NLL over its answer, the same loss fit.py trains on),
+one gradient per sample, not per batch (the square of a batch-mean gradient underestimates
+the Fisher by roughly the batch size).
+
+Where the samples come from. The hooks never see the processor or the image root, so the
+method cannot encode Samples itself; instead `extra_loss`, which fit.py calls with every
+encoded micro-batch, keeps the most recent micro-batches of the task (just enough rows). At
+the end of the task these rows (a random subset of the task's data, through the seeded
+shuffle) are run again at the final weights, one row at a time, for the per-sample
+gradients. When a task trains on fewer rows than ewc_fisher_samples, every row it trained on
+is used (a sample seen in two epochs then counts twice).
+
+Across tasks. The Fisher is summed over tasks (each task's importance counts in full, as in
+EWC's sum of per-task penalties) and the anchor theta* is the weights at the end of the most
+recent task (the single-anchor form of online EWC with gamma = 1). Zero penalty on the first
+task. Fisher and anchor are the method's `state_dict`, saved with every stage, so a resumed
+run continues with the same penalty.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..config import ConfigError
+from ..data.encode import IGNORE_INDEX
+from .base import TaskContext
+from .lora import SequentialLoRA
+
+
+def answer_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row mean NLL over answer tokens (position i predicts token i + 1), and which rows
+    have any answer token."""
+    lg, lb = logits[:, :-1].float(), labels[:, 1:]
+    mask = lb != IGNORE_INDEX
+    nll = F.cross_entropy(lg.transpose(1, 2), lb.clamp(min=0), reduction="none")
+    return (nll * mask).sum(1) / mask.sum(1).clamp(min=1), mask.any(1)
+
+
+def split_rows(batch: dict) -> list[dict] | None:
+    """The batch as single-row batches with the right padding cut off, when every tensor is
+    per row (LLaVA: pixel_values is (B, 3, H, W)); None when a field is not (Qwen2-VL's
+    flattened patches), in which case the caller backpropagates per row through one forward."""
+    n = batch["input_ids"].shape[0]
+    if any(not torch.is_tensor(v) or v.dim() == 0 or v.shape[0] != n for v in batch.values()):
+        return None
+    width = batch["input_ids"].shape[1]
+    rows = []
+    for i in range(n):
+        keep = width
+        mask = batch.get("attention_mask")
+        if mask is not None:
+            length = int(mask[i].sum())
+            if bool(mask[i, :length].all()):  # right padding: safe to cut
+                keep = length
+        rows.append({k: (v[i:i + 1, :keep] if v.dim() == 2 and v.shape[1] == width else v[i:i + 1])
+                     for k, v in batch.items()})
+    return rows
+
+
+def empirical_fisher(model: torch.nn.Module, batches: list[dict], limit: int) -> tuple[dict[str, torch.Tensor], int]:
+    """Mean squared per-sample gradient of the answer loss for every trainable parameter,
+    over at most `limit` rows taken from the newest batch backwards."""
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    sums = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
+    count = 0
+
+    def add(loss: torch.Tensor, retain: bool) -> None:
+        nonlocal count
+        grads = torch.autograd.grad(loss, list(params.values()), retain_graph=retain, allow_unused=True)
+        for name, g in zip(params, grads):
+            if g is not None:
+                sums[name] += g.detach().float() ** 2
+        count += 1
+
+    was_training = model.training
+    model.eval()  # no dropout: the Fisher of the model as it will be evaluated
+    try:
+        for batch in reversed(batches):
+            rows = split_rows(batch)
+            if rows is not None:  # one forward and one backward per row
+                for row in reversed(rows):
+                    if count >= limit:
+                        break
+                    inputs = {k: v for k, v in row.items() if k != "labels"}
+                    nll, has = answer_nll(model(**inputs).logits, row["labels"])
+                    if bool(has[0]):
+                        add(nll[0], retain=False)
+            elif count < limit:  # one forward, one backward per row through the shared graph
+                inputs = {k: v for k, v in batch.items() if k != "labels"}
+                nll, has = answer_nll(model(**inputs).logits, batch["labels"])
+                idx = [i for i in reversed(range(len(nll))) if bool(has[i])][: limit - count]
+                for k, i in enumerate(idx):
+                    add(nll[i], retain=k < len(idx) - 1)
+            if count >= limit:
+                break
+    finally:
+        model.train(was_training)
+    return {n: s / max(1, count) for n, s in sums.items()}, count
+
+
+def ewc_penalty(params: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], lam: float) -> torch.Tensor:
+    """(lambda / 2) sum F (theta - theta*)^2 over (theta, F, theta*) triples."""
+    total = sum((f * (p.float() - a.float()) ** 2).sum() for p, f, a in params)
+    return 0.5 * lam * total
+
+
+class EWC(SequentialLoRA):
+    name = "ewc"
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        if cfg.ewc_lambda < 0 or cfg.ewc_fisher_samples < 1:
+            raise ConfigError("method.ewc_lambda must be >= 0 and method.ewc_fisher_samples >= 1")
+        self.fisher: dict[str, torch.Tensor] = {}  # summed over finished tasks
+        self.anchor: dict[str, torch.Tensor] = {}  # theta* at the end of the last finished task
+        self._terms: list | None = None  # (param, F, anchor) for the live model, built per task
+        self._batches: list[dict] = []
+        self._rows = 0
+        self._last = None
+
+    @staticmethod
+    def _live(ctx: TaskContext) -> torch.nn.Module:
+        return ctx.accelerator.unwrap_model(ctx.model) if ctx.accelerator is not None else ctx.model
+
+    def before_task(self, ctx: TaskContext) -> None:
+        self._batches, self._rows, self._last = [], 0, None
+        self._terms = None
+        if self.fisher:
+            params = dict(self._live(ctx).named_parameters())
+            missing = sorted(set(self.fisher) - {n for n, p in params.items() if p.requires_grad})
+            if missing:
+                raise RuntimeError(f"EWC state names parameters the model does not train: {missing[:5]}")
+            self._terms = [(params[n], self.fisher[n].to(params[n].device), self.anchor[n].to(params[n].device))
+                           for n in self.fisher]
+
+    def _capture(self, batch: dict) -> None:
+        """Keep the newest micro-batches, just enough rows for the Fisher."""
+        self._batches.append({k: v.detach() if torch.is_tensor(v) else v for k, v in batch.items()})
+        self._rows += len(batch["input_ids"])
+        while len(self._batches) > 1 and self._rows - len(self._batches[0]["input_ids"]) >= self.cfg.ewc_fisher_samples:
+            self._rows -= len(self._batches.pop(0)["input_ids"])
+
+    def extra_loss(self, ctx: TaskContext, batch: dict, outputs) -> torch.Tensor | None:
+        if torch.is_grad_enabled():  # only batches that are trained on
+            self._capture(batch)
+        if not self._terms or self.cfg.ewc_lambda == 0:
+            return None  # first task: nothing to consolidate yet
+        penalty = ewc_penalty(self._terms, self.cfg.ewc_lambda)
+        self._last = penalty.detach()
+        return penalty
+
+    def after_task(self, ctx: TaskContext) -> None:
+        model = self._live(ctx)
+        fisher, count = empirical_fisher(model, self._batches, self.cfg.ewc_fisher_samples)
+        acc = ctx.accelerator
+        if acc is not None and acc.num_processes > 1:  # each process saw its own rows
+            fisher = {n: acc.reduce(f, "mean") for n, f in fisher.items()}
+        for n, f in fisher.items():
+            self.fisher[n] = self.fisher[n] + f.cpu() if n in self.fisher else f.cpu()
+        self.anchor = {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+        self._batches, self._rows, self._terms = [], 0, None
+        ctx.log["ewc_fisher_rows"] = count
+        ctx.log["ewc_fisher_mean"] = float(torch.cat([f.flatten() for f in self.fisher.values()]).mean())
+        if self._last is not None:
+            ctx.log["ewc_penalty_last"] = float(self._last)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        state = {f"fisher/{n}": f for n, f in self.fisher.items()}
+        state.update({f"anchor/{n}": a for n, a in self.anchor.items()})
+        return state
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.fisher = {k.split("/", 1)[1]: v for k, v in state.items() if k.startswith("fisher/")}
+        self.anchor = {k.split("/", 1)[1]: v for k, v in state.items() if k.startswith("anchor/")}
+        if set(self.fisher) != set(self.anchor):
+            raise RuntimeError("EWC state: Fisher and anchor name different parameters")
