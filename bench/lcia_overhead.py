@@ -1,0 +1,123 @@
+"""Per-step overhead of LCIA's balanced EMA (and of the fixed EMA) over a plain LoRA training step.
+
+One step = forward + backward + AdamW step (+ the method's after_step, gradients still there)
++ zero_grad, on the same default-size tiny LLaVA (ModelConfig defaults) and the same batch for
+every variant. The variants are timed in interleaved rounds of one step each (the order
+rotating every round), so load from other processes on a shared machine hits all of them
+alike. Inside the LCIA and EMA steps, after_step is also timed on its own: its median over
+the plain LoRA step's median is the overhead fraction (the difference of two step medians is
+reported too, but on a shared machine it is the noisier number). LCIA runs with
+lcia_grouping=false, i.e. the balanced EMA over every trainable tensor (adapter + projector):
+the same per-step work as a "retrain" task, the most it ever does. Prints one JSON object.
+
+    python bench/lcia_overhead.py [--rank 16] [--batch-size 16] [--rounds 30] [--threads 1]
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import time
+
+import torch
+
+from mcit.config import ModelConfig, load_config
+from mcit.methods import TaskContext, build_method
+from mcit.models.tiny_llava import build_model, build_processor, train_tokenizer
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rank", type=int, default=16)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--text-tokens", type=int, default=48, help="text tokens per sample, after the image tokens")
+    ap.add_argument("--rounds", type=int, default=30, help="timed steps per variant")
+    # One thread, as bench/moelora_step.py: on a shared 2-core machine two OpenMP threads stall
+    # at every barrier whenever another process holds a core.
+    ap.add_argument("--threads", type=int, default=1, help="torch threads")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    mc, image_size = ModelConfig(), 64
+    processor = build_processor(train_tokenizer(["what color is the shape red blue yes no"] * 20, mc.vocab_size),
+                                image_size, mc.patch_size)
+    base = build_model(mc, processor, image_size)
+    tok = processor.tokenizer
+    g = torch.Generator().manual_seed(0)
+    n, image_tokens = args.batch_size, (image_size // mc.patch_size) ** 2
+    ids = torch.cat([torch.full((n, image_tokens), tok.convert_tokens_to_ids("<image>")),
+                     torch.randint(10, len(tok), (n, args.text_tokens), generator=g)], 1)
+    labels = torch.full_like(ids, -100)
+    labels[:, -8:] = ids[:, -8:]  # loss on the answer tokens only, as in training
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels,
+             "pixel_values": torch.randn(n, 3, image_size, image_size, generator=g)}
+
+    variants = {"lora": ["method.name=lora"],
+                "lcia": ["method.name=lcia", "method.lcia_grouping=false"],
+                "ema": ["method.name=ema"]}
+    runs = {}
+    for key, overrides in variants.items():
+        cfg = load_config(None, [f"method.lora_r={args.rank}", *overrides])
+        method = build_method(cfg.method)
+        model = method.setup(copy.deepcopy(base), cfg).train()
+        optimizer = torch.optim.AdamW(method.param_groups(model, cfg), lr=cfg.train.lr)
+        ctx = TaskContext(task="bench", index=0, tasks=["bench"], model=model, accelerator=None)
+        method.before_task(ctx)
+        runs[key] = (method, model, optimizer, ctx)
+
+    hook_ms: dict[str, list[float]] = {key: [] for key in runs}
+
+    def step(key: str) -> None:
+        method, model, optimizer, ctx = runs[key]
+        model(**batch).loss.backward()
+        optimizer.step()
+        ctx.step += 1
+        start = time.perf_counter()
+        method.after_step(ctx)  # the base Method's (lora) is a no-op: timed alike
+        hook_ms[key].append((time.perf_counter() - start) * 1000)
+        optimizer.zero_grad(set_to_none=True)
+
+    for key in runs:  # warm-up (allocator, AdamW state, the shadow and the first gradient)
+        for _ in range(3):
+            step(key)
+    for v in hook_ms.values():
+        v.clear()
+    times = {key: [] for key in runs}
+    keys = list(runs)
+    for i in range(args.rounds):
+        for key in keys[i % len(keys):] + keys[:i % len(keys)]:
+            start = time.perf_counter()
+            step(key)
+            times[key].append((time.perf_counter() - start) * 1000)
+
+    ms = {key: statistics.median(v) for key, v in times.items()}
+    hook = {key: statistics.median(v) for key, v in hook_ms.items()}
+    lcia_method, _, _, lcia_ctx = runs["lcia"]
+    series = lcia_ctx.log["lcia_coefficients"][3:]  # the timed steps
+    fallback = statistics.mean(statistics.mean(r["fallback"].values()) for r in series)
+    print(json.dumps({
+        "model": {"hidden_size": mc.hidden_size, "num_layers": mc.num_layers, "intermediate_size": mc.intermediate_size,
+                  "total_parameters": sum(p.numel() for p in base.parameters())},
+        "batch_size": n,
+        "sequence_length": ids.shape[1],
+        "rank": args.rank,
+        "trainable_parameters": sum(p.numel() for p in runs["lcia"][1].parameters() if p.requires_grad),
+        "lcia_tensors": len(lcia_method._shadow),
+        "ms_per_step": {key: round(v, 2) for key, v in ms.items()},
+        "ms_per_step_min": {key: round(min(v), 2) for key, v in times.items()},
+        "after_step_ms": {key: round(hook[key], 3) for key in ("lcia", "ema")},
+        "lcia_overhead": round(hook["lcia"] / ms["lora"], 4),
+        "ema_overhead": round(hook["ema"] / ms["lora"], 4),
+        "lcia_over_lora_step_medians": round(ms["lcia"] / ms["lora"], 3),
+        "ema_over_lora_step_medians": round(ms["ema"] / ms["lora"], 3),
+        "lcia_fallback_share": round(fallback, 3),
+        "goal_overhead_at_most": 0.05,
+        "steps_timed_per_variant": args.rounds,
+        "threads": torch.get_num_threads(),
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()
