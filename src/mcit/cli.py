@@ -1,5 +1,5 @@
 """`mcit` command line: `mcit run [CONFIG.yaml] [key=value ...]`, `mcit compare`, `mcit judge RUN_DIR`,
-`mcit data check`."""
+`mcit emt MODEL_OR_RUN_STAGE`, `mcit data check`."""
 from __future__ import annotations
 
 import argparse
@@ -98,6 +98,23 @@ def _judge_override(text: str) -> str:
     return f"judge.{leaf}={value}"
 
 
+def cmd_emt(args) -> int:
+    """EMT: the MLLM as an image classifier vs its own vision encoder (mcit.emt.command)."""
+    from .emt.command import run_emt
+
+    target = Path(args.target)
+    if not target.is_dir():
+        raise UserError(f"emt: folder not found: {target}")
+    for name, value in (("--limit", args.limit), ("--probe-train", args.probe_train),
+                        ("--batch-size", args.batch_size), ("--max-new-tokens", args.max_new_tokens)):
+        if value < 1:
+            raise UserError(f"emt: {name} must be at least 1, got {value}")
+    specs = [s.strip() for s in args.datasets.split(",") if s.strip()]
+    run_emt(target, specs, limit=args.limit, probe_train=args.probe_train, out=args.out, decider=args.decider,
+            batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, seed=args.seed)
+    return 0
+
+
 def cmd_compare(args) -> int:
     from .compare import compare, parse_list
 
@@ -142,6 +159,28 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--seeds", default="0", help="comma-separated seeds (default: 0)")
     comp.add_argument("--out", default="compare", help="output folder (default: ./compare)")
     comp.set_defaults(func=cmd_compare)
+    emt = sub.add_parser("emt", help="evaluate a model as an image classifier against its own vision encoder (EMT)",
+                         description="Ask the MLLM for one label of each test image (the question lists the label "
+                                     "set), decide every answer (correct / wrong label / hallucinated) and compare "
+                                     "with a linear probe on its vision tower. Writes emt.json, emt.md and every "
+                                     "answer (answers/<dataset>.jsonl).")
+    emt.add_argument("target", metavar="MODEL_OR_RUN_STAGE",
+                     help="a local checkpoint folder, or a run's stage folder <run>/stages/NN-<task>")
+    emt.add_argument("--datasets", required=True,
+                     help="comma-separated sets: digits, coin-shapes, coin-colors, coin-objects, or KIND:ROOT "
+                          "for imagefolder, mnist, cifar10, cifar100 (e.g. mnist:/data/mnist)")
+    emt.add_argument("--limit", type=int, default=100, help="test images per dataset (default: 100)")
+    emt.add_argument("--probe-train", type=int, default=1000,
+                     help="train images per dataset for the encoder's linear probe (default: 1000)")
+    emt.add_argument("--out", help="output folder (default: <stage>/emt for a run stage, "
+                                   "./emt/<name> for a checkpoint)")
+    emt.add_argument("--decider", choices=["rule"], default="rule",
+                     help="how answers are decided; only 'rule' (mcit.emt.decide) for now: the judge backends "
+                          "grade agreement with one answer 0-10 and cannot tell a wrong label from a hallucination")
+    emt.add_argument("--batch-size", type=int, default=32, help="images per generation / feature batch (default: 32)")
+    emt.add_argument("--max-new-tokens", type=int, default=24, help="answer length limit in tokens (default: 24)")
+    emt.add_argument("--seed", type=int, default=0, help="seed of the dataset splits and the probe (default: 0)")
+    emt.set_defaults(func=cmd_emt)
     data = sub.add_parser("data", help="data utilities").add_subparsers(dest="data_command", required=True)
     check = data.add_parser("check", help="validate every file of the configured stream before training",
                             description="Report every problem (file, record, field) at once; exit 1 if any.")
@@ -155,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     # `mcit run key=value` (no config file): argparse would take the override as CONFIG.
     head = 2 if argv[:2] == ["data", "check"] else 1
-    if argv[:1] != ["judge"] and len(argv) > head and "=" in argv[head] and not argv[head].endswith((".yaml", ".yml")):
+    if argv[:1] not in (["judge"], ["emt"]) and len(argv) > head and "=" in argv[head] and not argv[head].endswith((".yaml", ".yml")):
         argv = [*argv[:head], str(DEFAULT_CONFIG), *argv[head:]]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # checkpoints are local folders, never downloads
     # PEFT still calls a transformers property deprecated in v5; the warning says nothing to users.

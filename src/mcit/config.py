@@ -30,6 +30,7 @@ import yaml
 __all__ = [
     "ConfigError",
     "DataConfig",
+    "EmtConfig",
     "EvalConfig",
     "JudgeConfig",
     "MethodConfig",
@@ -134,7 +135,8 @@ class MethodConfig:
     """The continual-learning method and its hyper-parameters."""
 
     name: str = _field("lora", "full, lora, moelora, multitask (joint upper bound), lora-taskid (a LoRA per task, "
-                       "task id given), ema, lcia, replay, ewc, lwf or olora; see mcit.methods",
+                       "task id given), ema, lcia, replay, ewc, lwf, olora or projector (the projector alone); "
+                       "see mcit.methods",
                        aliases=("method",))
     lora_r: int = _field(16, "LoRA rank", aliases=("r", "rank"))
     lora_alpha: int = _field(32, "LoRA scaling numerator (scale = alpha / r)", aliases=("alpha",))
@@ -261,6 +263,20 @@ class JudgeConfig:
 
 
 @dataclass
+class EmtConfig:
+    """EMT tracking: the MLLM evaluated as an image classifier while it is fine-tuned."""
+
+    every_steps: int = _field(
+        0, "evaluate every N optimizer steps (and before the first step) into <run>/emt_curve.jsonl; 0 = off",
+        aliases=("interval", "eval_every", "every"))
+    datasets: list[str] = _field(
+        [], 'classification sets, e.g. [digits, coin-shapes, coin-colors, coin-objects] or "mnist:/data/mnist"; '
+        "see mcit.emt.datasets", aliases=("sets", "emt_datasets"))
+    limit: int = _field(100, "test images per dataset at each point", aliases=("n_test", "per_dataset"))
+    batch_size: int = _field(64, "images per generation batch", aliases=("eval_batch_size",))
+
+
+@dataclass
 class RunConfig:
     """One continual instruction tuning run."""
 
@@ -274,6 +290,7 @@ class RunConfig:
     train: TrainConfig = _section(TrainConfig, "training within each task")
     eval: EvalConfig = _section(EvalConfig, "evaluation after each stage")
     judge: JudgeConfig = _section(JudgeConfig, "General Knowledge view: judge scores of the saved predictions")
+    emt: EmtConfig = _section(EmtConfig, "EMT tracking: the model as an image classifier during fine-tuning")
 
 
 # --------------------------------------------------------------------------------------------

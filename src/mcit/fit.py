@@ -41,9 +41,10 @@ def _batches(loader: DataLoader):
 
 
 def train_task(model, method: Method, ctx: TaskContext, items: list[dict], run_cfg, pad_id: int,
-               seed: int, desc: str, steps: int | None = None) -> dict:
+               seed: int, desc: str, steps: int | None = None, on_step=None) -> dict:
     """Train `model` on encoded `items` for one task (`steps` optimizer steps, default: the
-    task's budget); returns loss statistics."""
+    task's budget); returns loss statistics. `on_step(step)`, if given, runs after each
+    optimizer step (1-based; EMT tracking evaluates there)."""
     tc = run_cfg.train
     acc = ctx.accelerator
     set_seed(seed)
@@ -64,11 +65,11 @@ def train_task(model, method: Method, ctx: TaskContext, items: list[dict], run_c
 
     model.train()
     batches = _batches(loader)
-    losses = []
+    losses, extras = [], []  # the task's own loss and the method's extra term, logged apart
     # disable=None: bars on a terminal, none in redirected logs (no carriage-return spam).
     bar = tqdm(range(total), desc=desc, disable=None if acc.is_main_process else True, leave=False)
     for step in bar:
-        step_loss = 0.0
+        step_loss = step_extra = 0.0
         for micro in range(tc.grad_accum):
             batch = next(batches)
             # Only the last micro-batch synchronises gradients across processes.
@@ -78,9 +79,10 @@ def train_task(model, method: Method, ctx: TaskContext, items: list[dict], run_c
                 loss = out.loss
                 extra = method.extra_loss(ctx, batch, out)
                 if extra is not None:
+                    step_extra += extra.detach().float().item() / tc.grad_accum
                     loss = loss + extra
                 acc.backward(loss / tc.grad_accum)
-            step_loss += loss.detach().float().item() / tc.grad_accum
+            step_loss += out.loss.detach().float().item() / tc.grad_accum
         if tc.max_grad_norm:
             acc.clip_grad_norm_(params, tc.max_grad_norm)
         optimizer.step()
@@ -89,13 +91,18 @@ def train_task(model, method: Method, ctx: TaskContext, items: list[dict], run_c
         method.after_step(ctx)  # gradients are still there (LCIA needs them)
         optimizer.zero_grad(set_to_none=True)
         losses.append(step_loss)
+        extras.append(step_extra)
+        if on_step is not None:
+            on_step(ctx.step)
         if step % 10 == 0:
             bar.set_postfix(loss=f"{sum(losses[-10:]) / len(losses[-10:]):.3f}")
     _release(acc, optimizer, scheduler, loader)
     model.eval()
-    head = losses[: max(1, len(losses) // 10)]
-    tail = losses[-max(1, len(losses) // 10):]
-    return {"steps": total, "loss_first": sum(head) / len(head), "loss_last": sum(tail) / len(tail)}
+    k = max(1, len(losses) // 10)
+    stats = {"steps": total, "loss_first": sum(losses[:k]) / k, "loss_last": sum(losses[-k:]) / k}
+    if any(extras):
+        stats |= {"extra_loss_first": sum(extras[:k]) / k, "extra_loss_last": sum(extras[-k:]) / k}
+    return stats
 
 
 def _release(acc, optimizer, scheduler, loader) -> None:

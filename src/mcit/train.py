@@ -16,6 +16,7 @@ from .data.check import check_stream_config
 from .data.encode import encode_for_training
 from .data.stream import build_stream, cache_dir
 from .config import ConfigError
+from .emt.curve import EmtTracker
 from .eval.coin_compat import MODES as SCORING_MODES
 from .eval.evaluate import evaluate_task, trivial_baseline
 from .fit import steps_for, train_task
@@ -33,6 +34,7 @@ def run_stream(cfg, log=print, resume: bool = False) -> dict:
     main = acc.is_main_process
     started = time.time()
     method = build_method(cfg.method)  # fail on a bad method name before any expensive work
+    tracker = EmtTracker(cfg, log) if cfg.emt.every_steps > 0 else None  # EMT sets too (off by default)
     if cfg.eval.scoring not in SCORING_MODES:
         raise ConfigError(f"eval.scoring: '{cfg.eval.scoring}' is not one of {list(SCORING_MODES)}")
 
@@ -115,12 +117,7 @@ def run_stream(cfg, log=print, resume: bool = False) -> dict:
         if cfg.eval.zero_shot:
             saved = load_json(run_dir / "zero_shot.json")
             zero_shot = [saved[t] for t in stream.tasks]
-        last = stage_dir(run_dir, len(done) - 1, names[len(done) - 1])
-        method.load_model(acc.unwrap_model(model), last / "model")
-        if (last / "method_state.safetensors").is_file():
-            method.load_state_dict(load_file(str(last / "method_state.safetensors")))
-        if (last / "method_state.json").is_file():
-            method.load_json_state(load_json(last / "method_state.json"))
+        restore_stage(method, acc.unwrap_model(model), stage_dir(run_dir, len(done) - 1, names[len(done) - 1]))
         log(f"resuming after stage {len(done)}/{len(stages)} ({names[len(done) - 1]})")
 
     # 3. Zero-shot row: the model before any stage (needed for forward transfer).
@@ -129,6 +126,9 @@ def run_stream(cfg, log=print, resume: bool = False) -> dict:
         if main:
             save_json(run_dir / "zero_shot.json", dict(zip(stream.tasks, zero_shot)))
             log("base model: " + "  ".join(f"{t} {v:.1f}" for t, v in zip(stream.tasks, zero_shot)))
+
+    if tracker:  # a resumed run drops the EMT points of the stage it redoes
+        tracker.begin(run_dir if main else None, [info["train"]["steps"] for info in done])
 
     # 4. The stream, one task after another.
     for t, (task, trained) in enumerate(stages):
@@ -141,8 +141,9 @@ def run_stream(cfg, log=print, resume: bool = False) -> dict:
         # The budget comes from the tasks' own data, so methods that add samples (replay) get
         # the same number of steps; a joint stage gets the sum of its tasks' budgets.
         steps = sum(steps_for(cfg.train, len(stream.train[name]), acc.num_processes, name) for name in trained)
+        on_step = tracker.stage(acc.unwrap_model(model), processor, t, task, steps, acc.device) if tracker else None
         stats = train_task(model, method, ctx, items, cfg, tok.pad_token_id, seed=cfg.seed * 1000 + t,
-                           desc=f"stage {t + 1}/{len(stages)} {task}", steps=steps)
+                           desc=f"stage {t + 1}/{len(stages)} {task}", steps=steps, on_step=on_step)
         method.after_task(ctx)
 
         out = stage_dir(run_dir, t, task) if main else None
@@ -160,6 +161,8 @@ def run_stream(cfg, log=print, resume: bool = False) -> dict:
             matrix[t][i] = evaluate(stream.tasks[i], f"stage {t + 1}", out)
         if main:
             row = {stream.tasks[i]: matrix[t][i] for i in evaluated}
+            for name, records in ctx.series.items():
+                save_jsonl(out / f"{name}.jsonl", records)
             mark_stage_done(out, {"task": task, "train": stats, "scores": row, "method_log": ctx.log})
             if not method.joint:
                 save_matrix(run_dir, "matrix_partial", stream.tasks[: t + 1], [r[: t + 1] for r in matrix[: t + 1]],
@@ -167,6 +170,8 @@ def run_stream(cfg, log=print, resume: bool = False) -> dict:
             log(f"stage {t + 1}/{len(stages)} {task}: loss {stats['loss_first']:.3f} -> {stats['loss_last']:.3f}; "
                 + "  ".join(f"{stream.tasks[i]} {matrix[t][i]:.1f}" for i in evaluated))
 
+    if tracker and main:
+        tracker.save_plot()
     if method.joint:
         result = _finish_joint(cfg, run_dir, stream.tasks, matrix[0], zero_shot, started, main, log)
         acc.wait_for_everyone()
@@ -201,6 +206,15 @@ def _finish_joint(cfg, run_dir, tasks, row, zero_shot, started, main, log) -> di
                                              "multitask_mean": mean, "seconds": result["seconds"]})
         log("multitask (upper bound): " + "  ".join(f"{t} {v:.1f}" for t, v in zip(tasks, row)) + f"  | mean {mean:.2f}")
     return result
+
+
+def restore_stage(method, model, stage: Path) -> None:
+    """A saved stage's weights and method state into a freshly set-up model (resume, `mcit emt`)."""
+    method.load_model(model, stage / "model")
+    if (stage / "method_state.safetensors").is_file():
+        method.load_state_dict(load_file(str(stage / "method_state.safetensors")))
+    if (stage / "method_state.json").is_file():
+        method.load_json_state(load_json(stage / "method_state.json"))
 
 
 def completed_stages(run_dir: Path, tasks: list[str]) -> list[dict]:

@@ -15,9 +15,12 @@ from .schema import Sample
 IGNORE_INDEX = -100  # label value that the loss skips (transformers' convention)
 
 
-def load_image(image_root: Path | None, rel: str | None) -> Image.Image | None:
+def load_image(image_root: Path | None, rel: str | Image.Image | None) -> Image.Image | None:
+    """The sample's image: a path under ``image_root``, or an in-memory PIL image (EMT sets)."""
     if rel is None:
         return None
+    if isinstance(rel, Image.Image):
+        return rel.convert("RGB")
     with Image.open(Path(image_root) / rel) as im:
         return im.convert("RGB")
 

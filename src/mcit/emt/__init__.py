@@ -6,6 +6,9 @@
   puts each answer in correct / wrong label / hallucinated.
 * :mod:`mcit.emt.probe`: the encoder baseline, pooled vision-tower features with a linear probe,
   and zero-shot class-name matching when the encoder has a text tower.
+* :mod:`mcit.emt.evaluate`: a live model asked on a set (batched generation, decided answers) and
+  the encoder baseline; :mod:`mcit.emt.command` is ``mcit emt`` (a checkpoint or a run's stage);
+  :mod:`mcit.emt.curve` tracks EMT accuracy during a run (``emt.every_steps``).
 
 Torch and scikit-learn are only imported by the functions that need them. The decider
 function is not re-exported here, so ``mcit.emt.decide`` stays the module; use

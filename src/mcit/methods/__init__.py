@@ -21,6 +21,7 @@ METHODS: dict[str, str] = {
     "ewc": "ewc",  # LoRA + elastic weight consolidation
     "lwf": "lwf",  # LoRA + learning without forgetting
     "olora": "olora",  # orthogonal LoRA per task
+    "projector": "projector",  # the projector alone (EMT's lightest setting)
 }
 
 

@@ -43,6 +43,7 @@ class TaskContext:
     accelerator: Any
     step: int = 0  # optimizer steps done in this task
     log: dict[str, Any] = field(default_factory=dict)  # per-task scalars a method wants saved
+    series: dict[str, list] = field(default_factory=dict)  # per-step records, saved as <stage>/<name>.jsonl
 
 
 class Method:

@@ -12,7 +12,8 @@ Two parts (spec: shared/reference/methods.md, "LCIA / LLaCA"):
    update is a no-op) and written into the live weights at the end of the task. A trainable
    tensor without a gradient is counted and reported (ctx.log, a warning), never silently
    folded into the fallback. Per step, the mean a and the share of tensors that fell back are
-   logged per tensor group (q/k/v/o/gate/up/down/projector) in ctx.log["lcia_coefficients"].
+   logged per tensor group (q/k/v/o/gate/up/down/projector) in ctx.series["lcia_coefficients"]
+   (written to <stage>/lcia_coefficients.jsonl).
 
 2. Instruction grouping (method.lcia_grouping). A group is a set of tasks sharing one LoRA
    adapter, with the (deduplicated) instruction strings of those tasks. The similarity of
@@ -157,14 +158,14 @@ class InstructionSimilarity:
         return sims
 
     def _embed(self, texts: list[str]) -> np.ndarray:
-        from ..eval.judge_backends import _load_encoder  # the judge's loader, cached per process
+        from ..eval.judge_backends import load_encoder  # the judge's loader, cached per process
 
         new = [t for t in dict.fromkeys(texts) if t not in self._vectors]
         if new:
             if len(self._vectors) + len(new) > 50_000:  # bounded, in case instructions are unique per sample
                 self._vectors.clear()
                 new = list(dict.fromkeys(texts))
-            vectors = _load_encoder(None).encode(new, normalize_embeddings=True, convert_to_numpy=True,
+            vectors = load_encoder(None).encode(new, normalize_embeddings=True, convert_to_numpy=True,
                                                  show_progress_bar=False)
             self._vectors.update(zip(new, vectors))
         return np.stack([self._vectors[t] for t in texts])
@@ -310,7 +311,7 @@ class LCIA(SequentialLoRA):
         self._kind_index = torch.tensor([self._kinds.index(g) for g in groups], dtype=torch.long)
         self._kind_count = torch.bincount(self._kind_index, minlength=len(self._kinds)).double()
         self._sums = torch.zeros(2, len(self._kinds), dtype=torch.float64)
-        ctx.log["lcia_coefficients"] = self._series
+        ctx.series["lcia_coefficients"] = self._series
 
     @torch.no_grad()
     def _step(self, ctx: TaskContext) -> None:

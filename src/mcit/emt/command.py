@@ -1,0 +1,172 @@
+"""``mcit emt MODEL_OR_RUN_STAGE --datasets ...``: one model evaluated as an image classifier
+against its own vision encoder.
+
+The target is a local checkpoint folder (anything ``load_checkpoint`` opens) or a stage folder
+of a run (``<run>/stages/NN-<task>``): the model is then rebuilt as the run built it (the run's
+config.yaml, the base checkpoint named in its environment.json, the method's ``setup`` and the
+stage's saved weights through :func:`mcit.train.restore_stage`). ``00-base`` is the base model.
+
+Writes into the output folder: ``emt.json`` (every number with its protocol), ``emt.md`` (the
+table) and ``answers/<dataset>.jsonl`` (every answer with its outcome).
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any, Callable
+
+from ..config import ConfigError
+from ..io import atomic_write_text
+from ..run import RunError, load_json, save_json
+from .datasets import load_dataset
+from .evaluate import ask, encoder_baseline, parse_specs, prepare, protocol
+
+__all__ = ["default_out", "format_table", "is_run_stage", "load_target", "run_emt"]
+
+
+def is_run_stage(path: Path) -> bool:
+    return path.parent.name == "stages" and (path.parent.parent / "config.yaml").is_file()
+
+
+def default_out(target: Path) -> Path:
+    """A stage's results go beside its model; a checkpoint's into ./emt/<folder name>."""
+    return target / "emt" if is_run_stage(target) else Path("emt") / (target.resolve().name or "model")
+
+
+def load_target(path: Path) -> tuple[Any, Any, dict]:
+    """(model, processor, description) for a checkpoint folder or a run's stage folder."""
+    from ..methods import build_method
+    from ..models.load import load_checkpoint
+
+    path = Path(path)
+    if not is_run_stage(path):
+        if (path / "config.yaml").is_file() and (path / "stages").is_dir():
+            stages = sorted(p.name for p in (path / "stages").iterdir() if p.is_dir())
+            raise ConfigError(f"{path} is a run folder; give one of its stages: {', '.join(stages) or '(none yet)'} "
+                              f"(e.g. {path / 'stages' / (stages[-1] if stages else '01-<task>')})")
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"{path} is neither a checkpoint folder (no config.json) nor a run's stage folder "
+                              "(<run>/stages/NN-<task>)")
+        model, processor = load_checkpoint(path)
+        return model, processor, {"kind": "checkpoint", "path": str(path)}
+
+    from ..config import load_config
+    from ..train import restore_stage
+
+    run_dir = path.parent.parent
+    cfg = load_config(run_dir / "config.yaml", [])
+    try:
+        base = Path(load_json(run_dir / "environment.json")["checkpoint"])
+    except (OSError, KeyError, TypeError):
+        raise RunError(f"{run_dir}/environment.json does not name the run's base checkpoint") from None
+    if not (base / "config.json").is_file():
+        raise RunError(f"the run's base checkpoint {base} (from environment.json) is not there any more; "
+                       "rebuild it (the same config under the same MCIT_CACHE) or evaluate a checkpoint folder")
+    info = {"kind": "run-stage", "path": str(path), "run": str(run_dir), "base_checkpoint": str(base),
+            "method": cfg.method.name, "stage": path.name}
+    model, processor = load_checkpoint(base, cfg.model.dtype)
+    if (path / "model").is_dir():
+        method = build_method(cfg.method)
+        model = method.setup(model, cfg)
+        restore_stage(method, model, path)
+    elif not path.name.startswith("00-"):
+        raise RunError(f"{path} has no saved model (model/); was the stage finished?")
+    return model, processor, info
+
+
+def _file_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._+-]+", "_", name).strip("._") or "_"
+
+
+def run_emt(target: str | Path, specs: list[str], *, limit: int | None = 100, probe_train: int | None = 1000,
+            out: str | Path | None = None, decider: str = "rule", batch_size: int = 32, max_new_tokens: int = 24,
+            seed: int = 0, log: Callable[[str], None] = print) -> dict:
+    """Evaluate ``target`` on every set of ``specs``; write the results; return the record."""
+    import torch
+
+    target = Path(target)
+    proto = protocol(decider, max_new_tokens)
+    parsed = parse_specs(specs)  # every spec checked before the model is loaded
+    if not parsed:
+        raise ConfigError("give at least one dataset (--datasets digits,coin-shapes,...)")
+    out = Path(out) if out is not None else default_out(target)
+    model, processor, info = load_target(target)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+
+    results: dict[str, dict] = {}
+    for spec in parsed:
+        prepared = prepare(spec, limit, seed)
+        summary, records = ask(model, processor, prepared, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                               decider=decider, device=device)
+        # the probe may learn from more train images than are asked (the test split stays the same)
+        train = load_dataset(spec, limit=probe_train, seed=seed) if probe_train != limit else None
+        baseline = encoder_baseline(model, processor, prepared.dataset, train, seed=seed, batch_size=batch_size)
+        probe_acc = baseline["probe"]["accuracy"]
+        answers_file = Path("answers") / f"{_file_name(prepared.name)}.jsonl"
+        atomic_write_text(out / answers_file, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        results[prepared.name] = {
+            "source": prepared.dataset.source, "classes": list(prepared.dataset.classes),
+            "noun": prepared.dataset.noun, "question": prepared.prompt, "n_test": len(prepared.samples),
+            "mllm": summary, **baseline,
+            "gap": None if probe_acc is None else probe_acc - summary["accuracy"],
+            "answers": str(answers_file),
+        }
+        log(f"{prepared.name}: MLLM {summary['accuracy']:.1f} ({decider})  probe "
+            + ("-" if probe_acc is None else f"{probe_acc:.1f}"))
+
+    record = {"model": info, "protocol": proto, "seed": seed, "limit": limit, "probe_train": probe_train,
+              "datasets": results}
+    save_json(out / "emt.json", record)
+    atomic_write_text(out / "emt.md", to_markdown(record))
+    log(format_table(record))
+    log(f"written: {out / 'emt.json'}, {out / 'emt.md'}, {out / 'answers'}/")
+    return record
+
+
+def _f(v: float | None) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.1f}"
+
+
+_COLUMNS = ("dataset", "n", "MLLM acc", "correct", "wrong label", "hallucinated", "probe acc", "zero-shot", "gap")
+
+
+def _rows(record: dict) -> list[list[str]]:
+    rows = []
+    for name, r in record["datasets"].items():
+        s = r["mllm"]["shares"]
+        rows.append([name, str(r["n_test"]), _f(r["mllm"]["accuracy"]), _f(s["correct"]), _f(s["wrong_label"]),
+                     _f(s["hallucinated"]), _f(r["probe"]["accuracy"]), _f(r["zero_shot"]), _f(r["gap"])])
+    return rows
+
+
+def format_table(record: dict) -> str:
+    """Plain-text table: MLLM accuracy and outcome shares vs the encoder's probe (gap = probe - MLLM)."""
+    rows = _rows(record)
+    widths = [max(len(c), *(len(r[k]) for r in rows)) for k, c in enumerate(_COLUMNS)]
+    line = lambda cells: "  ".join(c.ljust(w) if k == 0 else c.rjust(w)  # noqa: E731
+                                   for k, (c, w) in enumerate(zip(cells, widths)))
+    head = line(_COLUMNS)
+    title = (f"EMT: MLLM vs its vision encoder (decider: {record['protocol']['decider']}; shares in %; "
+             "gap = probe - MLLM)")
+    return "\n".join([title, head, "-" * len(head), *(line(r) for r in rows)])
+
+
+def to_markdown(record: dict) -> str:
+    p = record["protocol"]
+    lines = [
+        f"# EMT: {record['model']['path']}", "",
+        f"Protocol: decider `{p['decider']}` ({p['decider_impl']}; max_extra_words={p['max_extra_words']}), "
+        f"greedy decoding, at most {p['generation']['max_new_tokens']} new tokens, question "
+        f"`{p['question_template']}`. Numbers from another protocol (the paper's LLM judge) are not comparable.",
+        "",
+        "Encoder baseline: logistic-regression probe on the vision tower's mean-pooled patch features "
+        f"(up to {record['probe_train']} train images per set); zero-shot needs a text tower (None for LLaVA).",
+        "",
+        "| " + " | ".join(_COLUMNS) + " |",
+        "|---|" + "---:|" * (len(_COLUMNS) - 1),
+    ]
+    lines += ["| " + " | ".join(r) + " |" for r in _rows(record)]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,136 @@
+"""EMT tracking during fine-tuning: every ``emt.every_steps`` optimizer steps (and before the
+first step of the run) the live model answers the EMT sets; one line per (point, dataset) is
+appended to ``<run>/emt_curve.jsonl``; ``emt_curve.png`` plots the curves at the end.
+
+The global step counts optimizer steps over the whole run (stage after stage). A resumed run
+first drops the points of the stage it redoes, so the curve matches an uninterrupted run.
+"""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Callable
+
+from ..io import atomic_write_bytes, atomic_write_text
+from .evaluate import ask, parse_specs, prepare, protocol
+
+__all__ = ["CURVE_FILE", "PLOT_FILE", "EmtTracker", "curve_png", "read_curve"]
+
+CURVE_FILE = "emt_curve.jsonl"
+PLOT_FILE = "emt_curve.png"
+
+
+def read_curve(path: Path) -> list[dict]:
+    path = Path(path)
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+class EmtTracker:
+    """Holds the prepared sets; ``stage(...)`` gives train_task its ``on_step`` callback."""
+
+    def __init__(self, cfg, log: Callable[[str], None] = print):
+        ec = cfg.emt
+        if ec.every_steps < 0 or ec.limit < 1 or ec.batch_size < 1:
+            from ..config import ConfigError
+            raise ConfigError("emt: every_steps must be >= 0, limit and batch_size >= 1")
+        if not ec.datasets:
+            from ..config import ConfigError
+            raise ConfigError("emt.every_steps > 0 but emt.datasets is empty; e.g. emt.datasets=[digits,coin-shapes]")
+        self.every = ec.every_steps
+        self.batch_size = ec.batch_size
+        self.max_new_tokens = cfg.eval.max_new_tokens
+        self.protocol = protocol("rule", self.max_new_tokens)
+        self.sets = [prepare(spec, ec.limit, cfg.seed) for spec in parse_specs(ec.datasets)]
+        self.log = log
+        self.path: Path | None = None
+        self.offset = 0  # global steps done before the current stage
+
+    def begin(self, run_dir: Path | None, done_steps: list[int]) -> None:
+        """Start (or continue after ``len(done_steps)`` completed stages); ``run_dir`` None off the main process."""
+        self.offset = sum(done_steps)
+        if run_dir is None:
+            return
+        self.path = Path(run_dir) / CURVE_FILE
+        kept = [r for r in read_curve(self.path) if r["stage"] <= len(done_steps)]
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+
+    def stage(self, model, processor, index: int, task: str, steps: int, device=None) -> Callable[[int], None]:
+        """The on_step callback for stage ``index`` (0-based) of ``steps`` optimizer steps; the first
+        stage records the untouched model (global step 0) first."""
+        offset = self.offset
+        self.offset += steps
+
+        def point(step: int) -> None:
+            self.point(model, processor, offset + step, index + 1, task, offset, device)
+
+        if index == 0:
+            point(0)
+
+        def on_step(step: int) -> None:
+            if (offset + step) % self.every == 0:
+                point(step)
+
+        return on_step
+
+    def point(self, model, processor, global_step: int, stage: int, task: str, stage_start: int = 0,
+              device=None) -> list[dict]:
+        rows = []
+        for prepared in self.sets:
+            summary, _ = ask(model, processor, prepared, batch_size=self.batch_size,
+                             max_new_tokens=self.max_new_tokens, device=device, show_progress=False)
+            rows.append({"step": global_step, "stage": stage, "task": task, "stage_start": stage_start,
+                         "dataset": prepared.name,
+                         "accuracy": summary["accuracy"], "shares": summary["shares"], "n": summary["n"],
+                         "decider": self.protocol["decider"]})
+        if self.path is not None:
+            with open(self.path, "a", encoding="utf-8") as fh:  # appended: a crash keeps every earlier point
+                fh.write("".join(json.dumps(r) + "\n" for r in rows))
+            self.log(f"emt step {global_step}: " + "  ".join(f"{r['dataset']} {r['accuracy']:.1f}" for r in rows))
+        return rows
+
+    def save_plot(self) -> Path | None:
+        if self.path is None:
+            return None
+        return atomic_write_bytes(self.path.with_name(PLOT_FILE), curve_png(read_curve(self.path)))
+
+
+def curve_png(records: list[dict], title: str = "EMT accuracy during fine-tuning") -> bytes:
+    """Accuracy (top) and hallucinated share (bottom) per dataset over the global step; dashed lines
+    mark where each stage starts, labelled with its task."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    datasets = list(dict.fromkeys(r["dataset"] for r in records))
+    starts = {r["stage"]: (r.get("stage_start", r["step"]), r["task"]) for r in records}  # stage -> (step, task)
+
+    fig = Figure(figsize=(8, 6), dpi=100)
+    FigureCanvasAgg(fig)
+    top, bottom = fig.subplots(2, 1, sharex=True)
+    for name in datasets:
+        rows = sorted((r for r in records if r["dataset"] == name), key=lambda r: r["step"])
+        steps = [r["step"] for r in rows]
+        line, = top.plot(steps, [r["accuracy"] for r in rows], marker="o", markersize=3, label=name)
+        bottom.plot(steps, [r["shares"]["hallucinated"] for r in rows], marker="o", markersize=3,
+                    color=line.get_color())
+    for stage, (step, task) in sorted(starts.items()):
+        if stage > 1:
+            for ax in (top, bottom):
+                ax.axvline(step, color="grey", linestyle="--", linewidth=0.8)
+        top.annotate(task, (step, 1.0), xycoords=("data", "axes fraction"), fontsize=7, ha="left", va="bottom")
+    top.set_ylabel("accuracy (%)")
+    bottom.set_ylabel("hallucinated (%)")
+    bottom.set_xlabel("global optimizer step")
+    for ax in (top, bottom):
+        ax.set_ylim(-2, 102)
+        ax.grid(alpha=0.3)
+    if datasets:
+        top.legend(fontsize=8, loc="best")
+    decider = records[0].get("decider", "?") if records else "?"
+    fig.suptitle(f"{title} (decider: {decider})")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
