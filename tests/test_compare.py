@@ -32,6 +32,9 @@ def test_compare_two_methods_two_seeds_then_reuse(cache, capsys, monkeypatch):
     finals = [json.loads((out / "runs" / f"lora-seed{s}" / "metrics.json").read_text())["MFN"] for s in (0, 1)]
     assert table["lora"]["if"]["MFN"][0] == pytest.approx(sum(finals) / 2)
     assert table["multitask"]["if"]["BWT"] is None  # no sequence, no backward transfer
+    envs = [json.loads((out / "runs" / f"lora-seed{s}" / "environment.json").read_text()) for s in (0, 1)]
+    assert envs[0]["checkpoint"] == envs[1]["checkpoint"]  # seeds vary training, not the data or base model
+    assert [e["seed"] for e in envs] == [0, 1]
     md = (out / "compare.md").read_text()
     assert "| lora |" in md and "BWT (IF)" in md and "trainable params" in md
 

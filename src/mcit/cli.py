@@ -53,7 +53,7 @@ def cmd_data_check(args) -> int:
     cfg = load_config(_config_path(args.config), args.overrides)
     dc = cfg.data
     if dc.benchmark == "coin-mini":  # check what mcit generated, in the same layout
-        root = coin_mini_root(dc, cfg.seed)
+        root = coin_mini_root(dc, cfg.data_seed)
         if not (root / "meta.json").is_file():
             raise UserError(f"coin-mini has not been generated yet at {root}; `mcit run` generates it")
         report = check_release(root / dc.instruction_set, root / "images", stream_order(dc, seed=0))

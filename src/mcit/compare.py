@@ -46,6 +46,8 @@ def compare(config: Path, overrides: list[str], methods: list[str], seeds: list[
             if not (run_dir / "metrics.json").is_file():
                 cfg = load_config(config, [*overrides, f"method.name={m}", f"seed={seed}",
                                            f"output_dir={out / 'runs'}", f"name={name}"])
+                if cfg.data.seed is None:  # same data, order and base model for every seed
+                    cfg.data.seed = load_config(config, overrides).seed
                 log(f"== {name}")
                 run_stream(cfg, log=log, resume=(run_dir / "config.yaml").is_file())
             runs[m].append(_read_run(run_dir))

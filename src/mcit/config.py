@@ -70,6 +70,9 @@ def _section(cls: type, help: str) -> Any:
 class DataConfig:
     """Which benchmark to stream, where its files are and how much of it to use."""
 
+    seed: int | None = _field(
+        None, "seed of the generated benchmark, the random order and the built-in base model; null = the run "
+        "seed (mcit compare fixes it so that seeds vary only training)", aliases=("data_seed",))
     benchmark: str = _field(
         "coin-mini", '"coin-mini" (built in, generated) or "coin" (a release on disk)',
         aliases=("dataset", "bench"))
@@ -291,6 +294,11 @@ class RunConfig:
     eval: EvalConfig = _section(EvalConfig, "evaluation after each stage")
     judge: JudgeConfig = _section(JudgeConfig, "General Knowledge view: judge scores of the saved predictions")
     emt: EmtConfig = _section(EmtConfig, "EMT tracking: the model as an image classifier during fine-tuning")
+
+    @property
+    def data_seed(self) -> int:
+        """Seed of what the run starts from: generated data, named random order, built-in base model."""
+        return self.seed if self.data.seed is None else self.data.seed
 
 
 # --------------------------------------------------------------------------------------------

@@ -44,7 +44,7 @@ def run_stream(cfg, log=print, resume: bool = False) -> dict:
         report = check_stream_config(cfg.data)
         if not report.ok:
             raise DataCheckFailed(report)
-    stream = build_stream(cfg.data, cfg.seed, show_progress=main)
+    stream = build_stream(cfg.data, cfg.data_seed, show_progress=main)
     budgeted = sorted((set(cfg.train.task_steps) | set(cfg.train.task_epochs)) - set(stream.tasks))
     if budgeted:  # most likely a misspelt task name
         raise ConfigError(f"train.task_steps/task_epochs name {budgeted}, which are not in the stream {stream.tasks}")

@@ -73,7 +73,7 @@ __all__ = [
 ]
 
 NAME = "coin-mini"
-VERSION = 2  # 2: pretrain mixture gained option-letter and box questions
+VERSION = 3  # 2: pretrain mixture gained option-letter and box questions; 3: more of them, also on scenes
 
 TASKS = ["ScienceQA", "TextVQA", "ImageNet", "GQA", "VizWiz", "Grounding", "VQAv2", "OCRVQA"]
 
@@ -836,7 +836,7 @@ _GENERATORS: dict[str, Gen] = {
 # --- pretrain mixture -------------------------------------------------------------------
 
 _PRETRAIN_KINDS = tuple(["scene"] * 7 + ["object"] * 4 + ["text"] * 3 + ["cover"] * 3 + ["photo"] * 3
-                        + ["choice"] * 2 + ["where"] * 2)
+                        + ["choice"] * 4 + ["where"] * 3)
 _DESCRIBE = ("Describe the image.", "What is in this picture?", "Give a short description of the image.")
 
 
@@ -854,18 +854,31 @@ def _object_image(rng: random.Random, S: int, name: str,
 
 def _pretrain_choice(rng: random.Random, S: int) -> _Item:
     """A generic multiple-choice question answered with the option letter, as in LLaVA-1.5's
-    instruction mixture (A-OKVQA): objects and signs, never the ScienceQA question kinds."""
-    if rng.random() < 0.5:
+    instruction mixture (A-OKVQA): about objects, signs and shape scenes, worded unlike
+    ScienceQA's questions and without its instruction line."""
+    kind = rng.choice(["object", "word", "shape", "color", "count"])
+    if kind == "object":
         correct = rng.choice(OBJECTS)
         img = _object_image(rng, S, correct)[0]
         question, pool = rng.choice(["Which object is this?", "What is shown here?"]), OBJECTS
-    else:
+    elif kind == "word":
         correct = rng.choice(WORDS)
         img = _text_image(rng, S, correct)[0]
         question, pool = rng.choice(["Which word can you read?", "What does it say?"]), WORDS
+    else:
+        objs = _random_scene(rng, S, rng.randint(1, 3), True)
+        img, target = _render_scene(objs, S), rng.choice(objs)
+        question, correct, pool = {
+            "shape": (f"Which shape is {target.color}?", target.shape, SHAPES),
+            "color": (f"Pick the colour of the {target.shape}.", target.color, COLOR_NAMES),
+            "count": ("Count the shapes.", str(len(objs)), tuple(str(k) for k in range(1, 7))),
+        }[kind]
+        if kind == "shape" and sum(o.color == target.color for o in objs) > 1:
+            question, correct = "Which shape can you see?", target.shape
+            pool = tuple(x for x in SHAPES if x == correct or x not in {o.shape for o in objs})
     n_opt = rng.choice([2, 3, 4, 5])
-    options = rng.sample([p for p in pool if p != correct], n_opt - 1)
-    pos = rng.randrange(n_opt)
+    options = rng.sample([p for p in pool if p != correct], min(n_opt - 1, len(pool) - 1))
+    pos = rng.randrange(len(options) + 1)
     options.insert(pos, correct)
     lines = [question] + [f"{LETTERS[k]}. {opt}" for k, opt in enumerate(options)]
     return _Item(img, "\n".join(lines), LETTERS[pos])

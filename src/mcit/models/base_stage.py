@@ -46,7 +46,7 @@ def base_stage_key(model_cfg, data_cfg, seed: int) -> str:
 def ensure_base_model(run_cfg, data_root: Path, cache_dir: Path, accelerator: Accelerator) -> Path:
     """Path of the cached base checkpoint for this config; trained first if missing."""
     mc, dc = run_cfg.model, run_cfg.data
-    target = cache_dir / f"tiny-llava-{base_stage_key(mc, dc, run_cfg.seed)}"
+    target = cache_dir / f"tiny-llava-{base_stage_key(mc, dc, run_cfg.data_seed)}"
     if (target / "done").is_file():
         return target
     if accelerator.is_main_process:
@@ -70,9 +70,9 @@ def _train_base(run_cfg, data_root: Path, target: Path, accelerator: Accelerator
     model = build_model(mc, processor, dc.image_size)
     # LLaVA's recipe: a vision encoder pretrained on its own, then frozen during alignment.
     vision = pretrain_vision(model, processor.image_processor,
-                             coin_mini.vision_items(run_cfg.seed, mc.vision_images, dc.image_size),
+                             coin_mini.vision_items(run_cfg.data_seed, mc.vision_images, dc.image_size),
                              steps=mc.vision_steps, batch_size=mc.vision_batch_size, lr=mc.base_lr,
-                             seed=run_cfg.seed, show_progress=accelerator.is_main_process)
+                             seed=run_cfg.data_seed, show_progress=accelerator.is_main_process)
     model.model.vision_tower.requires_grad_(False)
 
     stage_cfg = dataclasses.replace(
@@ -84,7 +84,7 @@ def _train_base(run_cfg, data_root: Path, target: Path, accelerator: Accelerator
     model = accelerator.prepare_model(model)
     ctx = TaskContext(task="pretrain", index=-1, tasks=[], model=model, accelerator=accelerator)
     stats = train_task(model, _TrainEverything(None), ctx, items, stage_cfg,
-                       tokenizer.pad_token_id, seed=run_cfg.seed, desc="base model")
+                       tokenizer.pad_token_id, seed=run_cfg.data_seed, desc="base model")
 
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
