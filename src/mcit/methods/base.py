@@ -31,6 +31,8 @@ from typing import Any
 
 import torch
 
+from ..models.adapters import is_projector
+
 
 @dataclass
 class TaskContext:
@@ -62,7 +64,7 @@ class Method:
         proj, rest = [], []
         for name, p in model.named_parameters():
             if p.requires_grad:
-                (proj if "multi_modal_projector" in name else rest).append(p)
+                (proj if is_projector(name) else rest).append(p)
         groups = [{"params": rest, "lr": tc.lr}]
         if proj:
             groups.append({"params": proj, "lr": tc.projector_lr or tc.lr})

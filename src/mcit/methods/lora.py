@@ -7,7 +7,7 @@ from pathlib import Path
 from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
 from safetensors.torch import load_file
 
-from ..models.adapters import set_trainable, target_regex
+from ..models.adapters import projector_modules, set_trainable, target_regex
 from .base import Method
 
 
@@ -22,7 +22,7 @@ class SequentialLoRA(Method):
             lora_dropout=c.lora_dropout,
             target_modules=target_regex(model, c.target_modules),
             # Saved with the adapter (in full) so a stage checkpoint is self-contained.
-            modules_to_save=["multi_modal_projector"] if c.train_projector else None,
+            modules_to_save=projector_modules(model) if c.train_projector else None,
         )
 
     def setup(self, model, run_cfg):
