@@ -14,7 +14,8 @@ from mcit.data import coin_mini as cm
 PARAMS = dict(seed=3, train_per_task=6, test_per_task=3, pretrain_size=4, image_size=48, progress=False)
 
 # sha256 of Original/<Task>/<split>.json for PARAMS, computed with the generator as it was
-# before the Diverse/10Type sets were added: Original must never change.
+# before the Diverse/10Type sets were added: adding sets must never change Original. Changes of
+# the data itself bump coin_mini.VERSION and these digests (v4: ScienceQA's option order).
 ORIGINAL_SHA256 = {
     "GQA/test.json": "03577a37c9b65a470fa43c33511e3819aca4f8628b7f356207c87baf2b09a344",
     "GQA/train.json": "983af11b418028fabd141c94a1456e7632b4d165d36796bc5f37afde9dda70d7",
@@ -24,8 +25,8 @@ ORIGINAL_SHA256 = {
     "ImageNet/train.json": "d47583173113793f2c0a2155e25e22acdb59f46bd5e563659f2d5ce16b185626",
     "OCRVQA/test.json": "f74c13793b0906ffbe36a14f12a33ffff5b4ddf2399c3223924124e2bcc5c859",
     "OCRVQA/train.json": "296a8176afc8ec69ecf6ff4d0f04d7814951c877d4f1cbf5c66778ffb7a9e22b",
-    "ScienceQA/test.json": "7583dba55a7aab9d00726c74ae7238aa49ff8f889f8677239942e4a023e1e3b9",
-    "ScienceQA/train.json": "74d472975163fecb9c47050c7fb7b0c8c0968782f4a8b0af70d813e42970d48b",
+    "ScienceQA/test.json": "f964570ae21dad2260b1b4f19cf089e34c0929f7bf981a544367703af79fba05",
+    "ScienceQA/train.json": "2bc3cc088ab6c7f37063848503e9d0f4017a8a06f1e37406289a744c95deae78",
     "TextVQA/test.json": "a2d1c7265f77ff0a014610be3f5b8ce237cdf58cf30477f4f9f2347dcd145ef9",
     "TextVQA/train.json": "5c69fd0b6056312c1458a8ed164e0c554aa0b2d295806ca2fbe02a24a81de48b",
     "VQAv2/test.json": "fb85f23d07b0d1f4e9773b353e7a49cb22d280c368b59c4892bf27ddbade8874",
@@ -34,8 +35,8 @@ ORIGINAL_SHA256 = {
     "VizWiz/train.json": "051128066bc2ea6a46d49279d1de204a3a58af61ba1212768045c60ef184d2e6",
 }
 # digest over (path, sha256) of every image, and of pretrain.json, for PARAMS (same origin)
-IMAGES_SHA256 = "41f6407f9b3954f23bd34ade010e04578d6582491751ee8ad059881bf743d3cc"
-PRETRAIN_SHA256 = "76c4a03b2651a9b960d97251651fa99a19f286ecf9fe2b31aabeecfb44d6cd0f"
+IMAGES_SHA256 = "013041b03a171387a05092a2c402bcb8d8b280112c3576ad2085ab1a38a3d614"
+PRETRAIN_SHA256 = "a06dc6d7f3bc6c515f583b2abbffdd47d9dbab7cb30dc0e6a2e68407c240024b"
 
 
 @pytest.fixture(scope="module")

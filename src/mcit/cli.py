@@ -174,9 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="train images per dataset for the encoder's linear probe (default: 1000)")
     emt.add_argument("--out", help="output folder (default: <stage>/emt for a run stage, "
                                    "./emt/<name> for a checkpoint)")
-    emt.add_argument("--decider", choices=["rule"], default="rule",
-                     help="how answers are decided; only 'rule' (mcit.emt.decide) for now: the judge backends "
-                          "grade agreement with one answer 0-10 and cannot tell a wrong label from a hallucination")
+    emt.add_argument("--decider", default="rule",
+                     help="how answers are decided (mcit.emt.decide): 'rule' (default, strict: the label alone, "
+                          "in frame words) or 'rule-lenient' (any answer naming exactly one label); no judge "
+                          "backend yet (they grade 0-10 and cannot tell a wrong label from a hallucination)")
     emt.add_argument("--batch-size", type=int, default=32, help="images per generation / feature batch (default: 32)")
     emt.add_argument("--max-new-tokens", type=int, default=24, help="answer length limit in tokens (default: 24)")
     emt.add_argument("--seed", type=int, default=0, help="seed of the dataset splits and the probe (default: 0)")

@@ -277,6 +277,9 @@ class EmtConfig:
         "see mcit.emt.datasets", aliases=("sets", "emt_datasets"))
     limit: int = _field(100, "test images per dataset at each point", aliases=("n_test", "per_dataset"))
     batch_size: int = _field(64, "images per generation batch", aliases=("eval_batch_size",))
+    decider: str = _field(
+        "rule", '"rule" (strict: the label alone, in frame words) or "rule-lenient" (any answer naming exactly '
+        'one label); recorded with every point', aliases=("protocol",))
 
 
 @dataclass

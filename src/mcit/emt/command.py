@@ -158,7 +158,8 @@ def to_markdown(record: dict) -> str:
     p = record["protocol"]
     lines = [
         f"# EMT: {record['model']['path']}", "",
-        f"Protocol: decider `{p['decider']}` ({p['decider_impl']}; max_extra_words={p['max_extra_words']}), "
+        f"Protocol: decider `{p['decider']}` ({p['decider_impl']}; extra words allowed beside the label: "
+        f"{'any' if p['max_extra_words'] is None else p['max_extra_words']}), "
         f"greedy decoding, at most {p['generation']['max_new_tokens']} new tokens, question "
         f"`{p['question_template']}`. Numbers from another protocol (the paper's LLM judge) are not comparable.",
         "",

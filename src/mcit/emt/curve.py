@@ -42,7 +42,7 @@ class EmtTracker:
         self.every = ec.every_steps
         self.batch_size = ec.batch_size
         self.max_new_tokens = cfg.eval.max_new_tokens
-        self.protocol = protocol("rule", self.max_new_tokens)
+        self.protocol = protocol(ec.decider, self.max_new_tokens)
         self.sets = [prepare(spec, ec.limit, cfg.seed) for spec in parse_specs(ec.datasets)]
         self.log = log
         self.path: Path | None = None
@@ -79,8 +79,8 @@ class EmtTracker:
               device=None) -> list[dict]:
         rows = []
         for prepared in self.sets:
-            summary, _ = ask(model, processor, prepared, batch_size=self.batch_size,
-                             max_new_tokens=self.max_new_tokens, device=device, show_progress=False)
+            summary, _ = ask(model, processor, prepared, batch_size=self.batch_size, max_new_tokens=self.max_new_tokens,
+                             decider=self.protocol["decider"], device=device, show_progress=False)
             rows.append({"step": global_step, "stage": stage, "task": task, "stage_start": stage_start,
                          "dataset": prepared.name,
                          "accuracy": summary["accuracy"], "shares": summary["shares"], "n": summary["n"],

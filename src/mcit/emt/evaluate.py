@@ -14,6 +14,7 @@ the decider and the prompt move the numbers.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -26,12 +27,14 @@ from .decide import DEFAULT_TEMPLATE, LabelMatcher, build_prompt, summarize
 
 __all__ = ["DECIDERS", "Prepared", "ask", "encoder_baseline", "parse_specs", "prepare", "protocol"]
 
-# Only the rule decider for now. mcit's judge backends (mcit.eval.judge_backends) grade a 0-10
-# agreement with one reference answer using CoIN's General Knowledge prompt: they can say
-# "correct or not" but cannot tell a wrong label from a hallucination, so they would need a
-# dedicated three-way EMT prompt before they can serve here.
-DECIDERS = ("rule",)
-MAX_EXTRA_WORDS = 0  # the decider's strict default: only the label wrapped in frame words counts
+# Decider name -> the rule decider's max_extra_words (None: any number). "rule" is strict: only
+# the label wrapped in frame words counts ("A red circle." is free text for a shape question).
+# "rule-lenient" accepts any answer naming exactly one label, closer to the paper's LLM judge
+# (but "The airplane is 8." then counts as the label 8).
+# No judge backend yet: mcit.eval.judge_backends grade a 0-10 agreement with one reference
+# answer (CoIN's General Knowledge prompt); that says "correct or not" but cannot tell a wrong
+# label from a hallucination, so it needs a dedicated three-way EMT prompt first.
+DECIDERS: dict[str, int | None] = {"rule": 0, "rule-lenient": None}
 
 
 def protocol(decider: str = "rule", max_new_tokens: int = 24) -> dict[str, Any]:
@@ -39,7 +42,7 @@ def protocol(decider: str = "rule", max_new_tokens: int = 24) -> dict[str, Any]:
     if decider not in DECIDERS:
         raise ConfigError(f"EMT decider {decider!r} is not available; choose one of {list(DECIDERS)}")
     return {"decider": decider, "decider_impl": "rule-based label matching, mcit.emt.decide",
-            "max_extra_words": MAX_EXTRA_WORDS, "question_template": DEFAULT_TEMPLATE,
+            "max_extra_words": DECIDERS[decider], "question_template": DEFAULT_TEMPLATE,
             "generation": {"greedy": True, "max_new_tokens": max_new_tokens}}
 
 
@@ -80,14 +83,15 @@ def ask(model, processor, prepared: Prepared, *, batch_size: int, max_new_tokens
     """(summary, records): accuracy and outcome shares (percent) and one record per answer."""
     from ..eval.generate import generate_answers  # torch and transformers only when a model is asked
 
-    protocol(decider)  # refuses an unknown decider before generating anything
+    extra = DECIDERS[protocol(decider)["decider"]]  # refuses an unknown decider before generating anything
+    extra = math.inf if extra is None else extra
     answers = generate_answers(model, processor, prepared.samples, None, batch_size=batch_size,
                                max_new_tokens=max_new_tokens, device=device, desc=f"emt {prepared.name}",
                                show_progress=show_progress)
     classes = prepared.dataset.classes
     decisions, records = [], []
     for i, ((_, label), answer) in enumerate(zip(prepared.dataset.test, answers)):
-        d = prepared.matcher.decide(answer, label, max_extra_words=MAX_EXTRA_WORDS)
+        d = prepared.matcher.decide(answer, label, max_extra_words=extra)
         decisions.append(d)
         records.append({"index": i, "label": classes[label], "answer": answer, "outcome": d.outcome,
                         "reason": d.reason, "named": [classes[k] for k in d.named], "decider": decider})
