@@ -12,6 +12,7 @@ from mcit.cli import main
 from mcit.config import ConfigError, load_config
 from mcit.emt.command import load_target
 from mcit.emt.curve import read_curve
+from mcit.report.matrix import load_matrix
 
 OUTCOMES = ("correct", "wrong_label", "hallucinated")
 
@@ -131,6 +132,10 @@ def test_emt_tracking_during_a_run_writes_the_curve(cache):  # noqa: F811
         assert sum(r["shares"].values()) == pytest.approx(100.0) and r["accuracy"] == r["shares"]["correct"]
     assert (run / "emt_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert load_config(run / "config.yaml", []).emt.every_steps == 2  # saved with the run
+    plain = _run(cache, "plain", "eval.zero_shot=false")  # tracking only looks: training is unchanged
+    assert load_matrix(plain / "matrix.json")[1] == load_matrix(run / "matrix.json")[1]
+    assert (plain / "stages" / "02-VQAv2" / "predictions" / "ImageNet.jsonl").read_text() == \
+        (run / "stages" / "02-VQAv2" / "predictions" / "ImageNet.jsonl").read_text()
 
     # cut off in stage 2: resuming redoes the stage and its points, giving the same curve
     (run / "stages" / "02-VQAv2" / "done.json").unlink()

@@ -164,7 +164,9 @@ def test_save_load_round_trip(tmp_path):
     again_method, again, _, _ = _setup(["method.moe_top_k=2", "method.moe_impl=reference"])
     assert not torch.equal(_logits(again, batch), expected)
     again_method.load_model(again, tmp_path / "stage")
-    torch.testing.assert_close(_logits(again, batch), expected, atol=1e-5, rtol=1e-5)  # other impl
+    # the other implementation: the same weights, another summation order, compounded over every
+    # layer of the model (per-layer agreement to 1e-5 is tested above)
+    torch.testing.assert_close(_logits(again, batch), expected, atol=1e-4, rtol=1e-4)
     set_impl(again, "fused")
     assert torch.equal(_logits(again, batch), expected)
 

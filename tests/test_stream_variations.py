@@ -35,7 +35,7 @@ def test_per_task_budgets():
     assert steps_for(tc, 400, 1, "Grounding") == 900
     assert steps_for(tc, 400, 1, "VQAv2") == 300
     assert steps_for(tc, 400, 1, "GQA") == 50  # 2 epochs x 400 samples / global batch 16
-    assert steps_for(tc, 400, 2, "GQA") == 25  # two processes: the global batch doubles
+    assert steps_for(tc, 400, 2, "GQA") == 50  # batch_size is the global batch: same steps on two processes
     assert steps_for(TrainConfig(steps_per_task=None, epochs=1.5, batch_size=8, grad_accum=2), 100, 1) == 10
 
 

@@ -119,13 +119,13 @@ class ModelConfig:
     intermediate_size: int = _field(512, "tiny-llava: MLP width of the language model",
                                     aliases=("ffn_size", "mlp_size"))
     vision_hidden_size: int = _field(128, "tiny-llava: width of the vision tower")
-    vision_layers: int = _field(3, "tiny-llava: layers of the vision tower")
+    vision_layers: int = _field(2, "tiny-llava: layers of the vision tower")
     patch_size: int = _field(8, "tiny-llava: vision patch side, in pixels")
     vocab_size: int = _field(1024, "tiny-llava: tokenizer vocabulary size")
-    vision_steps: int = _field(1000, "tiny-llava: optimizer steps of the vision-encoder pretraining stage")
+    vision_steps: int = _field(800, "tiny-llava: optimizer steps of the vision-encoder pretraining stage")
     vision_images: int = _field(8000, "tiny-llava: labelled images (generated) for the vision-encoder stage")
     vision_batch_size: int = _field(64, "tiny-llava: batch size of the vision-encoder stage")
-    base_steps: int = _field(1500, "tiny-llava: optimizer steps of the base-model (alignment) stage")
+    base_steps: int = _field(1300, "tiny-llava: optimizer steps of the base-model (alignment) stage")
     base_lr: float = _field(1e-3, "tiny-llava: learning rate of the base-model stage",
                             aliases=("base_learning_rate",))
     base_batch_size: int = _field(32, "tiny-llava: batch size of the base-model stage")
@@ -204,7 +204,8 @@ class TrainConfig:
     task_epochs: dict[str, float] = _field(
         {}, "per-task epochs (used when the task has no step budget), e.g. {ScienceQA: 2}",
         aliases=("epochs_by_task", "per_task_epochs"))
-    batch_size: int = _field(16, "samples per forward pass",
+    batch_size: int = _field(16, "samples per forward pass over all processes (the global batch: each of N "
+                                 "processes gets batch_size / N, which must divide evenly)",
                              aliases=("per_device_train_batch_size", "bs", "train_batch_size"))
     grad_accum: int = _field(1, "forward passes per optimizer step",
                              aliases=("gradient_accumulation_steps", "accumulation_steps"))
@@ -218,6 +219,14 @@ class TrainConfig:
     max_grad_norm: float = _field(1.0, "gradient clipping norm", aliases=("grad_clip", "clip_norm"))
     max_length: int = _field(256, "maximum tokens per training sequence",
                              aliases=("model_max_length", "max_seq_length", "seq_len"))
+    checkpoint_every: int = _field(
+        0, "save an in-task checkpoint (<stage>/checkpoint/) every N optimizer steps, so --resume continues a "
+        "stage from there; 0 = off (a cut stage is redone from its start). Writes the trainable weights and "
+        "their optimizer state each time: e.g. 200 for long LoRA runs",
+        aliases=("save_steps", "checkpoint_steps", "save_every"))
+    gradient_checkpointing: bool = _field(
+        False, "recompute activations in the backward pass (less memory, more compute per step); for large models",
+        aliases=("grad_checkpointing", "activation_checkpointing"))
 
 
 @dataclass
@@ -226,7 +235,7 @@ class EvalConfig:
 
     batch_size: int = _field(64, "test questions per generation batch",
                              aliases=("eval_batch_size", "per_device_eval_batch_size"))
-    max_new_tokens: int = _field(24, "answer length limit, in tokens", aliases=("max_tokens",))
+    max_new_tokens: int = _field(20, "answer length limit, in tokens (a coin-mini box is 17)", aliases=("max_tokens",))
     upper_triangle: bool = _field(False, "also evaluate tasks not yet trained (forward transfer)",
                                   aliases=("forward_transfer", "full_matrix"))
     zero_shot: bool = _field(True, "evaluate the base model before stage 1", aliases=("zeroshot",))

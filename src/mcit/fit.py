@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from contextlib import nullcontext
+from pathlib import Path
 
 import torch
 from accelerate.utils import set_seed
@@ -15,18 +16,22 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
+from . import checkpoint as ckpt
 from .data.encode import collate
+from .distributed import global_loss_kwargs, mean_over_processes
 from .methods.base import Method, TaskContext
 
 
 def steps_for(tc, n_items: int, world_size: int, task: str | None = None) -> int:
     """Optimizer steps for one task: its own budget (task_steps, task_epochs) if it has one,
-    else the run's fixed budget, else epochs over the global batch."""
+    else the run's fixed budget, else epochs over the global batch. The global batch is
+    batch_size x grad_accum whatever the number of processes (`world_size`, kept for callers),
+    so a run takes the same steps on 1 or N processes."""
     if task in tc.task_steps:
         return int(tc.task_steps[task])
     if tc.steps_per_task and task not in tc.task_epochs:
         return int(tc.steps_per_task)
-    global_batch = tc.batch_size * tc.grad_accum * world_size
+    global_batch = tc.batch_size * tc.grad_accum
     return max(1, math.ceil(tc.task_epochs.get(task, tc.epochs) * n_items / global_batch))
 
 
@@ -41,20 +46,28 @@ def _batches(loader: DataLoader):
 
 
 def train_task(model, method: Method, ctx: TaskContext, items: list[dict], run_cfg, pad_id: int,
-               seed: int, desc: str, steps: int | None = None, on_step=None) -> dict:
+               seed: int, desc: str, steps: int | None = None, on_step=None,
+               checkpoint: Path | None = None, resume_from: Path | None = None) -> dict:
     """Train `model` on encoded `items` for one task (`steps` optimizer steps, default: the
     task's budget); returns loss statistics. `on_step(step)`, if given, runs after each
-    optimizer step (1-based; EMT tracking evaluates there)."""
+    optimizer step (1-based; EMT tracking evaluates there). With `checkpoint` (the stage
+    folder) an in-task checkpoint is saved every train.checkpoint_every steps; `resume_from`
+    (a checkpoint folder) continues from the step it was saved at."""
     tc = run_cfg.train
     acc = ctx.accelerator
+    if acc.num_processes > 1 and not getattr(acc, "split_batches", False):
+        raise RuntimeError("train.batch_size is the global batch: the Accelerator must split batches "
+                           "(DataLoaderConfiguration(split_batches=True)), as mcit.train creates it")
     set_seed(seed)
+    # One loader over the global batch; the accelerator gives each process its slice of every
+    # batch, so the processes' shards together are the single-process batch, same seeded order.
     loader = DataLoader(
         items,
         batch_size=tc.batch_size,
         shuffle=True,
         generator=torch.Generator().manual_seed(seed),
         collate_fn=lambda b: collate(b, pad_id),
-        drop_last=len(items) >= tc.batch_size * acc.num_processes,
+        drop_last=len(items) >= tc.batch_size,
     )
     total = steps if steps is not None else steps_for(tc, len(items), acc.num_processes, ctx.task)
     groups = method.param_groups(model, run_cfg)
@@ -66,8 +79,19 @@ def train_task(model, method: Method, ctx: TaskContext, items: list[dict], run_c
     model.train()
     batches = _batches(loader)
     losses, extras = [], []  # the task's own loss and the method's extra term, logged apart
+    start = 0
+    if resume_from is not None:
+        live = acc.unwrap_model(model)
+        state = ckpt.load(resume_from, acc, model=live, method=method, ctx=ctx, optimizer=optimizer,
+                          scheduler=scheduler)
+        start, losses, extras = state["step"], list(state["losses"]), list(state["extras"])
+        for _ in range(start * tc.grad_accum):  # the sampler's position: replay the seeded order
+            next(batches)
+        ckpt.restore_rng(resume_from, state, acc.process_index)  # after the replay, as at the save
+    every = tc.checkpoint_every if checkpoint is not None else 0
     # disable=None: bars on a terminal, none in redirected logs (no carriage-return spam).
-    bar = tqdm(range(total), desc=desc, disable=None if acc.is_main_process else True, leave=False)
+    bar = tqdm(range(start, total), initial=start, total=total, desc=desc,
+               disable=None if acc.is_main_process else True, leave=False)
     for step in bar:
         step_loss = step_extra = 0.0
         for micro in range(tc.grad_accum):
@@ -75,25 +99,31 @@ def train_task(model, method: Method, ctx: TaskContext, items: list[dict], run_c
             # Only the last micro-batch synchronises gradients across processes.
             sync = nullcontext() if micro == tc.grad_accum - 1 else acc.no_sync(model)
             with sync:
-                out = model(**batch)
+                out = model(**batch, **global_loss_kwargs(acc, batch))
                 loss = out.loss
                 extra = method.extra_loss(ctx, batch, out)
                 if extra is not None:
                     step_extra += extra.detach().float().item() / tc.grad_accum
                     loss = loss + extra
                 acc.backward(loss / tc.grad_accum)
-            step_loss += out.loss.detach().float().item() / tc.grad_accum
+            step_loss += mean_over_processes(acc, out.loss.detach().float()) / tc.grad_accum
         if tc.max_grad_norm:
             acc.clip_grad_norm_(params, tc.max_grad_norm)
         optimizer.step()
         scheduler.step()
         ctx.step = step + 1
-        method.after_step(ctx)  # gradients are still there (LCIA needs them)
+        # Gradients are still there (LCIA needs them); under DDP they are the all-reduced ones:
+        # the last micro-batch's backward averaged them across processes before clipping.
+        method.after_step(ctx)
         optimizer.zero_grad(set_to_none=True)
         losses.append(step_loss)
         extras.append(step_extra)
         if on_step is not None:
             on_step(ctx.step)
+        if every and ctx.step % every == 0:
+            ckpt.save(checkpoint, acc, model=acc.unwrap_model(model), method=method, ctx=ctx, optimizer=optimizer,
+                      scheduler=scheduler, step=ctx.step, batches=ctx.step * tc.grad_accum, losses=losses,
+                      extras=extras)
         if step % 10 == 0:
             bar.set_postfix(loss=f"{sum(losses[-10:]) / len(losses[-10:]):.3f}")
     _release(acc, optimizer, scheduler, loader)

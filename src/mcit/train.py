@@ -8,14 +8,18 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DataLoaderConfiguration, set_seed
 from safetensors.torch import load_file
 from safetensors.torch import save as save_tensors
 
+from . import checkpoint as ckpt
 from .data.check import check_stream_config
 from .data.encode import encode_for_training
 from .data.stream import build_stream, cache_dir
 from .config import ConfigError
+from .distributed import (check_engine, gather_records, merge_shards, on_main, per_process_batch,
+                          enable_gradient_checkpointing, rewrap_if_changed, shard,
+                          trainable_ids)
 from .emt.curve import EmtTracker
 from .eval.coin_compat import MODES as SCORING_MODES
 from .eval.evaluate import evaluate_task, trivial_baseline
@@ -29,9 +33,17 @@ from .run import RunError, create_run_dir, load_json, load_stage_info, mark_stag
 
 
 def run_stream(cfg, log=print, resume: bool = False) -> dict:
-    acc = Accelerator(cpu=not torch.cuda.is_available())
+    # split_batches: train.batch_size is the global batch, each process gets its slice of it
+    # (and the LR schedule steps once per optimizer step whatever the process count).
+    acc = Accelerator(cpu=not torch.cuda.is_available(), dataloader_config=DataLoaderConfiguration(split_batches=True))
+    check_engine(acc)
+    per_process_batch(cfg.train.batch_size, acc.num_processes)
+    if cfg.train.checkpoint_every < 0:
+        raise ConfigError(f"train.checkpoint_every={cfg.train.checkpoint_every} must be >= 0 (0 = off)")
     set_seed(cfg.seed)
     main = acc.is_main_process
+    if not main:  # one voice: only the main process prints (and writes the run folder)
+        log = lambda *args, **kwargs: None  # noqa: E731
     started = time.time()
     method = build_method(cfg.method)  # fail on a bad method name before any expensive work
     tracker = EmtTracker(cfg, log) if cfg.emt.every_steps > 0 else None  # EMT sets too (off by default)
@@ -44,7 +56,8 @@ def run_stream(cfg, log=print, resume: bool = False) -> dict:
         report = check_stream_config(cfg.data)
         if not report.ok:
             raise DataCheckFailed(report)
-    stream = build_stream(cfg.data, cfg.data_seed, show_progress=main)
+    with acc.main_process_first():  # coin-mini is generated once, then read by the others
+        stream = build_stream(cfg.data, cfg.data_seed, show_progress=main)
     budgeted = sorted((set(cfg.train.task_steps) | set(cfg.train.task_epochs)) - set(stream.tasks))
     if budgeted:  # most likely a misspelt task name
         raise ConfigError(f"train.task_steps/task_epochs name {budgeted}, which are not in the stream {stream.tasks}")
@@ -57,18 +70,21 @@ def run_stream(cfg, log=print, resume: bool = False) -> dict:
     else:
         checkpoint = Path(cfg.model.name)
     model, processor = load_checkpoint(checkpoint, cfg.model.dtype)
+    if cfg.train.gradient_checkpointing:  # activations recomputed in backward: memory for time
+        enable_gradient_checkpointing(model)
     model = method.setup(model, cfg)
     model = acc.prepare_model(model)
+    wrapped = trainable_ids(acc.unwrap_model(model))  # what DDP registered (see rewrap_if_changed)
     tok = getattr(processor, "tokenizer", processor)
 
-    run_dir = create_run_dir(cfg) if main else None
+    run_dir = on_main(acc, lambda: create_run_dir(cfg))  # created by the main process, known to all
     T = len(stream.tasks)
     # A stage trains one task of the stream, or (a joint method: multitask) all tasks at once.
     stages = [("multitask", list(stream.tasks))] if method.joint else [(t, [t]) for t in stream.tasks]
     names = [name for name, _ in stages]
     matrix: list[list[float | None]] = [[None] * T for _ in stages]
     zero_shot = None
-    done = completed_stages(run_dir or Path(cfg.output_dir) / str(cfg.name), names)
+    done = completed_stages(run_dir, names)
     if done and not resume:
         raise RunError(f"{run_dir} already has completed stages; continue it with `mcit run --resume {run_dir}`")
     if main:
@@ -77,7 +93,10 @@ def run_stream(cfg, log=print, resume: bool = False) -> dict:
         info = {
             "device": str(acc.device),
             "num_processes": acc.num_processes,
-            "effective_batch": cfg.train.batch_size * cfg.train.grad_accum * acc.num_processes,
+            # train.batch_size is the global batch (split across processes): an optimizer step
+            # sees batch_size x grad_accum samples whatever the number of processes.
+            "effective_batch": cfg.train.batch_size * cfg.train.grad_accum,
+            "per_process_batch": cfg.train.batch_size // acc.num_processes,
             "checkpoint": str(checkpoint),
             "parameters": {"total": total, "trainable": trainable},
             "tasks": stream.tasks,
@@ -98,11 +117,11 @@ def run_stream(cfg, log=print, resume: bool = False) -> dict:
         live = acc.unwrap_model(model)
         records = []
         for subset, route in method.eval_routes(live, task, stream.test[task]):
-            with route:
-                records += evaluate_task(live, processor, subset, stream.image_root, stream.scorers[task], cfg.eval,
-                                         device=acc.device, desc=f"eval {label} on {task}", show_progress=main)[1]
-        order = {s.id: k for k, s in enumerate(stream.test[task])}
-        records.sort(key=lambda r: order[r["id"]])
+            with route:  # each process answers its shard of every route's samples
+                records += evaluate_task(live, processor, shard(subset, acc.process_index, acc.num_processes),
+                                         stream.image_root, stream.scorers[task], cfg.eval, device=acc.device,
+                                         desc=f"eval {label} on {task}", show_progress=main)[1]
+        records = merge_shards(gather_records(acc, records), [s.id for s in stream.test[task]])
         if main and out_dir is not None:
             save_jsonl(out_dir / "predictions" / f"{task}.jsonl", records)
         return 100.0 * sum(r["score"] for r in records) / max(1, len(records))
@@ -118,6 +137,9 @@ def run_stream(cfg, log=print, resume: bool = False) -> dict:
             saved = load_json(run_dir / "zero_shot.json")
             zero_shot = [saved[t] for t in stream.tasks]
         restore_stage(method, acc.unwrap_model(model), stage_dir(run_dir, len(done) - 1, names[len(done) - 1]))
+        if main:  # a stage killed between done.json and its checkpoint's removal
+            for t in range(len(done)):
+                ckpt.remove(stage_dir(run_dir, t, names[t]))
         log(f"resuming after stage {len(done)}/{len(stages)} ({names[len(done) - 1]})")
 
     # 3. Zero-shot row: the model before any stage (needed for forward transfer).
@@ -141,9 +163,17 @@ def run_stream(cfg, log=print, resume: bool = False) -> dict:
         # The budget comes from the tasks' own data, so methods that add samples (replay) get
         # the same number of steps; a joint stage gets the sum of its tasks' budgets.
         steps = sum(steps_for(cfg.train, len(stream.train[name]), acc.num_processes, name) for name in trained)
+        # A method that added an adapter or moved requires_grad: DDP must register the new set.
+        model, wrapped = rewrap_if_changed(acc, model, wrapped)
+        ctx.model = model
         on_step = tracker.stage(acc.unwrap_model(model), processor, t, task, steps, acc.device) if tracker else None
+        # In-task checkpoints: only where they resume exactly (EMT points are per stage, and a
+        # method may keep in-task state it does not checkpoint).
+        in_task = cfg.train.checkpoint_every > 0 and tracker is None and method.resumable_mid_task
+        resume_from = _in_task_checkpoint(stage_dir(run_dir, t, task), acc, log) if in_task and resume else None
         stats = train_task(model, method, ctx, items, cfg, tok.pad_token_id, seed=cfg.seed * 1000 + t,
-                           desc=f"stage {t + 1}/{len(stages)} {task}", steps=steps, on_step=on_step)
+                           desc=f"stage {t + 1}/{len(stages)} {task}", steps=steps, on_step=on_step,
+                           checkpoint=stage_dir(run_dir, t, task) if in_task else None, resume_from=resume_from)
         method.after_task(ctx)
 
         out = stage_dir(run_dir, t, task) if main else None
@@ -164,6 +194,7 @@ def run_stream(cfg, log=print, resume: bool = False) -> dict:
             for name, records in ctx.series.items():
                 save_jsonl(out / f"{name}.jsonl", records)
             mark_stage_done(out, {"task": task, "train": stats, "scores": row, "method_log": ctx.log})
+            ckpt.remove(out)  # the stage is complete: its in-task checkpoint is not needed any more
             if not method.joint:
                 save_matrix(run_dir, "matrix_partial", stream.tasks[: t + 1], [r[: t + 1] for r in matrix[: t + 1]],
                             zero_shot[: t + 1] if zero_shot else None)
@@ -206,6 +237,19 @@ def _finish_joint(cfg, run_dir, tasks, row, zero_shot, started, main, log) -> di
                                              "multitask_mean": mean, "seconds": result["seconds"]})
         log("multitask (upper bound): " + "  ".join(f"{t} {v:.1f}" for t, v in zip(tasks, row)) + f"  | mean {mean:.2f}")
     return result
+
+
+def _in_task_checkpoint(stage: Path, acc, log) -> Path | None:
+    """The checkpoint to continue the stage from, if it has one this run can use."""
+    found = ckpt.find(stage)
+    if found is None:
+        return None
+    saved = ckpt.saved_processes(found)
+    if saved != acc.num_processes:  # per-process RNG states cannot be mapped: redo the stage
+        log(f"{found} was written by {saved} processes, this run has {acc.num_processes}: redoing the stage")
+        return None
+    log(f"continuing {stage.name} from its in-task checkpoint")
+    return found
 
 
 def restore_stage(method, model, stage: Path) -> None:

@@ -17,6 +17,9 @@ method it runs. A method may:
     state_dict() / load_state_dict(sd), json_state() / load_json_state(d)
                                  extra tensors (safetensors) and JSON state saved with every
                                  stage, so a stage can be evaluated or a run resumed.
+    task_state_dict() / load_task_state_dict(ctx, sd), resumable_mid_task
+                                 state that changes within a task, for in-task checkpoints
+                                 (train.checkpoint_every); see below.
     save_model(model, dir) / load_model(model, dir)
                                  how a stage's weights are written (full weights or adapters).
 
@@ -103,6 +106,18 @@ class Method:
         return {}
 
     def load_json_state(self, state: dict) -> None:
+        pass
+
+    # In-task checkpoints (train.checkpoint_every) save the weights, the optimizer and the state
+    # above. A method whose state also changes *within* a task (an EMA shadow, captured batches)
+    # saves that here, or sets resumable_mid_task = False: a stage it was cut off in is then
+    # redone from its start, as without checkpoints.
+    resumable_mid_task = True
+
+    def task_state_dict(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def load_task_state_dict(self, ctx: TaskContext, state: dict[str, torch.Tensor]) -> None:
         pass
 
     def save_model(self, model: torch.nn.Module, directory: Path) -> None:

@@ -88,6 +88,7 @@ def unwrap(ctx: TaskContext) -> torch.nn.Module:
 
 class EMALoRA(SequentialLoRA):
     name = "ema"
+    resumable_mid_task = False  # the shadow is not in an in-task checkpoint: a cut stage is redone
 
     def __init__(self, cfg):
         super().__init__(cfg)

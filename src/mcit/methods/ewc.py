@@ -114,6 +114,7 @@ def ewc_penalty(params: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], l
 
 class EWC(SequentialLoRA):
     name = "ewc"
+    resumable_mid_task = False  # the Fisher batches captured in-task are not checkpointed: a cut stage is redone
 
     def __init__(self, cfg):
         super().__init__(cfg)

@@ -181,6 +181,7 @@ class InstructionSimilarity:
 
 class LCIA(SequentialLoRA):
     name = "lcia"
+    resumable_mid_task = False  # the balanced-EMA shadow is not checkpointed in-task: a cut stage is redone
 
     def __init__(self, cfg):
         super().__init__(cfg)

@@ -20,6 +20,7 @@ from ..config import config_hash
 from ..data import coin_mini
 from ..data.coin_format import read_train_json
 from ..data.encode import encode_for_training
+from ..distributed import SingleProcess
 from ..io import atomic_write_text
 from ..methods.base import Method, TaskContext
 from ..fit import train_task
@@ -81,6 +82,8 @@ def _train_base(run_cfg, data_root: Path, target: Path, accelerator: Accelerator
                                   batch_size=mc.base_batch_size, grad_accum=1, projector_lr=None),
     )
     items = [encode_for_training(processor, s, image_root, run_cfg.train.max_length) for s in pretrain]
+    if accelerator.num_processes > 1:  # trained here alone while the others wait: no DDP, no sharding
+        accelerator = SingleProcess(accelerator.device)
     model = accelerator.prepare_model(model)
     ctx = TaskContext(task="pretrain", index=-1, tasks=[], model=model, accelerator=accelerator)
     stats = train_task(model, _TrainEverything(None), ctx, items, stage_cfg,

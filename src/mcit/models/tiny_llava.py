@@ -108,7 +108,10 @@ def build_model(mc, processor: LlavaProcessor, image_size: int) -> LlavaForCondi
         text_config=text,
         image_token_index=tok.convert_tokens_to_ids("<image>"),
         image_seq_length=(image_size // mc.patch_size) ** 2,
-        vision_feature_layer=-2,  # LLaVA-1.5 reads the second-to-last ViT layer
+        # LLaVA-1.5 reads CLIP's second-to-last layer (the last one is shaped by CLIP's contrastive
+        # loss); this encoder is pretrained on exactly the layer the projector reads, so it reads
+        # its last layer and computes no idle one.
+        vision_feature_layer=-1,
         vision_feature_select_strategy="default",
     )
     model = LlavaForConditionalGeneration(config)

@@ -1,0 +1,180 @@
+"""In-task checkpoints (`train.checkpoint_every`): a stage cut off half-way continues from its
+last checkpoint instead of from its start, and ends exactly where an uninterrupted run ends.
+
+`<stage>/checkpoint/` holds, after optimizer step k:
+
+    model/                       the trainable weights, written by the method's save_model
+    optimizer.safetensors        every tensor of the optimizer state ("state/<param index>/<key>")
+    method_state.safetensors     the method's stage state and its in-task state (task_state_dict)
+    rng.safetensors              each process's torch (and CUDA) generator and numpy key
+    state.json                   step k, the losses so far, the optimizer's param groups and
+                                 scalars, the scheduler, python/numpy RNG scalars, the method's
+                                 JSON state and the task's log/series; written last
+
+Tensors go to safetensors and the rest to JSON: nothing is pickled. The data order needs no
+state of its own: the sampler is seeded per stage, so resuming replays the first k x grad_accum
+batches of the same seeded order (collation only, no forward pass) to reach the position.
+
+A checkpoint is written into a temporary sibling folder and swapped in with renames; a reader
+takes `checkpoint/` if complete, else the previous one kept as `.checkpoint.old/` during the
+swap. Only the main process writes; the RNG states of the others are gathered to it.
+"""
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate.utils import gather_object
+from safetensors.torch import load_file, save_file
+
+from .run import load_json, save_json
+
+NAME = "checkpoint"
+_OLD = ".checkpoint.old"
+_STATE = "state.json"
+
+
+def path_for(stage: Path) -> Path:
+    return Path(stage) / NAME
+
+
+def find(stage: Path) -> Path | None:
+    """The stage's complete checkpoint folder, or None."""
+    for candidate in (Path(stage) / NAME, Path(stage) / _OLD):
+        if (candidate / _STATE).is_file():
+            return candidate
+    return None
+
+
+def remove(stage: Path) -> None:
+    """The stage's checkpoint, the previous one and any half-written one (a process killed mid-save)."""
+    stage = Path(stage)
+    for path in [stage / NAME, stage / _OLD, *stage.glob(f".{NAME}.tmp-*")]:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def saved_processes(directory: Path) -> int:
+    return int(load_json(Path(directory) / _STATE)["num_processes"])
+
+
+# -- RNG --------------------------------------------------------------------------------------
+
+def _rng_state() -> tuple[dict[str, torch.Tensor], dict]:
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    tensors = {"torch": torch.get_rng_state(), "numpy_keys": torch.from_numpy(keys.astype(np.int64))}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"cuda{i}"] = s
+    version, words, gauss_next = random.getstate()
+    scalars = {"numpy": [kind, int(pos), int(has_gauss), float(cached)],
+               "python": [version, list(words), gauss_next]}
+    return tensors, scalars
+
+
+def _set_rng_state(tensors: dict[str, torch.Tensor], scalars: dict) -> None:
+    torch.set_rng_state(tensors["torch"].to(torch.uint8))
+    kind, pos, has_gauss, cached = scalars["numpy"]
+    np.random.set_state((kind, tensors["numpy_keys"].numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, words, gauss_next = scalars["python"]
+    random.setstate((version, tuple(words), gauss_next))
+    cuda = [tensors[f"cuda{i}"] for i in range(len(tensors)) if f"cuda{i}" in tensors]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.to(torch.uint8) for s in cuda])
+
+
+# -- optimizer ----------------------------------------------------------------------------------
+
+def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    tensors, scalars = {}, {}
+    for index, values in state["state"].items():
+        for key, value in values.items():
+            if torch.is_tensor(value):
+                tensors[f"state/{index}/{key}"] = value.detach().contiguous().cpu()
+            else:
+                scalars.setdefault(str(index), {})[key] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state: dict[int, dict] = {}
+    for name, value in tensors.items():
+        _, index, key = name.split("/", 2)
+        state.setdefault(int(index), {})[key] = value
+    for index, values in meta["scalars"].items():
+        state.setdefault(int(index), {}).update(values)
+    groups = [dict(g) for g in meta["param_groups"]]
+    for g in groups:  # JSON made tuples lists; AdamW reads betas either way, keep the original type
+        if isinstance(g.get("betas"), list):
+            g["betas"] = tuple(g["betas"])
+    return {"state": state, "param_groups": groups}
+
+
+# -- save / load --------------------------------------------------------------------------------
+
+def save(stage: Path, acc, *, model, method, ctx, optimizer, scheduler, step: int, batches: int,
+         losses: list[float], extras: list[float]) -> None:
+    """Write the checkpoint after optimizer step `step`. A collective: every process calls it
+    (their RNG states are gathered); only the main process writes."""
+    rng = _rng_state()
+    every = gather_object([rng]) if acc.num_processes > 1 else [rng]
+    if not acc.is_main_process:
+        return
+    stage = Path(stage)
+    stage.mkdir(parents=True, exist_ok=True)
+    tmp = stage / f".{NAME}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    method.save_model(model, tmp / "model")
+    opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
+    save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+    method_tensors = {f"stage/{k}": v for k, v in method.state_dict().items()}
+    method_tensors |= {f"task/{k}": v for k, v in method.task_state_dict().items()}
+    save_file({k: v.detach().contiguous().cpu() for k, v in method_tensors.items()},
+              str(tmp / "method_state.safetensors"))
+    save_file({f"{rank}/{k}": v.contiguous() for rank, (tensors, _) in enumerate(every) for k, v in tensors.items()},
+              str(tmp / "rng.safetensors"))
+    save_json(tmp / _STATE, {
+        "step": step, "batches_drawn": batches, "num_processes": acc.num_processes,
+        "losses": losses, "extras": extras, "log": ctx.log, "series": ctx.series,
+        "optimizer": opt_meta, "scheduler": scheduler.state_dict(),
+        "rng": [scalars for _, scalars in every], "method_json": method.json_state(),
+    })  # last: a folder without state.json is incomplete
+    # Swap in: the previous checkpoint stays readable as .checkpoint.old until the new one is in place.
+    current, old = stage / NAME, stage / _OLD
+    shutil.rmtree(old, ignore_errors=True)
+    if current.exists():
+        os.replace(current, old)
+    os.replace(tmp, current)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load(directory: Path, acc, *, model, method, ctx, optimizer, scheduler) -> dict:
+    """Restore weights, optimizer, scheduler and method state (every process); returns the JSON
+    state. RNG states are restored separately (`restore_rng`), after the data order is replayed."""
+    directory = Path(directory)
+    state = load_json(directory / _STATE)
+    method.load_model(model, directory / "model")
+    tensors = load_file(str(directory / "method_state.safetensors"))
+    stage_part = {k.removeprefix("stage/"): v for k, v in tensors.items() if k.startswith("stage/")}
+    if stage_part:
+        method.load_state_dict(stage_part)
+    if state["method_json"]:
+        method.load_json_state(state["method_json"])
+    method.load_task_state_dict(ctx, {k.removeprefix("task/"): v for k, v in tensors.items() if k.startswith("task/")})
+    optimizer.load_state_dict(_unflatten_optimizer(load_file(str(directory / "optimizer.safetensors")),
+                                                   state["optimizer"]))
+    scheduler.load_state_dict(state["scheduler"])
+    ctx.log.update(state["log"])
+    ctx.series.update(state["series"])
+    ctx.step = state["step"]
+    return state
+
+
+def restore_rng(directory: Path, state: dict, rank: int) -> None:
+    tensors = load_file(str(Path(directory) / "rng.safetensors"))
+    mine = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.split("/", 1)[0] == str(rank)}
+    _set_rng_state(mine, state["rng"][rank])

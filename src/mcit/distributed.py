@@ -1,0 +1,200 @@
+"""Several processes (`accelerate launch`, `torchrun`): the few places where the loop needs to know.
+
+The rules, in one place:
+
+* **Global batch.** `train.batch_size` is the batch of one optimizer micro-step over *all*
+  processes; each of N processes gets `batch_size / N` samples (an error if N does not divide
+  it). The accelerator splits every batch of one seeded DataLoader (Accelerate's
+  `split_batches`), so the union of the N shards is exactly the single-process batch, in the
+  same order, and the learning-rate schedule steps once per optimizer step. The loss is the
+  token mean over the global micro-batch (`global_loss_kwargs`), not a mean of per-process
+  means, so 1 x 8 and 2 x 4 follow the same trajectory up to float reduction order.
+* **Evaluation.** Each process answers `samples[rank::world]`; the records are gathered on
+  every process and put back in the test set's order (`shard`, `merge_shards`); every test
+  sample is answered exactly once. Only the main process writes.
+* **Parameters that change** (a new adapter per task): DDP registers the parameters that
+  require grad when it wraps the model, so the loop re-wraps the model when that set changes
+  (`rewrap_if_changed`).
+"""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Any, Callable
+
+import torch
+from accelerate.utils import DistributedType, broadcast_object_list, gather_object, send_to_device
+
+from .config import ConfigError
+
+# Engines where the wrapped model is a DistributedDataParallel over a module we can re-wrap.
+_DDP_TYPES = {getattr(DistributedType, n) for n in ("MULTI_CPU", "MULTI_GPU", "MULTI_NPU", "MULTI_XPU",
+                                                     "MULTI_MLU", "MULTI_MUSA", "MULTI_HPU", "MULTI_SDAA")
+              if hasattr(DistributedType, n)}
+
+
+def per_process_batch(batch_size: int, num_processes: int, what: str = "train.batch_size") -> int:
+    if batch_size % num_processes:
+        raise ConfigError(f"{what}={batch_size} is the global batch and must be divisible by the "
+                          f"{num_processes} processes (each gets batch_size / num_processes samples)")
+    return batch_size // num_processes
+
+
+def check_engine(acc) -> None:
+    """The loop is written for one process or DDP (CPU gloo, GPUs). DeepSpeed and FSDP need the
+    model prepared together with each task's optimizer and sharded weights gathered for
+    generation and saving, which the loop does not do yet: refused, not silently wrong."""
+    if acc.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
+        raise ConfigError(f"the continual loop runs on one process or DDP; {acc.distributed_type.value} is not "
+                          "supported yet (see README, Multi-GPU): launch with src/mcit/configs/accelerate/ddp.yaml")
+
+
+# -- evaluation -------------------------------------------------------------------------------
+
+def shard(items: list, rank: int, world: int) -> list:
+    """This process's share of `items`: every world-th item from position rank."""
+    return items[rank::world]
+
+
+def merge_shards(records: list[dict], ids: list) -> list[dict]:
+    """`records` gathered from every shard, back in the order of `ids`; every id exactly once."""
+    position = {i: k for k, i in enumerate(ids)}
+    seen = sorted(position.get(r["id"], -1) for r in records)
+    if seen != list(range(len(ids))):
+        raise RuntimeError(f"evaluation shards do not cover the {len(ids)} samples exactly once "
+                           f"(got {len(records)} records)")
+    return sorted(records, key=lambda r: position[r["id"]])
+
+
+def gather_records(acc, records: list[dict]) -> list[dict]:
+    """Every process's records, on every process (a collective: all processes must call it)."""
+    return records if acc.num_processes == 1 else gather_object(records)
+
+
+# -- training -----------------------------------------------------------------------------------
+
+def global_loss_kwargs(acc, batch: dict) -> dict:
+    """Extra forward arguments that make each process's loss its share of the global token mean.
+
+    Transformers divides the summed token loss by `num_items_in_batch`; DDP then averages the
+    processes' gradients, so dividing by (global answer tokens / N) gives exactly the gradient
+    of the mean over the global micro-batch. One process: nothing (the model's own mean)."""
+    if acc.num_processes == 1 or "labels" not in batch:
+        return {}
+    local = (batch["labels"][:, 1:] != -100).sum()  # tokens the shifted causal loss scores
+    total = acc.reduce(local.detach().clone(), "sum")
+    return {"num_items_in_batch": total.float().clamp(min=1) / acc.num_processes}
+
+
+def mean_over_processes(acc, value: torch.Tensor) -> float:
+    return float(value if acc.num_processes == 1 else acc.reduce(value.detach().clone(), "mean"))
+
+
+def enable_gradient_checkpointing(model) -> None:
+    """train.gradient_checkpointing: recompute activations in backward (memory for time, for
+    large models). Non-reentrant, so gradients reach LoRA weights although the frozen
+    embeddings' outputs need none; transformers 5 renamed the call (the old name warns)."""
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def trainable_ids(model: torch.nn.Module) -> frozenset[int]:
+    return frozenset(id(p) for p in model.parameters() if p.requires_grad)
+
+
+def rewrap_if_changed(acc, model, wrapped: frozenset[int]) -> tuple[Any, frozenset[int]]:
+    """Re-wrap `model` when the parameters that require grad differ from those it was wrapped
+    with (`wrapped`); returns the model to train and the set it is now wrapped with.
+
+    A DDP wrapper built before a method added an adapter (O-LoRA, task-id LoRA) or moved
+    requires_grad to another adapter would leave the new parameters unsynchronised and wait
+    forever for gradients of the frozen ones. With one process nothing is wrapped."""
+    live = acc.unwrap_model(model)
+    now = trainable_ids(live)
+    if model is live or now == wrapped:
+        return model, now
+    if acc.distributed_type not in _DDP_TYPES:
+        raise RuntimeError(f"the trainable parameters changed after the model was prepared, which "
+                           f"{acc.distributed_type.value} cannot follow; use DDP or one process")
+    plain = acc.unwrap_model(model, keep_fp32_wrapper=False)  # prepare_model adds autocast again
+    acc._models = [m for m in acc._models if m is not plain]  # prepare_model lists it again
+    # The old wrapper goes when the caller drops it; its reducer's gradient hooks only act after
+    # a forward pass through it, so they stay inert meanwhile.
+    return acc.prepare_model(plain), now
+
+
+def on_main(acc, fn: Callable[[], Any]) -> Any:
+    """`fn()` run on the main process only; every process gets its result, or raises the error
+    it raised (so a user error on the main process does not leave the others waiting)."""
+    if acc.num_processes == 1:
+        return fn()
+    payload: list = [None]
+    error = None
+    if acc.is_main_process:
+        try:
+            payload = [("ok", fn())]
+        except Exception as exc:  # re-raised below, on every process
+            error = exc
+            payload = [("error", exc)]
+    kind, value = broadcast_object_list(payload, from_process=0)[0]
+    if error is not None:
+        raise error
+    if kind == "error":
+        raise value
+    return value
+
+
+class SingleProcess:
+    """The part of the Accelerator API `fit.train_task` uses, for one process training alone
+    while the others wait (the built-in model's base stage). The real accelerator would wrap
+    the model in DDP and shard the data loader: collectives the waiting processes never join."""
+
+    num_processes = 1
+    process_index = 0
+    is_main_process = True
+    distributed_type = DistributedType.NO
+
+    def __init__(self, device):
+        self.device = device
+        self._models, self._optimizers, self._schedulers, self._dataloaders = [], [], [], []
+
+    def prepare_model(self, model):
+        return model.to(self.device)
+
+    def prepare(self, *objects):
+        out = tuple(_OnDevice(o, self.device) if isinstance(o, torch.utils.data.DataLoader) else o for o in objects)
+        return out if len(out) > 1 else out[0]
+
+    def unwrap_model(self, model, keep_fp32_wrapper: bool = True):
+        return model
+
+    def no_sync(self, model):
+        return nullcontext()
+
+    def backward(self, loss):
+        loss.backward()
+
+    def clip_grad_norm_(self, parameters, max_norm):
+        return torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+
+    def reduce(self, tensor, reduction="sum"):
+        return tensor
+
+    def wait_for_everyone(self):
+        pass
+
+
+class _OnDevice:
+    """A DataLoader whose batches arrive on `device` (what Accelerate's prepared loader does)."""
+
+    def __init__(self, loader, device):
+        self.loader, self.device = loader, device
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        for batch in self.loader:
+            yield send_to_device(batch, self.device)
