@@ -24,7 +24,8 @@ import torch
 
 from mcit.config import ModelConfig, load_config
 from mcit.methods import TaskContext, build_method
-from mcit.models.tiny_llava import build_model, build_processor, train_tokenizer
+
+from _tiny import tiny_model_and_batch  # bench/_tiny.py, beside this script
 
 
 def main() -> None:
@@ -40,19 +41,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
-    mc, image_size = ModelConfig(), 64
-    processor = build_processor(train_tokenizer(["what color is the shape red blue yes no"] * 20, mc.vocab_size),
-                                image_size, mc.patch_size)
-    base = build_model(mc, processor, image_size)
-    tok = processor.tokenizer
-    g = torch.Generator().manual_seed(0)
-    n, image_tokens = args.batch_size, (image_size // mc.patch_size) ** 2
-    ids = torch.cat([torch.full((n, image_tokens), tok.convert_tokens_to_ids("<image>")),
-                     torch.randint(10, len(tok), (n, args.text_tokens), generator=g)], 1)
-    labels = torch.full_like(ids, -100)
-    labels[:, -8:] = ids[:, -8:]  # loss on the answer tokens only, as in training
-    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels,
-             "pixel_values": torch.randn(n, 3, image_size, image_size, generator=g)}
+    mc = ModelConfig()  # the defaults the bench model is built from
+    base, _, batch = tiny_model_and_batch(args.batch_size, args.text_tokens)
 
     variants = {"lora": ["method.name=lora"],
                 "lcia": ["method.name=lcia", "method.lcia_grouping=false"],
@@ -95,13 +85,13 @@ def main() -> None:
     ms = {key: statistics.median(v) for key, v in times.items()}
     hook = {key: statistics.median(v) for key, v in hook_ms.items()}
     lcia_method, _, _, lcia_ctx = runs["lcia"]
-    series = lcia_ctx.log["lcia_coefficients"][3:]  # the timed steps
+    series = lcia_ctx.series["lcia_coefficients"][3:]  # the timed steps
     fallback = statistics.mean(statistics.mean(r["fallback"].values()) for r in series)
     print(json.dumps({
         "model": {"hidden_size": mc.hidden_size, "num_layers": mc.num_layers, "intermediate_size": mc.intermediate_size,
                   "total_parameters": sum(p.numel() for p in base.parameters())},
-        "batch_size": n,
-        "sequence_length": ids.shape[1],
+        "batch_size": args.batch_size,
+        "sequence_length": batch["input_ids"].shape[1],
         "rank": args.rank,
         "trainable_parameters": sum(p.numel() for p in runs["lcia"][1].parameters() if p.requires_grad),
         "lcia_tensors": len(lcia_method._shadow),
