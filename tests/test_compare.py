@@ -51,3 +51,34 @@ def test_unknown_method_fails_before_any_run(cache, capsys):
     assert main(["compare", *SMALL, "--methods", "lora,nope", "--out", str(cache / "c")]) == 2
     assert "unknown method.name 'nope'" in capsys.readouterr().err
     assert not (cache / "c").exists()
+
+
+def test_tune_runs_every_grid_point_and_picks_the_best(cache, capsys, monkeypatch):
+    out = cache / "tune"
+    args = ["tune", *SMALL, "--method", "ema", "--grid", "method.ema_weight=0.01,0.5", "--grid",
+            "train.lr=1e-3,2e-3", "--out", str(out)]
+    assert main(args) == 0
+    record = json.loads((out / "tune.json").read_text())
+    points = [r["point"] for r in record["rows"]]
+    assert points == ["method.ema_weight=0.01 train.lr=1e-3", "method.ema_weight=0.01 train.lr=2e-3",
+                      "method.ema_weight=0.5 train.lr=1e-3", "method.ema_weight=0.5 train.lr=2e-3"]
+    names = sorted(p.name for p in (out / "runs").iterdir())
+    assert names == ["ema-ema_weight=0.01_lr=1e-3-seed0", "ema-ema_weight=0.01_lr=2e-3-seed0",
+                     "ema-ema_weight=0.5_lr=1e-3-seed0", "ema-ema_weight=0.5_lr=2e-3-seed0"]
+    finals = {r["point"]: r["if"]["MFN"][0] for r in record["rows"]}
+    assert record["best"] == max(finals, key=finals.get)  # the first of equals wins, as max does
+    cfg_text = (out / "runs" / names[2] / "config.yaml").read_text()
+    assert "ema_weight: 0.5" in cfg_text and "name: ema" in cfg_text
+    assert f"best by mean MFN (IF): {record['best']}" in (out / "tune.md").read_text()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--grid", "method.ema_weight"], "write key=v1,v2"),
+    (["--grid", "method.nope=1,2"], "nope"),
+    (["--grid", "method.ema_weight=0.1", "--select", "XYZ"], "--select"),
+])
+def test_tune_bad_arguments_fail_before_any_run(cache, capsys, argv, message):
+    out = cache / "t-bad"
+    assert main(["tune", *SMALL, "--method", "ema", *argv, "--out", str(out)]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()

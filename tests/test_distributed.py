@@ -122,9 +122,12 @@ def test_after_step_sees_the_all_reduced_gradients_of_the_global_batch(tmp_path)
 
 # -- the whole loop on 2 processes ----------------------------------------------------------------
 
-@pytest.mark.parametrize("method", ["lora", "olora"])  # olora adds an adapter per task: DDP is re-wrapped
+# olora adds an adapter per task, lcia one per new instruction group: DDP is re-wrapped
+@pytest.mark.parametrize("method", ["lora", "olora", "lcia"])
 def test_two_processes_give_the_single_process_matrix(tmp_path, monkeypatch, method):
     args = [*SMALL, f"method.name={method}", "train.checkpoint_every=2", f"output_dir={tmp_path / 'runs'}"]
+    if method == "lcia":  # SMALL's two tasks share their instruction line: a threshold above 1 always expands
+        args.append("method.lcia_threshold=1.5")
     monkeypatch.setenv("MCIT_CACHE", str(tmp_path / "cache1"))
     # One thread, as each launched process gets: CPU float sums depend on the thread count.
     threads = torch.get_num_threads()
@@ -159,6 +162,10 @@ def test_two_processes_give_the_single_process_matrix(tmp_path, monkeypatch, met
             for k in w1:
                 torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-6, msg=k)
             assert not (two / "stages" / stage / "checkpoint").exists()  # removed once the stage is done
+    if method == "lcia":  # a second group adapter was added, by the same decision in both runs
+        decisions = [json.loads((r / "stages" / "02-VQAv2" / "done.json").read_text())["method_log"]["lcia_grouping"]
+                     for r in (one, two)]
+        assert decisions[0] == decisions[1] and decisions[1]["decision"] == "expand"
 
 
 # -- in-task resume --------------------------------------------------------------------------------

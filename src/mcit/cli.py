@@ -124,6 +124,14 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_tune(args) -> int:
+    from .compare import parse_list, tune
+
+    seeds = parse_list(args.seeds, "seeds", int)
+    tune(_config_path(args.config), args.overrides, args.method, args.grid, seeds, Path(args.out), args.select)
+    return 0
+
+
 def _config_path(config: str | None) -> Path:
     path = Path(config) if config else DEFAULT_CONFIG
     if not path.is_file():
@@ -159,6 +167,20 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--seeds", default="0", help="comma-separated seeds (default: 0)")
     comp.add_argument("--out", default="compare", help="output folder (default: ./compare)")
     comp.set_defaults(func=cmd_compare)
+    tun = sub.add_parser("tune", help="a method's hyper-parameters over a grid; picks the best mean metric",
+                         description="Run one method at every point of the grid (the product of the --grid "
+                                     "lists) over seeds, on the same stream and base model; tune.md lists every "
+                                     "point and the best by mean --select. Tune on a stream the comparison does "
+                                     "not use (configs/tune_small.yaml).")
+    tun.add_argument("config", nargs="?", help="YAML config (default: the built-in default.yaml)")
+    tun.add_argument("overrides", nargs="*", help="dotted overrides applied to every run")
+    tun.add_argument("--method", required=True, help="the method to tune, e.g. ema")
+    tun.add_argument("--grid", action="append", required=True,
+                     help="key=v1,v2,... (repeat for a product), e.g. --grid method.ema_weight=0.005,0.01,0.05")
+    tun.add_argument("--seeds", default="0", help="comma-separated seeds (default: 0)")
+    tun.add_argument("--select", default="MFN", help="metric to maximise, IF view (default: MFN, final accuracy)")
+    tun.add_argument("--out", default="tune", help="output folder (default: ./tune)")
+    tun.set_defaults(func=cmd_tune)
     emt = sub.add_parser("emt", help="evaluate a model as an image classifier against its own vision encoder (EMT)",
                          description="Ask the MLLM for one label of each test image (the question lists the label "
                                      "set), decide every answer (correct / wrong label / hallucinated) and compare "
@@ -204,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     # `mcit judge RUN --backend openai model=x`, `mcit compare --methods a,b k=v`: overrides after an
     # option land in `extra`.
-    if extra and args.command in ("judge", "compare") and not any(e.startswith("-") for e in extra):
+    if extra and args.command in ("judge", "compare", "tune") and not any(e.startswith("-") for e in extra):
         args.overrides, extra = [*args.overrides, *extra], []
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")

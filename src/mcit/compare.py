@@ -8,7 +8,9 @@ judge ran), the trainable parameters and the wall time per method.
 """
 from __future__ import annotations
 
+import itertools
 import math
+import re
 from pathlib import Path
 from typing import Callable
 
@@ -32,30 +34,76 @@ def parse_list(text: str, what: str, cast=str) -> list:
 def compare(config: Path, overrides: list[str], methods: list[str], seeds: list[int], out: Path,
             log: Callable[[str], None] = print) -> dict:
     from .methods import method_class
-    from .train import run_stream
 
     for m in methods:
         method_class(m)  # an unknown method fails before the first (long) run
     if len(set(methods)) != len(methods) or len(set(seeds)) != len(seeds):
         raise ConfigError("--methods and --seeds must not repeat an entry")
-    runs: dict[str, list[dict]] = {m: [] for m in methods}
-    for m in methods:
-        for seed in seeds:
-            name = f"{m}-seed{seed}"
-            run_dir = out / "runs" / name
-            if not (run_dir / "metrics.json").is_file():
-                cfg = load_config(config, [*overrides, f"method.name={m}", f"seed={seed}",
-                                           f"output_dir={out / 'runs'}", f"name={name}"])
-                if cfg.data.seed is None:  # same data, order and base model for every seed
-                    cfg.data.seed = load_config(config, overrides).seed
-                log(f"== {name}")
-                run_stream(cfg, log=log, resume=(run_dir / "config.yaml").is_file())
-            runs[m].append(_read_run(run_dir))
+    runs = {m: [_run_or_read(config, [*overrides, f"method.name={m}"], f"{m}-seed{seed}", seed, out, log)
+                for seed in seeds] for m in methods}
     table = {m: _summarise(rs) for m, rs in runs.items()}
     record = {"config": str(config), "overrides": overrides, "methods": methods, "seeds": seeds, "table": table}
     save_json(out / "compare.json", record)
     text = format_compare(table)
     atomic_write_text(out / "compare.md", text + "\n")
+    log(text)
+    return record
+
+
+def _run_or_read(config: Path, overrides: list[str], name: str, seed: int, out: Path, log) -> dict:
+    """Run ``name`` under ``out/runs`` unless it finished (then read it back); resume it if it was cut."""
+    from .train import run_stream
+
+    run_dir = out / "runs" / name
+    if not (run_dir / "metrics.json").is_file():
+        cfg = load_config(config, [*overrides, f"seed={seed}", f"output_dir={out / 'runs'}", f"name={name}"])
+        if cfg.data.seed is None:  # same data, order and base model for every seed
+            cfg.data.seed = load_config(config, overrides).seed
+        log(f"== {name}")
+        run_stream(cfg, log=log, resume=(run_dir / "config.yaml").is_file())
+    return _read_run(run_dir)
+
+
+def tune(config: Path, overrides: list[str], method: str, grid: list[str], seeds: list[int], out: Path,
+         select: str = "MFN", log: Callable[[str], None] = print) -> dict:
+    """Every point of the grid (the product of ``key=v1,v2,...`` lists) for one method, over seeds;
+    the point with the best mean ``select`` metric
+    (highest; lowest for Forgetting) (instruction-following view) is the choice.
+
+    Meant to run on a stream that the comparison does not use (configs/tune_small.yaml: the other
+    four CoIN tasks), so that chosen defaults are not fitted to the compared test sets.
+    """
+    from .methods import method_class
+
+    method_class(method)
+    if select not in VIEW_METRICS:
+        raise ConfigError(f"--select: one of {', '.join(VIEW_METRICS)}, got '{select}'")
+    axes = []
+    for text in grid:
+        key, sep, values = text.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--grid '{text}': write key=v1,v2,... (e.g. method.ema_weight=0.005,0.01)")
+        axes.append([f"{key.strip()}={v}" for v in parse_list(values, "grid")])
+    points = [list(p) for p in itertools.product(*axes)]
+    for p in points:  # a misspelt key or a bad value fails before the first (long) run
+        load_config(config, [*overrides, *p])
+    rows = []
+    for p in points:
+        label = " ".join(p)
+        # "method.ema_weight=0.01" -> "ema_weight=0.01": the key's last part, the value whole
+        slug = re.sub(r"[^A-Za-z0-9_.=-]+", "_", "_".join(o.partition("=")[0].split(".")[-1] + "="
+                                                           + o.partition("=")[2] for o in p))
+        runs = [_run_or_read(config, [*overrides, f"method.name={method}", *p], f"{method}-{slug}-seed{seed}",
+                             seed, out, log) for seed in seeds]
+        rows.append({"point": label, **_summarise(runs)})
+    scored = [r for r in rows if r["if"][select] is not None]
+    sign = -1 if select == "Forgetting" else 1  # every other metric is better higher
+    best = max(scored, key=lambda r: sign * r["if"][select][0])["point"] if scored else None
+    record = {"config": str(config), "overrides": overrides, "method": method, "grid": grid, "seeds": seeds,
+              "select": select, "best": best, "rows": rows}
+    save_json(out / "tune.json", record)
+    text = format_compare({r["point"]: r for r in rows}) + f"\n\nbest by mean {select} (IF): {best}"
+    atomic_write_text(out / "tune.md", text + "\n")
     log(text)
     return record
 

@@ -38,8 +38,10 @@ Design choices:
   (as lora.py) and every other group adapter in a sub-folder named after it; load_model
   re-creates missing adapters from the sub-folders, and json_state carries the groups, the
   decisions and the active adapter, so a resumed run routes and continues identically.
-* Adding an adapter to a model already wrapped for distributed data parallel would leave
-  the new parameters unsynchronised, so "expand" refuses to run with several processes.
+* Several processes: the grouping decision is computed on the main process and shared (an
+  embedding similarity on a threshold's edge must not split the processes), and a new group's
+  adapter starts as a copy of the current one, so every process holds the same weights; the
+  loop re-wraps the model for DDP when the trainable set changes.
 """
 from __future__ import annotations
 
@@ -56,13 +58,14 @@ from peft.utils import ModulesToSaveWrapper
 from safetensors.torch import load_file
 
 from ..config import ConfigError
+from ..distributed import on_main
+from ..models.adapters import is_projector
 from .base import TaskContext
 from .ema import ParameterShadow, trainable_named_parameters, unwrap
 from .lora import SequentialLoRA
 
 THRESHOLDS = {"Original": 0.90, "Diverse": 0.30, "10Type": 0.30}  # LLaCA's, by CoIN instruction set
 FIRST_ADAPTER = "default"  # PEFT's name for the adapter get_peft_model creates: group0's
-PROJECTOR = "multi_modal_projector"
 WEIGHTS_FILE = "adapter_model.safetensors"
 _MAX_NAMES = 20  # tensors named in the missing-gradient report
 
@@ -103,7 +106,7 @@ def tensor_group(name: str) -> str:
     """Which group a trainable tensor's coefficient is logged under: "projector", or the kind
     of module its LoRA sits in, "_proj" dropped (q, k, v, o, gate, up, down)."""
     parts = name.split(".")
-    if PROJECTOR in parts:
+    if is_projector(name):
         return "projector"
     for i, part in enumerate(parts):
         if part.startswith("lora_") and i > 0:
@@ -240,7 +243,9 @@ class LCIA(SequentialLoRA):
 
     def _decide(self, ctx: TaskContext, model, instructions) -> None:
         instructions = _dedup(instructions)
-        sims = self.group_similarities(instructions)
+        acc = ctx.accelerator
+        sims = (on_main(acc, lambda: self.group_similarities(instructions)) if acc is not None
+                else self.group_similarities(instructions))
         best = int(np.argmax(sims)) if sims else None
         record = {"task": ctx.task, "threshold": self.threshold,
                   "similarities": {g["name"]: _sig(s) for g, s in zip(self.groups, sims)}}
@@ -254,7 +259,7 @@ class LCIA(SequentialLoRA):
             name = f"group{len(self.groups)}"
             if self.groups:
                 adapter = name
-                self._add_adapter(model, adapter, ctx)
+                self._add_adapter(model, adapter)
                 # The new group starts from what the stream has learnt so far: a copy of the
                 # current adapter (the shared projector's entry just copies onto itself).
                 set_peft_model_state_dict(model, get_peft_model_state_dict(model, adapter_name=self.current),
@@ -271,11 +276,7 @@ class LCIA(SequentialLoRA):
         self.decisions.append(record)
         ctx.log["lcia_grouping"] = record
 
-    def _add_adapter(self, model, name: str, ctx: TaskContext | None = None) -> None:
-        acc = ctx.accelerator if ctx is not None else None
-        if acc is not None and acc.num_processes > 1:
-            raise RuntimeError("lcia: adding a group adapter during a multi-process run would leave its weights "
-                               "unsynchronised across processes; run with one process or method.lcia_grouping=false")
+    def _add_adapter(self, model, name: str) -> None:
         model.add_adapter(name, copy.deepcopy(self._adapter_config))
         # One shared projector: the new adapter's modules_to_save entry becomes the first
         # adapter's module itself (PEFT made a fresh copy of the base projector here).
@@ -302,7 +303,7 @@ class LCIA(SequentialLoRA):
     def _start(self, ctx: TaskContext) -> None:
         named = trainable_named_parameters(unwrap(ctx))
         if self._ema_scope == "projector":
-            named = [(n, p) for n, p in named if PROJECTOR in n.split(".")]
+            named = [(n, p) for n, p in named if is_projector(n)]
         self._shadow = ParameterShadow(named)  # theta*_1 = theta_1: this step's update is a no-op
         with torch.no_grad():
             self._prev = [torch.zeros_like(p) for p in self._shadow.live]

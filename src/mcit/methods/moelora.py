@@ -21,7 +21,7 @@ from torch import nn
 
 from ..config import ConfigError
 from ..io import atomic_write_bytes, atomic_write_text
-from ..models.adapters import set_trainable, target_regex
+from ..models.adapters import is_projector, set_trainable, target_regex
 from ..models.moelora_layer import IMPLS, MoELoRALinear, load_balancing_loss
 from .base import Method, TaskContext
 
@@ -140,7 +140,7 @@ class MoELoRA(Method):
             for p in _ADAPTER_PARAMS:
                 state[f"{name}.{p}"] = layer.get_parameter(p)
         if self.cfg.train_projector:
-            state.update({n: p for n, p in model.named_parameters() if "multi_modal_projector" in n.split(".")})
+            state.update({n: p for n, p in model.named_parameters() if is_projector(n)})
         return state
 
     def _config(self, model) -> dict:

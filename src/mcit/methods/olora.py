@@ -25,7 +25,8 @@ from peft.tuners.lora import LoraLayer
 from safetensors.torch import load_file, save
 
 from ..io import atomic_write_bytes
-from .taskid_lora import PROJECTOR, PerTaskLoRA, unwrap
+from ..models.adapters import is_projector
+from .taskid_lora import PerTaskLoRA, unwrap
 
 PROJECTOR_FILE = "projector.safetensors"
 
@@ -88,12 +89,12 @@ class OLoRA(PerTaskLoRA):
             ctx.log["orth_loss_last"] = float(self._orth_last)  # sum |A_t A_j^T|, before lambda
 
     def save_extra(self, model, directory: Path) -> None:
-        weights = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if PROJECTOR in n.split(".")}
+        weights = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if is_projector(n)}
         atomic_write_bytes(Path(directory) / PROJECTOR_FILE, save(weights))
 
     def load_extra(self, model, directory: Path) -> None:
         saved = load_file(str(Path(directory) / PROJECTOR_FILE))
-        params = {n: p for n, p in model.named_parameters() if PROJECTOR in n.split(".")}
+        params = {n: p for n, p in model.named_parameters() if is_projector(n)}
         if set(saved) != set(params):
             raise RuntimeError(f"{directory}: projector keys differ from the model's "
                                f"(saved {sorted(saved)[:3]}, model {sorted(params)[:3]})")

@@ -7,15 +7,14 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
-from ..models.adapters import set_trainable
+from ..models.adapters import PROJECTORS, is_projector, set_trainable
 from .base import Method
 
 WEIGHTS = "projector.safetensors"
-_MARKER = "multi_modal_projector"
 
 
 def _projector_state(model) -> dict:
-    return {name: p for name, p in model.named_parameters() if _MARKER in name.split(".")}
+    return {name: p for name, p in model.named_parameters() if is_projector(name)}
 
 
 class ProjectorOnly(Method):
@@ -24,7 +23,7 @@ class ProjectorOnly(Method):
     def setup(self, model, run_cfg):
         set_trainable(model, language_model=False, projector=True)
         if not _projector_state(model):
-            raise ValueError(f"{type(model).__name__} has no '{_MARKER}' module to train")
+            raise ValueError(f"{type(model).__name__} has no projector module ({', '.join(PROJECTORS)}) to train")
         return model
 
     def save_model(self, model, directory: Path) -> None:

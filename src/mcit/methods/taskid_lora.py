@@ -35,12 +35,11 @@ from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state
 from safetensors.torch import load_file
 
 from ..io import atomic_write_text
-from ..models.adapters import set_trainable
+from ..models.adapters import is_projector, set_trainable
 from .lora import SequentialLoRA
 
 MANIFEST = "adapters.json"
 WEIGHTS = "adapter_model.safetensors"
-PROJECTOR = "multi_modal_projector"
 
 # A PEFT parameter name carries its adapter's name right after the container that holds it:
 # "...q_proj.lora_A.task1.weight", "...multi_modal_projector.modules_to_save.task1.linear_1.bias".
@@ -139,7 +138,7 @@ class PerTaskLoRA(SequentialLoRA):
             if owner is not None:
                 p.requires_grad_(owner == current)
             else:
-                p.requires_grad_(shared and PROJECTOR in n.split(".") and "original_module" not in n.split("."))
+                p.requires_grad_(shared and is_projector(n) and "original_module" not in n.split("."))
 
     def _adapter_seed(self, index: int) -> int:
         return self._seed * 1000 + 997 + index  # apart from fit's seed*1000 + t
