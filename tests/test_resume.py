@@ -40,11 +40,16 @@ def test_sigkill_then_resume_gives_the_uninterrupted_matrix(env, method):
     assert first.exists() and not (cut / "matrix.json").exists()  # killed after stage 1, before the end
     stage1 = first.read_text()
 
+    t0 = time.time()
     assert main(["run", "--resume", str(cut)]) == 0
+    second_leg = time.time() - t0
     assert first.read_text() == stage1  # a completed stage is never rewritten
     resumed = load_matrix(cut / "matrix.json")
     assert resumed[1] == whole[1] and resumed[2] == whole[2]
     assert json.loads((cut / "environment.json").read_text())["seed"] == 0
+    # The wall time counts the first leg's completed stage too, not only the second leg.
+    assert json.loads(stage1)["elapsed_seconds"] > 0
+    assert json.loads((cut / "metrics.json").read_text())["seconds"] > second_leg
 
 
 def test_rerun_into_a_finished_folder_is_refused_and_resume_needs_a_run_folder(env, capsys):

@@ -87,6 +87,8 @@ def run_stream(cfg, log=print, resume: bool = False) -> dict:
     done = completed_stages(run_dir, names)
     if done and not resume:
         raise RunError(f"{run_dir} already has completed stages; continue it with `mcit run --resume {run_dir}`")
+    if done:  # a resumed run's seconds count the earlier legs' completed stages too
+        started -= done[-1].get("elapsed_seconds") or 0.0
     if main:
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in model.parameters())
@@ -193,7 +195,8 @@ def run_stream(cfg, log=print, resume: bool = False) -> dict:
             row = {stream.tasks[i]: matrix[t][i] for i in evaluated}
             for name, records in ctx.series.items():
                 save_jsonl(out / f"{name}.jsonl", records)
-            mark_stage_done(out, {"task": task, "train": stats, "scores": row, "method_log": ctx.log})
+            mark_stage_done(out, {"task": task, "train": stats, "scores": row, "method_log": ctx.log,
+                                  "elapsed_seconds": time.time() - started})
             ckpt.remove(out)  # the stage is complete: its in-task checkpoint is not needed any more
             if not method.joint:
                 save_matrix(run_dir, "matrix_partial", stream.tasks[: t + 1], [r[: t + 1] for r in matrix[: t + 1]],
