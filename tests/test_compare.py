@@ -45,6 +45,11 @@ def test_compare_two_methods_two_seeds_then_reuse(cache, capsys, monkeypatch):
 
     monkeypatch.setattr(mcit.train, "run_stream", no_training)
     assert main(args) == 0  # everything read back from the run folders
+    capsys.readouterr()
+    # Other settings under the same --out: the finished runs are not passed off as these.
+    assert main([*args, "train.lr=5e-3"]) == 2
+    err = capsys.readouterr().err
+    assert "lora-seed0 already holds a run with a different config (train.lr: 0.001 -> 0.005)" in err
 
 
 def test_unknown_method_fails_before_any_run(cache, capsys):

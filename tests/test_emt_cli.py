@@ -114,7 +114,8 @@ def test_emt_missing_or_wrong_folder_exits_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "neither a checkpoint folder" in err and "Traceback" not in err
     assert main(["emt", str(tmp_path / "empty"), "--datasets", "digits", "--decider", "gpt"]) == 2
-    assert "EMT decider 'gpt' is not available; choose one of ['rule', 'rule-lenient']" in capsys.readouterr().err
+    assert ("EMT decider 'gpt' is not available; choose one of ['rule', 'rule-lenient', 'openai', 'local']"
+            in capsys.readouterr().err)
 
 
 def test_emt_tracking_during_a_run_writes_the_curve(cache):  # noqa: F811

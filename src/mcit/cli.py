@@ -111,8 +111,23 @@ def cmd_emt(args) -> int:
             raise UserError(f"emt: {name} must be at least 1, got {value}")
     specs = [s.strip() for s in args.datasets.split(",") if s.strip()]
     run_emt(target, specs, limit=args.limit, probe_train=args.probe_train, out=args.out, decider=args.decider,
-            batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, seed=args.seed)
+            judge_cfg=_emt_judge_config(args.decider, args.overrides), batch_size=args.batch_size,
+            max_new_tokens=args.max_new_tokens, seed=args.seed)
     return 0
+
+
+def _emt_judge_config(decider: str, overrides: list[str]):
+    """The judge settings of a judge decider (judge.* overrides on the defaults); None for a rule."""
+    from .config import load_config
+    from .emt.evaluate import JUDGE_DECIDERS
+
+    parsed = [_judge_override(o) for o in overrides]
+    if decider not in JUDGE_DECIDERS:
+        if parsed:
+            raise UserError(f"emt: judge.* settings only apply to a judge decider (--decider "
+                            f"{' or '.join(JUDGE_DECIDERS)}), not --decider {decider}")
+        return None
+    return load_config(None, [*parsed, f"judge.backend={decider}"]).judge
 
 
 def cmd_compare(args) -> int:
@@ -196,10 +211,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="train images per dataset for the encoder's linear probe (default: 1000)")
     emt.add_argument("--out", help="output folder (default: <stage>/emt for a run stage, "
                                    "./emt/<name> for a checkpoint)")
+    emt.add_argument("overrides", nargs="*",
+                     help="judge settings of a judge decider, e.g. judge.model=NAME judge.base_url=http://host/v1")
     emt.add_argument("--decider", default="rule",
-                     help="how answers are decided (mcit.emt.decide): 'rule' (default, strict: the label alone, "
-                          "in frame words) or 'rule-lenient' (any answer naming exactly one label); no judge "
-                          "backend yet (they grade 0-10 and cannot tell a wrong label from a hallucination)")
+                     help="how answers are decided: 'rule' (default, strict: the label alone, in frame words), "
+                          "'rule-lenient' (any answer naming exactly one label), both mcit.emt.decide; or an LLM "
+                          "judge asked which label the answer gives (mcit.emt.judge_decider): 'openai' (an "
+                          "OpenAI-compatible endpoint: judge.model, judge.base_url, key in $MCIT_JUDGE_API_KEY; "
+                          "temperature 0) or 'local' (judge.model=a local causal-LM folder)")
     emt.add_argument("--batch-size", type=int, default=32, help="images per generation / feature batch (default: 32)")
     emt.add_argument("--max-new-tokens", type=int, default=24, help="answer length limit in tokens (default: 24)")
     emt.add_argument("--seed", type=int, default=0, help="seed of the dataset splits and the probe (default: 0)")
@@ -224,9 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    # `mcit judge RUN --backend openai model=x`, `mcit compare --methods a,b k=v`: overrides after an
-    # option land in `extra`.
-    if extra and args.command in ("judge", "compare", "tune") and not any(e.startswith("-") for e in extra):
+    # `mcit judge RUN --backend openai model=x`, `mcit compare --methods a,b k=v`, `mcit emt M --decider
+    # openai judge.model=x`: overrides after an option land in `extra`.
+    if extra and args.command in ("judge", "compare", "tune", "emt") and not any(e.startswith("-") for e in extra):
         args.overrides, extra = [*args.overrides, *extra], []
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")

@@ -16,7 +16,7 @@ from typing import Callable
 
 from .config import ConfigError, load_config
 from .io import atomic_write_text
-from .run import load_json, save_json
+from .run import check_same_run, load_json, save_json
 
 VIEW_METRICS = ("MFT", "MFN", "MAA", "BWT", "Forgetting")
 
@@ -55,10 +55,13 @@ def _run_or_read(config: Path, overrides: list[str], name: str, seed: int, out: 
     from .train import run_stream
 
     run_dir = out / "runs" / name
+    cfg = load_config(config, [*overrides, f"seed={seed}", f"output_dir={out / 'runs'}", f"name={name}"])
+    if cfg.data.seed is None:  # same data, order and base model for every seed
+        cfg.data.seed = load_config(config, overrides).seed
+    # A finished run is reused only if it is this run: changed defaults or overrides must not
+    # silently bring back numbers made with other settings.
+    check_same_run(run_dir, cfg)
     if not (run_dir / "metrics.json").is_file():
-        cfg = load_config(config, [*overrides, f"seed={seed}", f"output_dir={out / 'runs'}", f"name={name}"])
-        if cfg.data.seed is None:  # same data, order and base model for every seed
-            cfg.data.seed = load_config(config, overrides).seed
         log(f"== {name}")
         run_stream(cfg, log=log, resume=(run_dir / "config.yaml").is_file())
     return _read_run(run_dir)

@@ -287,8 +287,10 @@ class EmtConfig:
     limit: int = _field(100, "test images per dataset at each point", aliases=("n_test", "per_dataset"))
     batch_size: int = _field(64, "images per generation batch", aliases=("eval_batch_size",))
     decider: str = _field(
-        "rule", '"rule" (strict: the label alone, in frame words) or "rule-lenient" (any answer naming exactly '
-        'one label); recorded with every point', aliases=("protocol",))
+        "rule", '"rule" (strict: the label alone, in frame words), "rule-lenient" (any answer naming exactly '
+        'one label), or an LLM judge asked which label was given: "openai" / "local", configured by the judge '
+        'section (judge.model, judge.base_url; asked at temperature 0); recorded with every point',
+        aliases=("protocol",))
 
 
 @dataclass

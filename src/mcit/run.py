@@ -94,21 +94,28 @@ def create_run_dir(cfg: Any) -> Path:
 
     if run_dir.exists() and not run_dir.is_dir():
         raise RunError(f"{run_dir} exists and is not a folder")
-    saved = run_dir / CONFIG_FILE
-    if saved.exists():
-        try:
-            previous = load_config(saved, [], cls=type(cfg))
-        except ConfigError as exc:
-            raise RunError(f"{run_dir} already holds a run whose config cannot be read ({exc}); "
-                           "choose another run name") from None
-        old, new = _content_dict(previous), _content_dict(cfg)
-        if config_hash(old) != config_hash(new):
-            diff = _differences(old, new)
-            shown = "; ".join(diff[:5]) + (f"; and {len(diff) - 5} more" if len(diff) > 5 else "")
-            raise RunError(f"{run_dir} already holds a run with a different config ({shown}); "
-                           "choose another run name or output_dir")
+    check_same_run(run_dir, cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
+
+
+def check_same_run(run_dir: Path, cfg: Any) -> None:
+    """RunError unless ``run_dir`` has no config.yaml or its config describes the same run as
+    ``cfg`` (``output_dir`` and ``name`` aside): a folder is only continued or reused as itself."""
+    saved = Path(run_dir) / CONFIG_FILE
+    if not saved.exists():
+        return
+    try:
+        previous = load_config(saved, [], cls=type(cfg))
+    except ConfigError as exc:
+        raise RunError(f"{run_dir} already holds a run whose config cannot be read ({exc}); "
+                       "choose another run name") from None
+    old, new = _content_dict(previous), _content_dict(cfg)
+    if config_hash(old) != config_hash(new):
+        diff = _differences(old, new)
+        shown = "; ".join(diff[:5]) + (f"; and {len(diff) - 5} more" if len(diff) > 5 else "")
+        raise RunError(f"{run_dir} already holds a run with a different config ({shown}); "
+                       "choose another run name or output_dir")
 
 
 def _package_versions() -> dict[str, str | None]:

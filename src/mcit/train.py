@@ -204,8 +204,10 @@ def run_stream(cfg, log=print, resume: bool = False) -> dict:
             log(f"stage {t + 1}/{len(stages)} {task}: loss {stats['loss_first']:.3f} -> {stats['loss_last']:.3f}; "
                 + "  ".join(f"{stream.tasks[i]} {matrix[t][i]:.1f}" for i in evaluated))
 
-    if tracker and main:
-        tracker.save_plot()
+    if tracker:
+        tracker.close()  # the judge decider's HTTP client, if any
+        if main:
+            tracker.save_plot()
     if method.joint:
         result = _finish_joint(cfg, run_dir, stream.tasks, matrix[0], zero_shot, started, main, log)
         acc.wait_for_everyone()

@@ -3,7 +3,8 @@
 * :mod:`mcit.emt.datasets` (+ :mod:`mcit.emt.readers`): classification sets, built in (digits,
   coin-mini drawings) or read from disk (image folder, MNIST idx, CIFAR binary), split by seed.
 * :mod:`mcit.emt.decide`: the question listing the label set, and the rule-based decider that
-  puts each answer in correct / wrong label / hallucinated.
+  puts each answer in correct / wrong label / hallucinated; :mod:`mcit.emt.judge_decider` does
+  the same with an LLM judge (OpenAI-compatible endpoint or local causal LM).
 * :mod:`mcit.emt.probe`: the encoder baseline, pooled vision-tower features with a linear probe,
   and zero-shot class-name matching when the encoder has a text tower.
 * :mod:`mcit.emt.evaluate`: a live model asked on a set (batched generation, decided answers) and

@@ -7,7 +7,8 @@ config.yaml, the base checkpoint named in its environment.json, the method's ``s
 stage's saved weights through :func:`mcit.train.restore_stage`). ``00-base`` is the base model.
 
 Writes into the output folder: ``emt.json`` (every number with its protocol), ``emt.md`` (the
-table) and ``answers/<dataset>.jsonl`` (every answer with its outcome).
+table) and ``answers/<dataset>.jsonl`` (every answer with its outcome; with a judge decider
+(``--decider openai|local``, :mod:`mcit.emt.judge_decider`) also the judge's reply).
 """
 from __future__ import annotations
 
@@ -21,7 +22,9 @@ from ..config import ConfigError
 from ..io import atomic_write_text
 from ..run import RunError, load_json, save_json
 from .datasets import load_dataset
-from .evaluate import ask, encoder_baseline, parse_specs, prepare, protocol
+from .decide import JUDGE_UNPARSABLE
+from .evaluate import JUDGE_DECIDERS, ask, check_decider, encoder_baseline, parse_specs, prepare, protocol
+from .judge_decider import JudgeDecider, build_judge_decider
 
 __all__ = ["default_out", "format_table", "is_run_stage", "load_target", "run_emt"]
 
@@ -81,16 +84,34 @@ def _file_name(name: str) -> str:
 
 
 def run_emt(target: str | Path, specs: list[str], *, limit: int | None = 100, probe_train: int | None = 1000,
-            out: str | Path | None = None, decider: str = "rule", batch_size: int = 32, max_new_tokens: int = 24,
-            seed: int = 0, log: Callable[[str], None] = print) -> dict:
-    """Evaluate ``target`` on every set of ``specs``; write the results; return the record."""
-    import torch
+            out: str | Path | None = None, decider: str = "rule", judge_cfg=None, batch_size: int = 32,
+            max_new_tokens: int = 24, seed: int = 0, log: Callable[[str], None] = print) -> dict:
+    """Evaluate ``target`` on every set of ``specs``; write the results; return the record.
 
-    target = Path(target)
-    proto = protocol(decider, max_new_tokens)
+    A judge decider ("openai", "local") is configured by ``judge_cfg`` (a JudgeConfig)."""
+    check_decider(decider)
     parsed = parse_specs(specs)  # every spec checked before the model is loaded
     if not parsed:
         raise ConfigError("give at least one dataset (--datasets digits,coin-shapes,...)")
+    if decider in JUDGE_DECIDERS:
+        if judge_cfg is None:
+            raise ConfigError(f"the {decider} decider needs judge settings (judge.model=...)")
+        judge = build_judge_decider(judge_cfg, decider)  # bad judge settings stop us before the MLLM loads
+    else:
+        judge = None
+    try:
+        return _run(Path(target), parsed, judge, limit=limit, probe_train=probe_train, out=out, decider=decider,
+                    batch_size=batch_size, max_new_tokens=max_new_tokens, seed=seed, log=log)
+    finally:
+        if judge is not None:
+            judge.close()
+
+
+def _run(target: Path, parsed: list, judge: JudgeDecider | None, *, limit, probe_train, out, decider, batch_size,
+         max_new_tokens, seed, log) -> dict:
+    import torch
+
+    proto = protocol(decider, max_new_tokens, judge)
     out = Path(out) if out is not None else default_out(target)
     model, processor, info = load_target(target)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -100,7 +121,7 @@ def run_emt(target: str | Path, specs: list[str], *, limit: int | None = 100, pr
     for spec in parsed:
         prepared = prepare(spec, limit, seed)
         summary, records = ask(model, processor, prepared, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                               decider=decider, device=device)
+                               decider=decider, judge=judge, device=device)
         # the probe may learn from more train images than are asked (the test split stays the same)
         train = load_dataset(spec, limit=probe_train, seed=seed) if probe_train != limit else None
         baseline = encoder_baseline(model, processor, prepared.dataset, train, seed=seed, batch_size=batch_size)
@@ -116,6 +137,10 @@ def run_emt(target: str | Path, specs: list[str], *, limit: int | None = 100, pr
         }
         log(f"{prepared.name}: MLLM {summary['accuracy']:.1f} ({decider})  probe "
             + ("-" if probe_acc is None else f"{probe_acc:.1f}"))
+        unusable = summary["hallucination_reasons"][JUDGE_UNPARSABLE]
+        if unusable:  # counted as hallucinated, never correct: say so
+            log(f"{prepared.name}: {unusable} of {summary['n']} answers got no usable judge reply "
+                f"(counted hallucinated, reason {JUDGE_UNPARSABLE}; see {out / answers_file})")
 
     record = {"model": info, "protocol": proto, "seed": seed, "limit": limit, "probe_train": probe_train,
               "datasets": results}
@@ -156,10 +181,16 @@ def format_table(record: dict) -> str:
 
 def to_markdown(record: dict) -> str:
     p = record["protocol"]
+    if "judge" in p:  # a judge decider: which model decided (never a key)
+        j = p["judge"] or {}
+        detail = f"judge {j.get('backend', '?')} `{j.get('model', '?')}`" + (
+            f" at {j['base_url']}" if j.get("base_url") else "")
+    else:
+        extra = "any" if p["max_extra_words"] is None else p["max_extra_words"]
+        detail = f"extra words allowed beside the label: {extra}"
     lines = [
         f"# EMT: {record['model']['path']}", "",
-        f"Protocol: decider `{p['decider']}` ({p['decider_impl']}; extra words allowed beside the label: "
-        f"{'any' if p['max_extra_words'] is None else p['max_extra_words']}), "
+        f"Protocol: decider `{p['decider']}` ({p['decider_impl']}; {detail}), "
         f"greedy decoding, at most {p['generation']['max_new_tokens']} new tokens, question "
         f"`{p['question_template']}`. Numbers from another protocol (the paper's LLM judge) are not comparable.",
         "",

@@ -2,6 +2,9 @@
 first step of the run) the live model answers the EMT sets; one line per (point, dataset) is
 appended to ``<run>/emt_curve.jsonl``; ``emt_curve.png`` plots the curves at the end.
 
+With ``emt.decider`` openai or local the answers are decided by an LLM judge configured by the
+run's ``judge`` section (:mod:`mcit.emt.judge_decider`).
+
 The global step counts optimizer steps over the whole run (stage after stage). A resumed run
 first drops the points of the stage it redoes, so the curve matches an uninterrupted run.
 """
@@ -13,7 +16,9 @@ from pathlib import Path
 from typing import Callable
 
 from ..io import atomic_write_bytes, atomic_write_text
-from .evaluate import ask, parse_specs, prepare, protocol
+from .decide import JUDGE_UNPARSABLE
+from .evaluate import JUDGE_DECIDERS, ask, check_decider, parse_specs, prepare, protocol
+from .judge_decider import build_judge_decider
 
 __all__ = ["CURVE_FILE", "PLOT_FILE", "EmtTracker", "curve_png", "read_curve"]
 
@@ -42,8 +47,11 @@ class EmtTracker:
         self.every = ec.every_steps
         self.batch_size = ec.batch_size
         self.max_new_tokens = cfg.eval.max_new_tokens
-        self.protocol = protocol(ec.decider, self.max_new_tokens)
+        check_decider(ec.decider)
         self.sets = [prepare(spec, ec.limit, cfg.seed) for spec in parse_specs(ec.datasets)]
+        # a judge decider: the run's judge section configures it (built once, closed by close())
+        self.judge = build_judge_decider(cfg.judge, ec.decider) if ec.decider in JUDGE_DECIDERS else None
+        self.protocol = protocol(ec.decider, self.max_new_tokens, self.judge)
         self.log = log
         self.path: Path | None = None
         self.offset = 0  # global steps done before the current stage
@@ -77,19 +85,28 @@ class EmtTracker:
 
     def point(self, model, processor, global_step: int, stage: int, task: str, stage_start: int = 0,
               device=None) -> list[dict]:
+        if self.judge is not None and self.path is None:
+            return []  # off the main process the point is not kept: do not ask the judge for nothing
         rows = []
         for prepared in self.sets:
             summary, _ = ask(model, processor, prepared, batch_size=self.batch_size, max_new_tokens=self.max_new_tokens,
-                             decider=self.protocol["decider"], device=device, show_progress=False)
+                             decider=self.protocol["decider"], judge=self.judge, device=device, show_progress=False)
             rows.append({"step": global_step, "stage": stage, "task": task, "stage_start": stage_start,
                          "dataset": prepared.name,
                          "accuracy": summary["accuracy"], "shares": summary["shares"], "n": summary["n"],
                          "decider": self.protocol["decider"]})
+            if self.judge is not None:  # a reply the judge could not give counts hallucinated: keep the count
+                rows[-1]["judge_unparsable"] = summary["hallucination_reasons"][JUDGE_UNPARSABLE]
         if self.path is not None:
             with open(self.path, "a", encoding="utf-8") as fh:  # appended: a crash keeps every earlier point
                 fh.write("".join(json.dumps(r) + "\n" for r in rows))
             self.log(f"emt step {global_step}: " + "  ".join(f"{r['dataset']} {r['accuracy']:.1f}" for r in rows))
         return rows
+
+    def close(self) -> None:
+        """Release the judge decider's backend (the endpoint's HTTP client)."""
+        if self.judge is not None:
+            self.judge.close()
 
     def save_plot(self) -> Path | None:
         if self.path is None:

@@ -54,6 +54,8 @@ __all__ = [
     "DEFAULT_TEMPLATE",
     "FRAME_WORDS",
     "HALLUCINATED",
+    "JUDGE_NO_LABEL",
+    "JUDGE_UNPARSABLE",
     "LABEL_LIST",
     "NO_LABEL",
     "OUTCOMES",
@@ -73,7 +75,10 @@ __all__ = [
 CORRECT, WRONG_LABEL, HALLUCINATED = "correct", "wrong_label", "hallucinated"
 OUTCOMES = (CORRECT, WRONG_LABEL, HALLUCINATED)
 NO_LABEL, SEVERAL_LABELS, LABEL_LIST, FREE_TEXT = "no_label", "several_labels", "label_list", "free_text"
-REASONS = (NO_LABEL, SEVERAL_LABELS, LABEL_LIST, FREE_TEXT)
+# Reasons given by the LLM-judge decider (mcit.emt.judge_decider): the judge said the answer
+# names no single label; the judge's reply was unusable or the request failed.
+JUDGE_NO_LABEL, JUDGE_UNPARSABLE = "judge_no_label", "judge_unparsable"
+REASONS = (NO_LABEL, SEVERAL_LABELS, LABEL_LIST, FREE_TEXT, JUDGE_NO_LABEL, JUDGE_UNPARSABLE)
 
 ARTICLES = frozenset({"a", "an", "the"})
 

@@ -4,8 +4,9 @@ tracking during fine-tuning (:mod:`mcit.emt.curve`).
 
 * :func:`prepare` loads a set and turns its test split into :class:`~mcit.data.schema.Sample` s
   holding the in-memory images and the question listing the label set.
-* :func:`ask` generates the answers (batched, greedy) and decides each one: accuracy and the
-  shares of correct / wrong label / hallucinated, plus one record per answer.
+* :func:`ask` generates the answers (batched, greedy) and decides each one, with the rule-based
+  matcher (:mod:`mcit.emt.decide`) or an LLM judge (:mod:`mcit.emt.judge_decider`): accuracy
+  and the shares of correct / wrong label / hallucinated, plus one record per answer.
 * :func:`encoder_baseline` is the linear probe on the vision tower's pooled features (and
   zero-shot, which is None for a tower without a text encoder).
 
@@ -20,29 +21,42 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ..config import ConfigError
+from ..config import ConfigError, JudgeConfig
 from ..data.schema import Sample
 from .datasets import ClassificationSet, DatasetSpec, load_dataset, parse_spec
 from .decide import DEFAULT_TEMPLATE, LabelMatcher, build_prompt, summarize
+from .judge_decider import JUDGE_BACKENDS, PROMPT_VERSION, JudgeDecider, build_judge_decider
 
-__all__ = ["DECIDERS", "Prepared", "ask", "encoder_baseline", "parse_specs", "prepare", "protocol"]
+__all__ = ["DECIDERS", "JUDGE_DECIDERS", "RULE_DECIDERS", "Prepared", "ask", "check_decider", "encoder_baseline",
+           "parse_specs", "prepare", "protocol"]
 
-# Decider name -> the rule decider's max_extra_words (None: any number). "rule" is strict: only
-# the label wrapped in frame words counts ("A red circle." is free text for a shape question).
+# Rule decider -> its max_extra_words (None: any number). "rule" is strict: only the label
+# wrapped in frame words counts ("A red circle." is free text for a shape question).
 # "rule-lenient" accepts any answer naming exactly one label, closer to the paper's LLM judge
 # (but "The airplane is 8." then counts as the label 8).
-# No judge backend yet: mcit.eval.judge_backends grade a 0-10 agreement with one reference
-# answer (CoIN's General Knowledge prompt); that says "correct or not" but cannot tell a wrong
-# label from a hallucination, so it needs a dedicated three-way EMT prompt first.
-DECIDERS: dict[str, int | None] = {"rule": 0, "rule-lenient": None}
+RULE_DECIDERS: dict[str, int | None] = {"rule": 0, "rule-lenient": None}
+# LLM judges (mcit.emt.judge_decider): the judge section's backend reads which label was given.
+JUDGE_DECIDERS = JUDGE_BACKENDS
+DECIDERS = (*RULE_DECIDERS, *JUDGE_DECIDERS)
 
 
-def protocol(decider: str = "rule", max_new_tokens: int = 24) -> dict[str, Any]:
-    """How the numbers were produced; saved with every result."""
+def check_decider(decider: str) -> str:
     if decider not in DECIDERS:
         raise ConfigError(f"EMT decider {decider!r} is not available; choose one of {list(DECIDERS)}")
-    return {"decider": decider, "decider_impl": "rule-based label matching, mcit.emt.decide",
-            "max_extra_words": DECIDERS[decider], "question_template": DEFAULT_TEMPLATE,
+    return decider
+
+
+def protocol(decider: str = "rule", max_new_tokens: int = 24, judge: JudgeDecider | None = None) -> dict[str, Any]:
+    """How the numbers were produced; saved with every result. For a judge decider, ``judge``
+    gives the backend's description (model, public URL, sampling; never a key)."""
+    if check_decider(decider) in RULE_DECIDERS:
+        impl = {"decider_impl": "rule-based label matching, mcit.emt.decide",
+                "max_extra_words": RULE_DECIDERS[decider]}
+    else:
+        impl = {"decider_impl": f"LLM judge naming the label given (three-way prompt {PROMPT_VERSION}), "
+                                "mcit.emt.judge_decider",
+                "judge": None if judge is None else judge.describe()}
+    return {"decider": decider, **impl, "question_template": DEFAULT_TEMPLATE,
             "generation": {"greedy": True, "max_new_tokens": max_new_tokens}}
 
 
@@ -79,23 +93,49 @@ def prepare(spec: str | Mapping | DatasetSpec, limit: int | None, seed: int = 0)
 
 
 def ask(model, processor, prepared: Prepared, *, batch_size: int, max_new_tokens: int, decider: str = "rule",
-        device=None, show_progress: bool = True) -> tuple[dict, list[dict]]:
-    """(summary, records): accuracy and outcome shares (percent) and one record per answer."""
+        judge: JudgeDecider | JudgeConfig | None = None, device=None,
+        show_progress: bool = True) -> tuple[dict, list[dict]]:
+    """(summary, records): accuracy and outcome shares (percent) and one record per answer.
+
+    A judge decider needs ``judge``: a prepared :class:`JudgeDecider` (reused, left open) or a
+    JudgeConfig (a decider built for this call and closed after it)."""
     from ..eval.generate import generate_answers  # torch and transformers only when a model is asked
 
-    extra = DECIDERS[protocol(decider)["decider"]]  # refuses an unknown decider before generating anything
-    extra = math.inf if extra is None else extra
-    answers = generate_answers(model, processor, prepared.samples, None, batch_size=batch_size,
-                               max_new_tokens=max_new_tokens, device=device, desc=f"emt {prepared.name}",
-                               show_progress=show_progress)
+    check_decider(decider)  # refuses an unknown decider before generating anything
+    own = None
+    if decider not in JUDGE_DECIDERS:
+        judge = None  # the rule matcher decides
+    elif judge is None:
+        raise ConfigError(f"EMT decider {decider!r} needs a judge (the judge section: judge.model ...)")
+    elif not isinstance(judge, JudgeDecider):
+        judge = own = build_judge_decider(judge, decider)
+    if judge is not None and judge.name != decider:
+        raise ConfigError(f"EMT decider {decider!r} was given a {judge.name} judge")
+    try:
+        answers = generate_answers(model, processor, prepared.samples, None, batch_size=batch_size,
+                                   max_new_tokens=max_new_tokens, device=device, desc=f"emt {prepared.name}",
+                                   show_progress=show_progress)
+        decided = _decide(prepared, answers, decider, judge)
+    finally:
+        if own is not None:
+            own.close()
     classes = prepared.dataset.classes
-    decisions, records = [], []
-    for i, ((_, label), answer) in enumerate(zip(prepared.dataset.test, answers)):
-        d = prepared.matcher.decide(answer, label, max_extra_words=extra)
-        decisions.append(d)
+    records = []
+    for i, ((_, label), answer, (d, extra)) in enumerate(zip(prepared.dataset.test, answers, decided)):
         records.append({"index": i, "label": classes[label], "answer": answer, "outcome": d.outcome,
-                        "reason": d.reason, "named": [classes[k] for k in d.named], "decider": decider})
-    return summarize(decisions) | {"decider": decider}, records
+                        "reason": d.reason, "named": [classes[k] for k in d.named], "decider": decider, **extra})
+    return summarize(d for d, _ in decided) | {"decider": decider}, records
+
+
+def _decide(prepared: Prepared, answers: list[str], decider: str, judge: JudgeDecider | None) -> list[tuple]:
+    """(decision, extra record fields) per answer."""
+    targets = [label for _, label in prepared.dataset.test]
+    if judge is None:
+        extra = RULE_DECIDERS[decider]
+        extra = math.inf if extra is None else extra
+        return [(prepared.matcher.decide(a, t, max_extra_words=extra), {}) for a, t in zip(answers, targets)]
+    judged = judge.judge(prepared.prompt, prepared.dataset.classes, answers, targets)
+    return [(j.decision, {"judge_reply": j.reply} | ({"judge_error": j.error} if j.error else {})) for j in judged]
 
 
 def encoder_baseline(model, processor, dataset: ClassificationSet, train: ClassificationSet | None = None, *,

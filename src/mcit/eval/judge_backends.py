@@ -68,9 +68,13 @@ class _TextJudge(JudgeBackend):
     """A judge that replies in text: prompt -> reply -> :func:`parse_score`."""
 
     def judge(self, items: Sequence[JudgeItem]) -> list[Verdict]:
-        self.calls += len(items)
-        results = self._replies([build_prompt(i) for i in items])
+        results = self.replies([build_prompt(i) for i in items])
         return [Verdict(parse_score(reply), reply, error) for reply, error in results]
+
+    def replies(self, prompts: Sequence[str]) -> list[tuple[str | None, str | None]]:
+        """(reply, error) per prompt, for any prompt (EMT asks its own, mcit.emt.judge_decider)."""
+        self.calls += len(prompts)
+        return self._replies(list(prompts))
 
     def _replies(self, prompts: list[str]) -> list[tuple[str | None, str | None]]:
         raise NotImplementedError
