@@ -173,7 +173,9 @@ def test_two_processes_give_the_single_process_matrix(tmp_path, monkeypatch, met
 LONG = [a for a in SMALL if not a.startswith("train.steps_per_task")] + ["train.steps_per_task=40"]
 
 
-@pytest.mark.parametrize("method", ["lora", "olora"])  # olora: several adapters and a projector in the checkpoint
+# olora: several adapters and a projector in the checkpoint; ema, lcia, ewc: in-task method state
+# (EMA shadows; LCIA's shadows, last gradients and coefficient series; EWC's captured batches)
+@pytest.mark.parametrize("method", ["lora", "olora", "ema", "lcia", "ewc"])
 def test_sigkill_mid_stage_then_resume_from_the_checkpoint_gives_the_uninterrupted_matrix(tmp_path, monkeypatch,
                                                                                          capsys, method):
     monkeypatch.setenv("MCIT_CACHE", str(tmp_path / "cache"))

@@ -164,13 +164,13 @@ def load(directory: Path, acc, *, model, method, ctx, optimizer, scheduler) -> d
         method.load_state_dict(stage_part)
     if state["method_json"]:
         method.load_json_state(state["method_json"])
+    ctx.log.update(state["log"])
+    ctx.series.update(state["series"])  # before the task state: a method may keep appending to its series
+    ctx.step = state["step"]
     method.load_task_state_dict(ctx, {k.removeprefix("task/"): v for k, v in tensors.items() if k.startswith("task/")})
     optimizer.load_state_dict(_unflatten_optimizer(load_file(str(directory / "optimizer.safetensors")),
                                                    state["optimizer"]))
     scheduler.load_state_dict(state["scheduler"])
-    ctx.log.update(state["log"])
-    ctx.series.update(state["series"])
-    ctx.step = state["step"]
     return state
 
 

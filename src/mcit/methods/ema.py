@@ -6,7 +6,8 @@ projector) is taken after the first optimizer step of each task; after every lat
     theta* = (1 - a) theta* + a theta,      a = method.ema_weight (0.01: decay 0.99)
 
 and at the end of the task the shadow replaces the live weights. The EMA state lives for one
-task only (nothing to checkpoint: a stage is saved after the shadow was written back).
+task only: a stage is saved after the shadow was written back, and an in-task checkpoint
+carries the shadow (task_state_dict), so a cut stage continues where it was.
 
 `ParameterShadow` is the shared machinery (LCIA's balanced EMA uses it with one coefficient
 per tensor): a list of live tensors, their shadows, and updates done with torch._foreach ops,
@@ -71,6 +72,15 @@ class ParameterShadow:
         torch._foreach_add_(self.shadow, drift)
 
     @torch.no_grad()
+    def load_shadows(self, saved: dict[str, torch.Tensor]) -> None:
+        """Shadows from an in-task checkpoint, by parameter name; the names must be the same set."""
+        if set(saved) != set(self.names):
+            diff = sorted(set(saved) ^ set(self.names))
+            raise RuntimeError(f"in-task checkpoint: the saved EMA shadows name other parameters ({diff[:3]})")
+        for name, shadow in zip(self.names, self.shadow):
+            shadow.copy_(saved[name])
+
+    @torch.no_grad()
     def copy_to_live(self) -> None:
         if self.live:
             torch._foreach_copy_(self.live, self.shadow)  # copy_ casts back to the parameter dtype
@@ -88,7 +98,6 @@ def unwrap(ctx: TaskContext) -> torch.nn.Module:
 
 class EMALoRA(SequentialLoRA):
     name = "ema"
-    resumable_mid_task = False  # the shadow is not in an in-task checkpoint: a cut stage is redone
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -108,6 +117,19 @@ class EMALoRA(SequentialLoRA):
             return
         self.shadow.update(self.cfg.ema_weight)
         self.updates += 1
+
+    def task_state_dict(self) -> dict[str, torch.Tensor]:
+        if self.shadow is None:  # before the task's first step
+            return {}
+        return {**{f"shadow/{n}": s for n, s in zip(self.shadow.names, self.shadow.shadow)},
+                "updates": torch.tensor(self.updates)}
+
+    def load_task_state_dict(self, ctx: TaskContext, state: dict[str, torch.Tensor]) -> None:
+        if not state:
+            return
+        self.shadow = ParameterShadow(trainable_named_parameters(unwrap(ctx)))  # the restored weights
+        self.shadow.load_shadows({k.removeprefix("shadow/"): v for k, v in state.items() if k.startswith("shadow/")})
+        self.updates = int(state["updates"])
 
     def after_task(self, ctx: TaskContext) -> None:
         if self.shadow is None:

@@ -114,7 +114,10 @@ def ewc_penalty(params: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], l
 
 class EWC(SequentialLoRA):
     name = "ewc"
-    resumable_mid_task = False  # the Fisher batches captured in-task are not checkpointed: a cut stage is redone
+    # The Fisher batches captured in-task go into an in-task checkpoint (task_state_dict), but only
+    # the main process writes it and each process captured its own rows: with several processes
+    # a cut stage is redone instead (set per task in before_task).
+    resumable_mid_task = True
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -133,14 +136,17 @@ class EWC(SequentialLoRA):
 
     def before_task(self, ctx: TaskContext) -> None:
         self._batches, self._rows, self._last = [], 0, None
+        self.resumable_mid_task = ctx.accelerator is None or ctx.accelerator.num_processes == 1
         self._terms = None
         if self.fisher:
             params = dict(self._live(ctx).named_parameters())
             missing = sorted(set(self.fisher) - {n for n, p in params.items() if p.requires_grad})
             if missing:
                 raise RuntimeError(f"EWC state names parameters the model does not train: {missing[:5]}")
-            self._terms = [(params[n], self.fisher[n].to(params[n].device), self.anchor[n].to(params[n].device))
-                           for n in self.fisher]
+            # In the model's parameter order, not the dict's (a state read back from safetensors is
+            # sorted by name): the penalty's float sum must not depend on how the state was loaded.
+            self._terms = [(p, self.fisher[n].to(p.device), self.anchor[n].to(p.device))
+                           for n, p in params.items() if n in self.fisher]
 
     def _capture(self, batch: dict) -> None:
         """Keep the newest micro-batches, just enough rows for the Fisher."""
@@ -157,6 +163,17 @@ class EWC(SequentialLoRA):
         penalty = ewc_penalty(self._terms, self.cfg.ewc_lambda)
         self._last = penalty.detach()
         return penalty
+
+    def task_state_dict(self) -> dict[str, torch.Tensor]:
+        return {f"batch/{i}/{k}": v for i, b in enumerate(self._batches) for k, v in b.items()}
+
+    def load_task_state_dict(self, ctx: TaskContext, state: dict[str, torch.Tensor]) -> None:
+        batches: dict[int, dict] = {}
+        for key, value in state.items():
+            _, i, field = key.split("/", 2)
+            batches.setdefault(int(i), {})[field] = value
+        self._batches = [batches[i] for i in sorted(batches)]
+        self._rows = sum(len(b["input_ids"]) for b in self._batches)
 
     def after_task(self, ctx: TaskContext) -> None:
         model = self._live(ctx)

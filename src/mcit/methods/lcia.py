@@ -184,7 +184,6 @@ class InstructionSimilarity:
 
 class LCIA(SequentialLoRA):
     name = "lcia"
-    resumable_mid_task = False  # the balanced-EMA shadow is not checkpointed in-task: a cut stage is redone
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -313,7 +312,29 @@ class LCIA(SequentialLoRA):
         self._kind_index = torch.tensor([self._kinds.index(g) for g in groups], dtype=torch.long)
         self._kind_count = torch.bincount(self._kind_index, minlength=len(self._kinds)).double()
         self._sums = torch.zeros(2, len(self._kinds), dtype=torch.float64)
-        ctx.series["lcia_coefficients"] = self._series
+        # the list restored from an in-task checkpoint, if any: the series goes on where it was
+        self._series = ctx.series.setdefault("lcia_coefficients", self._series)
+
+    def task_state_dict(self) -> dict[str, torch.Tensor]:
+        """The balanced EMA mid-task: shadows, last gradients, the running sums, missing counts."""
+        if self._shadow is None:
+            return {}
+        return {**{f"shadow/{n}": s for n, s in zip(self._shadow.names, self._shadow.shadow)},
+                **{f"prev/{n}": g for n, g in zip(self._shadow.names, self._prev)},
+                "has_prev": torch.tensor(self._has_prev, dtype=torch.bool), "sums": self._sums,
+                "missing": torch.tensor([self._missing.get(n, 0) for n in self._shadow.names], dtype=torch.long)}
+
+    def load_task_state_dict(self, ctx: TaskContext, state: dict[str, torch.Tensor]) -> None:
+        if not state:
+            return
+        self._start(ctx)  # the same tensors as before the cut: the grouping decision was made again
+        self._shadow.load_shadows({k.removeprefix("shadow/"): v for k, v in state.items() if k.startswith("shadow/")})
+        with torch.no_grad():
+            for name, prev in zip(self._shadow.names, self._prev):
+                prev.copy_(state[f"prev/{name}"])
+        self._has_prev = state["has_prev"].tolist()
+        self._sums = state["sums"].clone()
+        self._missing = {n: int(c) for n, c in zip(self._shadow.names, state["missing"].tolist()) if c}
 
     @torch.no_grad()
     def _step(self, ctx: TaskContext) -> None:
