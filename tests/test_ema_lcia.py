@@ -155,7 +155,8 @@ def _random_steps(model, n, seed=0):
 
 
 def test_lcia_step_matches_the_reference_and_logs_per_group():
-    method, _ = method_for("method.name=lcia", "method.lcia_grouping=false", "method.ema_weight=0.01")
+    method, _ = method_for("method.name=lcia", "method.lcia_grouping=false", "method.lcia_fallback=0.02",
+                           "method.ema_weight=0.5")  # ema_weight is the ema method's, not LCIA's
     model = ToyLoRA()
     steps = _random_steps(model, 4)
     ctx = _drive(method, model, steps)
@@ -166,9 +167,9 @@ def test_lcia_step_matches_the_reference_and_logs_per_group():
         a_step = {}
         for name, (theta, grad) in values.items():
             if t == 1:
-                shadow[name], a = theta.clone(), 0.01
+                shadow[name], a = theta.clone(), 0.02
             else:
-                a = balanced_coefficient(theta, shadow[name], grad, prev[name], 0.01)
+                a = balanced_coefficient(theta, shadow[name], grad, prev[name], 0.02)
                 shadow[name] = shadow[name] + a * (theta - shadow[name])
             prev[name] = grad
             a_step[name] = a
@@ -179,13 +180,13 @@ def test_lcia_step_matches_the_reference_and_logs_per_group():
     series = ctx.series["lcia_coefficients"]
     assert [r["step"] for r in series] == [1, 2, 3, 4]
     assert series[0]["fallback"] == {"q": 1.0, "v": 1.0, "projector": 1.0}  # first step: no g_{t-1}
-    assert series[0]["a"] == {"q": 0.01, "v": 0.01, "projector": 0.01}
+    assert series[0]["a"] == {"q": 0.02, "v": 0.02, "projector": 0.02}
     for record, a_step in zip(series[1:], expected[1:]):
         q = [a_step["q_proj.lora_A.weight"], a_step["q_proj.lora_B.weight"]]
         assert record["a"]["q"] == pytest.approx(sum(q) / 2, rel=1e-3)  # 4 significant digits
         assert record["a"]["v"] == pytest.approx(a_step["v_proj.lora_A.weight"], rel=1e-3)
-        assert record["a"]["projector"] == 0.01 and record["fallback"]["projector"] == 1.0  # tiny drift: a >= 1
-        assert record["fallback"]["q"] == sum(x == 0.01 for x in q) / 2
+        assert record["a"]["projector"] == 0.02 and record["fallback"]["projector"] == 1.0  # tiny drift: a >= 1
+        assert record["fallback"]["q"] == sum(x == 0.02 for x in q) / 2
     assert any(r["fallback"]["q"] < 1 for r in series[1:])  # the balanced value was really used
 
     live_before = {n: p.detach().clone() for n, p in model.named_parameters()}

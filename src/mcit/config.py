@@ -161,8 +161,11 @@ class MethodConfig:
         "fused", 'moelora: "fused" (all experts in two matmuls) or "reference" (a loop over experts); same weights',
         aliases=("impl", "moe_implementation"))
     ema_weight: float = _field(
-        0.01, "ema: weight a of the new parameters in theta* = (1 - a) theta* + a theta after each step; "
-        "lcia: the fallback when its balanced coefficient is not in (0, 1)", aliases=("ema_alpha", "ema_coef"))
+        0.01, "ema: weight a of the new parameters in theta* = (1 - a) theta* + a theta after each step",
+        aliases=("ema_alpha", "ema_coef"))
+    lcia_fallback: float = _field(
+        0.01, "lcia: the EMA weight used where the balanced coefficient is not in (0, 1) (the paper's 0.01)",
+        aliases=("fallback",))
     lcia_grouping: bool = _field(
         True, "lcia: instruction grouping (retrain a similar group's adapter or expand with a new one, "
         "route each test sample by its instruction); false = balanced EMA only", aliases=("grouping",))

@@ -7,7 +7,7 @@ Two parts (spec: shared/reference/methods.md, "LCIA / LLaCA"):
 
        a = 2 (1 + ||g_t||_1) / (||theta_t - theta*_{t-1}||_1 * ||g_t - g_{t-1}||_1)
 
-   used only if 0 < a < 1, else method.ema_weight; on the first step of a task (no g_{t-1})
+   used only if 0 < a < 1, else method.lcia_fallback (0.01); on the first step of a task (no g_{t-1})
    the fallback too. The shadow theta* is taken at the task's first step (so that step's
    update is a no-op) and written into the live weights at the end of the task. A trainable
    tensor without a gradient is counted and reported (ctx.log, a warning), never silently
@@ -187,8 +187,8 @@ class LCIA(SequentialLoRA):
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        if not 0.0 < cfg.ema_weight <= 1.0:
-            raise ConfigError(f"method.ema_weight={cfg.ema_weight} must be in (0, 1] (LCIA's fallback coefficient)")
+        if not 0.0 < cfg.lcia_fallback <= 1.0:
+            raise ConfigError(f"method.lcia_fallback={cfg.lcia_fallback} must be in (0, 1]")
         if cfg.lcia_threshold is not None and not math.isfinite(cfg.lcia_threshold):
             raise ConfigError(f"method.lcia_threshold={cfg.lcia_threshold} must be a finite number or null")
         self.similarity = InstructionSimilarity(cfg.lcia_similarity)
@@ -338,7 +338,7 @@ class LCIA(SequentialLoRA):
 
     @torch.no_grad()
     def _step(self, ctx: TaskContext) -> None:
-        sh, fallback = self._shadow, float(self.cfg.ema_weight)
+        sh, fallback = self._shadow, float(self.cfg.lcia_fallback)
         n = len(sh)
         grads = [p.grad for p in sh.params]
         drift = sh.drift()  # theta_t - theta*_{t-1}
@@ -387,7 +387,7 @@ class LCIA(SequentialLoRA):
 
     def after_task(self, ctx: TaskContext) -> None:
         scope = self._ema_scope if self._shadow is None or len(self._shadow) else "none"  # e.g. no projector
-        summary = {"ema_scope": scope, "fallback_weight": self.cfg.ema_weight}
+        summary = {"ema_scope": scope, "fallback_weight": self.cfg.lcia_fallback}
         if self._decision is not None:
             summary |= {k: self._decision[k] for k in ("decision", "group", "adapter")}
         if self._shadow is not None:
