@@ -8,7 +8,7 @@ import re
 
 import pytest
 from test_emt_cli import ckpt  # noqa: F401  (a module-scoped fixture: a tiny checkpoint folder)
-from test_judge import SECRET, _Endpoint
+from test_judge import SECRET, _Endpoint, serve
 
 from mcit.cli import main
 from mcit.config import ConfigError, JudgeConfig, load_config
@@ -144,10 +144,7 @@ class _LabelEndpoint(_Endpoint):
 
 @pytest.fixture
 def label_endpoint():
-    server = _LabelEndpoint()
-    yield server
-    server.server.shutdown()
-    server.server.server_close()
+    yield from serve(_LabelEndpoint())
 
 
 def test_cli_emt_with_the_openai_decider(ckpt, label_endpoint, tmp_path, monkeypatch, capsys):  # noqa: F811

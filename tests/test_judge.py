@@ -116,12 +116,16 @@ class _Endpoint:
                    for r in self.requests)
 
 
-@pytest.fixture
-def endpoint():
-    server = _Endpoint()
+def serve(server):
+    """Fixture body: yield a started endpoint, then stop it."""
     yield server
     server.server.shutdown()
     server.server.server_close()
+
+
+@pytest.fixture
+def endpoint():
+    yield from serve(_Endpoint())
 
 
 def _openai(endpoint, **kw) -> OpenAIJudge:
