@@ -1,5 +1,10 @@
-"""The default-size tiny LLaVA and one synthetic training batch, shared by the step-time benches."""
+"""The default-size tiny LLaVA, one synthetic training batch and the interleaved step timing,
+shared by the step-time benches."""
 from __future__ import annotations
+
+import argparse
+import time
+from typing import Callable
 
 import torch
 
@@ -24,3 +29,38 @@ def tiny_model_and_batch(batch_size: int, text_tokens: int, image_size: int = 64
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels,
              "pixel_values": torch.randn(n, 3, image_size, image_size, generator=g)}
     return model, processor, batch
+
+
+def parse_step_bench_args(ap: argparse.ArgumentParser, rounds: int) -> argparse.Namespace:
+    """Adds the batch/rounds/threads options, parses, pins threads and seed: one setup keeps benches comparable."""
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--text-tokens", type=int, default=48, help="text tokens per sample, after the image tokens")
+    ap.add_argument("--rounds", type=int, default=rounds, help="timed steps per variant")
+    # One thread by default: on a shared 2-core machine, two OpenMP threads stall at every
+    # barrier whenever another process holds a core (measured here: 6.4 s/step vs 0.21 s).
+    ap.add_argument("--threads", type=int, default=1, help="torch threads")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    return args
+
+
+def time_interleaved(step: Callable[[str], None], keys: list[str], rounds: int, warmup: int) -> dict[str, list[float]]:
+    """Step times (ms) per variant in rotating interleaved rounds: load from other processes hits all alike."""
+    for key in keys:  # warm-up (allocator, optimizer state, ...), not timed
+        for _ in range(warmup):
+            step(key)
+    times: dict[str, list[float]] = {key: [] for key in keys}
+    for i in range(rounds):
+        for key in keys[i % len(keys):] + keys[:i % len(keys)]:
+            start = time.perf_counter()
+            step(key)
+            times[key].append((time.perf_counter() - start) * 1000)
+    return times
+
+
+def model_summary(model: torch.nn.Module) -> dict:
+    """The bench model's size (ModelConfig defaults), reported the same way by every bench."""
+    mc = ModelConfig()  # the defaults the bench model is built from
+    return {"hidden_size": mc.hidden_size, "num_layers": mc.num_layers, "intermediate_size": mc.intermediate_size,
+            "total_parameters": sum(p.numel() for p in model.parameters())}

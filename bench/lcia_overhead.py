@@ -22,26 +22,18 @@ import time
 
 import torch
 
-from mcit.config import ModelConfig, load_config
+from mcit.config import load_config
 from mcit.methods import TaskContext, build_method
 
-from _tiny import tiny_model_and_batch  # bench/_tiny.py, beside this script
+from _tiny import model_summary, parse_step_bench_args, time_interleaved, tiny_model_and_batch  # bench/_tiny.py
+
+WARMUP = 3  # untimed steps per variant (allocator, AdamW state, the shadow and the first gradient)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rank", type=int, default=16)
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--text-tokens", type=int, default=48, help="text tokens per sample, after the image tokens")
-    ap.add_argument("--rounds", type=int, default=30, help="timed steps per variant")
-    # One thread, as bench/moelora_step.py: on a shared 2-core machine two OpenMP threads stall
-    # at every barrier whenever another process holds a core.
-    ap.add_argument("--threads", type=int, default=1, help="torch threads")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-
-    mc = ModelConfig()  # the defaults the bench model is built from
+    args = parse_step_bench_args(ap, rounds=30)
     base, _, batch = tiny_model_and_batch(args.batch_size, args.text_tokens)
 
     variants = {"lora": ["method.name=lora"],
@@ -69,27 +61,15 @@ def main() -> None:
         hook_ms[key].append((time.perf_counter() - start) * 1000)
         optimizer.zero_grad(set_to_none=True)
 
-    for key in runs:  # warm-up (allocator, AdamW state, the shadow and the first gradient)
-        for _ in range(3):
-            step(key)
-    for v in hook_ms.values():
-        v.clear()
-    times = {key: [] for key in runs}
-    keys = list(runs)
-    for i in range(args.rounds):
-        for key in keys[i % len(keys):] + keys[:i % len(keys)]:
-            start = time.perf_counter()
-            step(key)
-            times[key].append((time.perf_counter() - start) * 1000)
+    times = time_interleaved(step, list(runs), args.rounds, WARMUP)
 
     ms = {key: statistics.median(v) for key, v in times.items()}
-    hook = {key: statistics.median(v) for key, v in hook_ms.items()}
+    hook = {key: statistics.median(v[WARMUP:]) for key, v in hook_ms.items()}  # the timed steps
     lcia_method, _, _, lcia_ctx = runs["lcia"]
-    series = lcia_ctx.series["lcia_coefficients"][3:]  # the timed steps
+    series = lcia_ctx.series["lcia_coefficients"][WARMUP:]  # the timed steps
     fallback = statistics.mean(statistics.mean(r["fallback"].values()) for r in series)
     print(json.dumps({
-        "model": {"hidden_size": mc.hidden_size, "num_layers": mc.num_layers, "intermediate_size": mc.intermediate_size,
-                  "total_parameters": sum(p.numel() for p in base.parameters())},
+        "model": model_summary(base),
         "batch_size": args.batch_size,
         "sequence_length": batch["input_ids"].shape[1],
         "rank": args.rank,

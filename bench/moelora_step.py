@@ -14,14 +14,13 @@ import argparse
 import copy
 import json
 import statistics
-import time
 
 import torch
 
-from mcit.config import ModelConfig, load_config
+from mcit.config import load_config
 from mcit.methods import build_method
 
-from _tiny import tiny_model_and_batch  # bench/_tiny.py, beside this script
+from _tiny import model_summary, parse_step_bench_args, time_interleaved, tiny_model_and_batch  # bench/_tiny.py
 
 
 def main() -> None:
@@ -29,17 +28,7 @@ def main() -> None:
     ap.add_argument("--experts", type=int, default=4)
     ap.add_argument("--rank", type=int, default=16, help="total rank (LoRA's r; each expert gets rank/experts)")
     ap.add_argument("--top-k", type=int, default=None, help="MoELoRA top-k routing (default: dense)")
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--text-tokens", type=int, default=48, help="text tokens per sample, after the image tokens")
-    ap.add_argument("--rounds", type=int, default=20, help="timed steps per variant")
-    # One thread by default: on a shared 2-core machine, two OpenMP threads stall at every
-    # barrier whenever another process holds a core (measured here: 6.4 s/step vs 0.21 s).
-    ap.add_argument("--threads", type=int, default=1, help="torch threads")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-
-    mc = ModelConfig()  # the defaults the bench model is built from
+    args = parse_step_bench_args(ap, rounds=20)
     base, _, batch = tiny_model_and_batch(args.batch_size, args.text_tokens)
 
     common = [f"method.lora_r={args.rank}", f"method.moe_experts={args.experts}"]
@@ -56,27 +45,17 @@ def main() -> None:
         optimizer = torch.optim.AdamW(method.param_groups(model, cfg))
         runs[key] = (model, optimizer, sum(p.numel() for p in model.parameters() if p.requires_grad))
 
-    def step(model, optimizer) -> None:
+    def step(key: str) -> None:
+        model, optimizer, _ = runs[key]
         model(**batch).loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    for model, optimizer, _ in runs.values():  # warm-up (allocator, AdamW state)
-        for _ in range(2):
-            step(model, optimizer)
-    times = {key: [] for key in runs}
-    keys = list(runs)
-    for i in range(args.rounds):
-        for key in keys[i % 3:] + keys[:i % 3]:
-            model, optimizer, _ = runs[key]
-            start = time.perf_counter()
-            step(model, optimizer)
-            times[key].append((time.perf_counter() - start) * 1000)
+    times = time_interleaved(step, list(runs), args.rounds, warmup=2)  # warm-up: allocator, AdamW state
 
     ms = {key: statistics.median(v) for key, v in times.items()}
     print(json.dumps({
-        "model": {"hidden_size": mc.hidden_size, "num_layers": mc.num_layers, "intermediate_size": mc.intermediate_size,
-                  "total_parameters": sum(p.numel() for p in base.parameters())},
+        "model": model_summary(base),
         "batch_size": args.batch_size,
         "sequence_length": batch["input_ids"].shape[1],
         "rank": args.rank,

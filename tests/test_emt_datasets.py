@@ -35,6 +35,15 @@ def _never_unpickle(monkeypatch):
         monkeypatch.setattr(pickle, name, refuse)
 
 
+def _assert_links_out_of_root_refused(kind: str, real, root) -> None:
+    """Every reader must refuse a ROOT whose files are symlinks to REAL elsewhere: reads stay inside the root."""
+    root.mkdir()
+    for f in real.iterdir():
+        os.symlink(f, root / f.name)
+    with pytest.raises(DataError, match="outside the dataset root"):
+        load_dataset(f"{kind}:{root}")
+
+
 # ---------------------------------------------------------------------------------------
 # built in
 
@@ -255,12 +264,7 @@ def test_mnist_errors(tmp_path):
 
 def test_mnist_file_symlinked_outside_root_is_refused(tmp_path):
     _write_mnist(tmp_path / "elsewhere")
-    root = tmp_path / "m"
-    root.mkdir()
-    for f in (tmp_path / "elsewhere").iterdir():
-        os.symlink(f, root / f.name)
-    with pytest.raises(DataError, match="outside the dataset root"):
-        load_dataset(f"mnist:{root}")
+    _assert_links_out_of_root_refused("mnist", tmp_path / "elsewhere", tmp_path / "m")
 
 
 # ---------------------------------------------------------------------------------------
@@ -421,9 +425,4 @@ def test_archive_instead_of_folder(tmp_path):
 
 def test_cifar_file_symlinked_outside_root_is_refused(tmp_path):
     _write_cifar10(tmp_path / "real")
-    root = tmp_path / "c"
-    root.mkdir()
-    for f in (tmp_path / "real").iterdir():
-        os.symlink(f, root / f.name)
-    with pytest.raises(DataError, match="outside the dataset root"):
-        load_dataset(f"cifar10:{root}")
+    _assert_links_out_of_root_refused("cifar10", tmp_path / "real", tmp_path / "c")

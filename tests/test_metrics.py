@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pytest
@@ -45,6 +44,13 @@ def random_lower(rng, T, fill_upper=False):
     if not fill_upper:
         a[np.triu_indices(T, k=1)] = np.nan
     return a
+
+
+def random_sizes(seed, cases, low, high):
+    """(rng, T) for each case: the property tests' seeded loop over random task counts, low <= T < high."""
+    rng = np.random.default_rng(seed)
+    for _ in range(cases):
+        yield rng, int(rng.integers(low, high))
 
 
 # ------------------------------------------------------------------- hand-computed values
@@ -129,9 +135,7 @@ def test_forgetting_can_be_negative():
 
 @pytest.mark.parametrize("seed", range(5))
 def test_matches_reference_transcription(seed):
-    rng = np.random.default_rng(seed)
-    for _ in range(60):
-        T = int(rng.integers(1, 9))
+    for rng, T in random_sizes(seed, 60, 1, 9):
         a = random_lower(rng, T, fill_upper=True)
         b = rng.uniform(0, 100, size=T)
         got = compute_metrics(a, b)
@@ -145,18 +149,14 @@ def test_matches_reference_transcription(seed):
 
 @pytest.mark.parametrize("seed", range(5))
 def test_identity_mfn_minus_mft_equals_scaled_bwt(seed):
-    rng = np.random.default_rng(100 + seed)
-    for _ in range(200):
-        T = int(rng.integers(2, 12))
+    for rng, T in random_sizes(100 + seed, 200, 2, 12):
         m = compute_metrics(random_lower(rng, T))
         assert m["MFN"] - m["MFT"] == pytest.approx((T - 1) / T * m["BWT"], abs=1e-9)
 
 
 @pytest.mark.parametrize("seed", range(5))
 def test_upper_triangle_changes_only_fwt(seed):
-    rng = np.random.default_rng(200 + seed)
-    for _ in range(200):
-        T = int(rng.integers(1, 10))
+    for rng, T in random_sizes(200 + seed, 200, 1, 10):
         lower = random_lower(rng, T)
         filled = lower.copy()
         upper = np.triu_indices(T, k=1)
@@ -171,9 +171,7 @@ def test_upper_triangle_changes_only_fwt(seed):
 
 @pytest.mark.parametrize("seed", range(5))
 def test_no_forgetting_gives_zero_bwt_and_forgetting(seed):
-    rng = np.random.default_rng(300 + seed)
-    for _ in range(200):
-        T = int(rng.integers(1, 10))
+    for rng, T in random_sizes(300 + seed, 200, 1, 10):
         learned = rng.uniform(0, 100, size=T)
         a = np.full((T, T), np.nan)
         for t in range(T):
@@ -191,18 +189,14 @@ def test_no_forgetting_gives_zero_bwt_and_forgetting(seed):
 def test_forgetting_at_least_minus_bwt(seed):
     # The max over l in i..T-1 includes l = i, so each Forgetting term is >= a[i][i] - a[T][i],
     # whose mean is -BWT. (Forgetting >= 0 does not hold: see test_forgetting_can_be_negative.)
-    rng = np.random.default_rng(400 + seed)
-    for _ in range(200):
-        T = int(rng.integers(2, 10))
+    for rng, T in random_sizes(400 + seed, 200, 2, 10):
         m = compute_metrics(random_lower(rng, T))
         assert m["Forgetting"] >= -m["BWT"] - 1e-9
 
 
 @pytest.mark.parametrize("seed", range(3))
 def test_last_diagonal_cell_shifts_mfn_and_mft_alike(seed):
-    rng = np.random.default_rng(500 + seed)
-    for _ in range(100):
-        T = int(rng.integers(1, 10))
+    for rng, T in random_sizes(500 + seed, 100, 1, 10):
         a = random_lower(rng, T)
         before = compute_metrics(a)
         a[T - 1, T - 1] += rng.uniform(-20, 20)
@@ -213,9 +207,7 @@ def test_last_diagonal_cell_shifts_mfn_and_mft_alike(seed):
 @pytest.mark.parametrize("seed", range(3))
 def test_constant_shift(seed):
     # Adding c everywhere shifts the averages by c and leaves the differences unchanged.
-    rng = np.random.default_rng(600 + seed)
-    for _ in range(100):
-        T = int(rng.integers(2, 10))
+    for rng, T in random_sizes(600 + seed, 100, 2, 10):
         a = random_lower(rng, T, fill_upper=True)
         b = rng.uniform(0, 100, size=T)
         c = float(rng.uniform(-30, 30))

@@ -130,16 +130,21 @@ def qwen2_5_vl(path):
     return _qwen(path, v2_5=True)
 
 
-def idefics3(path):
-    from transformers import Idefics3Config, Idefics3ForConditionalGeneration, Idefics3Processor
-    from transformers.models.idefics3 import Idefics3ImageProcessorPil
-
+def _idefics_tokenizer_and_config(config_class):
+    """(tokenizer, config): Idefics3 and SmolVLM are one architecture, so one tiny shape and token set serve both."""
     tok = _tokenizer(["<image>", "<fake_token_around_image>", "<global-img>", "<end_of_utterance>"],
                      eos="<end_of_utterance>")
     vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=16,
                   patch_size=8)
-    config = Idefics3Config(vision_config=vision, text_config={"model_type": "llama", **_text(tok)},
-                            image_token_id=tok.convert_tokens_to_ids("<image>"), scale_factor=2)
+    return tok, config_class(vision_config=vision, text_config={"model_type": "llama", **_text(tok)},
+                             image_token_id=tok.convert_tokens_to_ids("<image>"), scale_factor=2)
+
+
+def idefics3(path):
+    from transformers import Idefics3Config, Idefics3ForConditionalGeneration, Idefics3Processor
+    from transformers.models.idefics3 import Idefics3ImageProcessorPil
+
+    tok, config = _idefics_tokenizer_and_config(Idefics3Config)
     # Images split into 16-pixel tiles plus a global view; each tile is (16/8)^2 / 2^2 = 1 token.
     image_processor = Idefics3ImageProcessorPil(size={"longest_edge": 32}, max_image_size={"longest_edge": 16},
                                                 image_mean=[0.5] * 3, image_std=[0.5] * 3)
@@ -273,12 +278,7 @@ def test_smolvlm_without_torchvision_is_a_clean_error(tmp_path):
     from transformers import SmolVLMConfig, SmolVLMForConditionalGeneration
     from transformers.models.smolvlm import SmolVLMImageProcessorPil
 
-    tok = _tokenizer(["<image>", "<fake_token_around_image>", "<global-img>", "<end_of_utterance>"],
-                     eos="<end_of_utterance>")
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=16,
-                  patch_size=8)
-    config = SmolVLMConfig(vision_config=vision, text_config={"model_type": "llama", **_text(tok)},
-                           image_token_id=tok.convert_tokens_to_ids("<image>"), scale_factor=2)
+    tok, config = _idefics_tokenizer_and_config(SmolVLMConfig)
     path = _save(SmolVLMForConditionalGeneration(config), tok, tmp_path / "smolvlm",
                  image_processor=SmolVLMImageProcessorPil(), processor_class="SmolVLMProcessor",
                  template=_template("User:", "<image>", "<end_of_utterance>\n", "Assistant:"))

@@ -85,6 +85,7 @@ def test_load_balancing_loss_hand_computed():
 
 
 def _tiny_llava(seed=0):
+    """(model, processor): a 2-layer LLaVA on IMAGE-px images, the one model the method tests share."""
     torch.manual_seed(seed)
     processor = build_processor(train_tokenizer(["what color is the shape red blue yes no"] * 10, 300), IMAGE, PATCH)
     mc = ModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, vision_hidden_size=32,

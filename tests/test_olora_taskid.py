@@ -9,27 +9,18 @@ import pytest
 import torch
 from peft.tuners.lora import LoraLayer
 from safetensors.torch import load_file
-from test_end_to_end import SMALL, _run, cache  # noqa: F401  (cache is a fixture)
+from test_end_to_end import _run, cache  # noqa: F401  (cache is a fixture)
+from test_moelora import IMAGE, PATCH, _tiny_llava
 
 from mcit.cli import main
-from mcit.config import ModelConfig, load_config
+from mcit.config import load_config
 from mcit.methods import build_method
 from mcit.methods.base import TaskContext
 from mcit.methods.olora import PROJECTOR_FILE, orthogonality_loss
 from mcit.methods.taskid_lora import MANIFEST, active_adapters, adapter_of
-from mcit.models.tiny_llava import build_model, build_processor, train_tokenizer
 from mcit.report.matrix import load_matrix
 
-IMAGE, PATCH = 32, 8
 TASKS = ["A", "B", "C"]
-
-
-def _tiny_llava(seed=0):
-    torch.manual_seed(seed)
-    processor = build_processor(train_tokenizer(["what color is the shape red blue yes no"] * 10, 300), IMAGE, PATCH)
-    mc = ModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, vision_hidden_size=32,
-                     vision_layers=1, patch_size=PATCH, vocab_size=300)
-    return build_model(mc, processor, IMAGE).eval(), processor
 
 
 def _batch(processor, n=3, length=10, seed=0):

@@ -154,6 +154,14 @@ def _config_path(config: str | None) -> Path:
     return path
 
 
+def _add_sweep_args(parser: argparse.ArgumentParser, out: str) -> None:
+    """CONFIG, overrides, --seeds and --out: compare and tune both sweep runs of one config over seeds into a folder."""
+    parser.add_argument("config", nargs="?", help="YAML config (default: the built-in default.yaml)")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides applied to every run")
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds (default: 0)")
+    parser.add_argument("--out", default=out, help=f"output folder (default: ./{out})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mcit", description="Continual instruction tuning of multimodal LLMs.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -176,25 +184,19 @@ def build_parser() -> argparse.ArgumentParser:
                           description="Every method on the same stream, data and budgets; mean ± std over seeds "
                                       "of MFT, MFN, MAA, BWT and Forgetting in both views. Finished runs are "
                                       "reused, interrupted ones resumed.")
-    comp.add_argument("config", nargs="?", help="YAML config (default: the built-in default.yaml)")
-    comp.add_argument("overrides", nargs="*", help="dotted overrides applied to every run")
     comp.add_argument("--methods", required=True, help="comma-separated method names, e.g. lora,ema,lcia")
-    comp.add_argument("--seeds", default="0", help="comma-separated seeds (default: 0)")
-    comp.add_argument("--out", default="compare", help="output folder (default: ./compare)")
+    _add_sweep_args(comp, out="compare")
     comp.set_defaults(func=cmd_compare)
     tun = sub.add_parser("tune", help="a method's hyper-parameters over a grid; picks the best mean metric",
                          description="Run one method at every point of the grid (the product of the --grid "
                                      "lists) over seeds, on the same stream and base model; tune.md lists every "
                                      "point and the best by mean --select. Tune on a stream the comparison does "
                                      "not use (configs/tune_small.yaml).")
-    tun.add_argument("config", nargs="?", help="YAML config (default: the built-in default.yaml)")
-    tun.add_argument("overrides", nargs="*", help="dotted overrides applied to every run")
     tun.add_argument("--method", required=True, help="the method to tune, e.g. ema")
     tun.add_argument("--grid", action="append", required=True,
                      help="key=v1,v2,... (repeat for a product), e.g. --grid method.ema_weight=0.005,0.01,0.05")
-    tun.add_argument("--seeds", default="0", help="comma-separated seeds (default: 0)")
     tun.add_argument("--select", default="MFN", help="metric to maximise, IF view (default: MFN, final accuracy)")
-    tun.add_argument("--out", default="tune", help="output folder (default: ./tune)")
+    _add_sweep_args(tun, out="tune")
     tun.set_defaults(func=cmd_tune)
     emt = sub.add_parser("emt", help="evaluate a model as an image classifier against its own vision encoder (EMT)",
                          description="Ask the MLLM for one label of each test image (the question lists the label "
