@@ -200,7 +200,7 @@ def test_lcia_step_matches_the_reference_and_logs_per_group():
 
 
 def test_missing_gradient_is_counted_not_silently_ignored():
-    method, _ = method_for("method.name=lcia", "method.lcia_grouping=false")
+    method, _ = method_for("method.name=lcia", "method.lcia_grouping=false", "method.lcia_fallback=0.01")
     model = ToyLoRA()
     steps = _random_steps(model, 3)
     name = "v_proj.lora_A.weight"
@@ -494,6 +494,6 @@ def test_ema_end_to_end(cache):
     run = _run(cache, "ema", "method.name=ema", "data.tasks=[ImageNet,VQAv2]", "eval.zero_shot=false")
     for stage in ("01-ImageNet", "02-VQAv2"):
         log = json.loads((run / "stages" / stage / "done.json").read_text())["method_log"]
-        assert log["ema"]["updates"] == 2 and log["ema"]["weight"] == 0.01  # 3 steps: shadow, then 2 updates
+        assert log["ema"]["updates"] == 2 and log["ema"]["weight"] == 0.03  # 3 steps: shadow, then 2 updates
         assert (run / "stages" / stage / "model" / "adapter_model.safetensors").is_file()
     assert not math.isnan(json.loads((run / "metrics.json").read_text())["MAA"])

@@ -110,7 +110,7 @@ def _batch(processor, n=4, length=12, seed=0):
 
 def _setup(overrides=(), seed=0):
     model, processor = _tiny_llava(seed)
-    cfg = load_config(None, ["method.name=moelora", "method.lora_r=8", *overrides])
+    cfg = load_config(None, ["method.name=moelora", "method.lora_r=8", "method.moe_experts=4", *overrides])  # not the default: pinned
     method = build_method(cfg.method)
     return method, method.setup(model, cfg), cfg, processor
 
@@ -223,7 +223,7 @@ def test_config_errors():
     for overrides, match in [(["method.lora_r=6"], "multiple"), (["method.moe_top_k=5"], "moe_top_k"),
                              (["method.moe_top_k=0"], "moe_top_k"), (["method.moe_balance_weight=-1"], ">= 0")]:
         with pytest.raises(ConfigError, match=match):
-            build_method(load_config(None, ["method.name=moelora", "method.lora_r=8", *overrides]).method)
+            build_method(load_config(None, ["method.name=moelora", "method.lora_r=8", "method.moe_experts=4", *overrides]).method)
     with pytest.raises(ConfigError, match="moe_impl"):
         load_config(None, ["method.moe_impl=sparse"])
 
