@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import psutil
 import pytest
 import torch
 from accelerate.utils import DistributedType
@@ -205,6 +206,47 @@ def test_sigkill_mid_stage_then_resume_from_the_checkpoint_gives_the_uninterrupt
     for f in ("ImageNet.jsonl", "VQAv2.jsonl"):
         assert (stage2 / "predictions" / f).read_text() == (whole / "stages" / "02-VQAv2" / "predictions" / f).read_text()
     assert not (stage2 / "checkpoint").exists()
+
+
+def _accelerate_cmd(args: list[str], nproc: int = 2) -> list[str]:
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(nproc),
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+            "--main_process_port", str(_free_port()), *args]
+
+
+def test_two_processes_killed_mid_stage_resume_with_two_processes(tmp_path):
+    """SIGKILL to the whole launch (the launcher and both workers) after an in-task checkpoint; a
+    2-process --resume continues the stage from it and ends as an uninterrupted 2-process run."""
+    env = _env(tmp_path / "cache") | {"HF_HOME": str(tmp_path / "hf")}
+    args = [*LONG, "method.name=lora", f"output_dir={tmp_path / 'runs'}"]
+    whole = subprocess.run(_accelerate_cmd(["-m", "mcit", "run", *args, "name=whole"]), env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+
+    cut = tmp_path / "runs" / "cut"
+    stage2 = cut / "stages" / "02-VQAv2"
+    proc = subprocess.Popen(_accelerate_cmd(["-m", "mcit", "run", *args, "train.checkpoint_every=4", "name=cut"]),
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    while not (stage2 / "checkpoint" / "state.json").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    # torchrun starts each worker in its own session: kill the launcher and every descendant
+    for victim in [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]:
+        victim.send_signal(signal.SIGKILL)
+    proc.wait()
+    state = json.loads((stage2 / "checkpoint" / "state.json").read_text())
+    assert 0 < state["step"] < 40 and state["num_processes"] == 2 and not (stage2 / "done.json").exists()
+
+    resumed = subprocess.run(_accelerate_cmd(["-m", "mcit", "run", "--resume", str(cut)]), env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "continuing 02-VQAv2 from its in-task checkpoint" in resumed.stdout
+    whole_dir = tmp_path / "runs" / "whole"
+    assert load_matrix(cut / "matrix.json")[1] == load_matrix(whole_dir / "matrix.json")[1]
+    s_cut, s_whole = (json.loads((r / "stages" / "02-VQAv2" / "done.json").read_text())["train"] for r in (cut, whole_dir))
+    assert s_cut == s_whole
+    for f in ("ImageNet.jsonl", "VQAv2.jsonl"):
+        assert (stage2 / "predictions" / f).read_text() == (whole_dir / "stages" / "02-VQAv2" / "predictions" / f).read_text()
 
 
 def test_gradient_checkpointing_trains_the_same_model(tmp_path, monkeypatch):
