@@ -9,11 +9,11 @@ Two parts (spec: shared/reference/methods.md, "LCIA / LLaCA"):
 
    used only if 0 < a < 1, else method.lcia_fallback (the paper's 0.01; default 0.03, tuned on
    coin-mini); on the first step of a task (no g_{t-1}) the fallback too. The shadow theta* is
-   taken at the task's first step (so that step's update is a no-op) and written into the live weights at the end of the task. A trainable
-   tensor without a gradient is counted and reported (ctx.log, a warning), never silently
-   folded into the fallback. Per step, the mean a and the share of tensors that fell back are
-   logged per tensor group (q/k/v/o/gate/up/down/projector) in ctx.series["lcia_coefficients"]
-   (written to <stage>/lcia_coefficients.jsonl).
+   taken at the task's first step (so that step's update is a no-op) and written into the live
+   weights at the end of the task. A trainable tensor without a gradient is counted and reported
+   (ctx.log, a warning), never silently folded into the fallback. Per step, the mean a and the
+   share of tensors that fell back are logged per tensor group (q/k/v/o/gate/up/down/projector)
+   in ctx.series["lcia_coefficients"] (written to <stage>/lcia_coefficients.jsonl).
 
 2. Instruction grouping (method.lcia_grouping). A group is a set of tasks sharing one LoRA
    adapter, with the (deduplicated) instruction strings of those tasks. The similarity of
