@@ -182,10 +182,20 @@ def test_cli_emt_with_the_openai_decider(ckpt, label_endpoint, tmp_path, monkeyp
         assert (r["body"]["temperature"], r["body"]["top_p"], r["body"]["model"]) == (0.0, 1.0, "m")
         assert r["auth"] == f"Bearer {SECRET}"
         assert "[Labels]\n1. red\n2. green\n" in r["body"]["messages"][0]["content"]
+    assert "judge: 0 replies from" in printed.out and "8 asked" in printed.out
+
+    # The same answers again: every reply comes from the cache in the output folder.
+    assert main(["emt", str(ckpt), "--datasets", "coin-colors", "--limit", "8", "--probe-train", "16",
+                 "--out", str(out), "--batch-size", "4", "--max-new-tokens", "4", "--decider", "openai",
+                 "judge.model=m", f"judge.base_url={label_endpoint.url}", "judge.retry_backoff=0.01"]) == 0
+    again = capsys.readouterr()
+    assert len(label_endpoint.requests) == 8 and "judge: 8 replies from" in again.out and "0 asked" in again.out
+    assert json.loads((out / "emt.json").read_text())["datasets"] == record["datasets"]
+    assert len((out / "judge_cache.jsonl").read_text().splitlines()) == 8
     for path in out.rglob("*"):
         if path.is_file():
             assert SECRET.encode() not in path.read_bytes(), path
-    assert SECRET not in printed.out + printed.err
+    assert SECRET not in printed.out + printed.err + again.out + again.err
 
 
 def test_cli_emt_judge_outcomes_by_hand(ckpt, label_endpoint, tmp_path, monkeypatch, capsys):  # noqa: F811
@@ -227,6 +237,7 @@ def test_emt_tracking_with_a_judge_decider(ckpt, label_endpoint, tmp_path):  # n
     assert read_curve(tmp_path / "emt_curve.jsonl") == rows
     assert rows[0]["decider"] == "openai" and rows[0]["n"] == 4 and rows[0]["judge_unparsable"] == 0
     assert len(label_endpoint.requests) == 4
+    assert len((tmp_path / "emt_judge_cache.jsonl").read_text().splitlines()) == 4  # kept in the run folder
 
 
 # ----------------------------------------------------------------------------- user errors
@@ -245,3 +256,20 @@ def test_judge_decider_errors_exit_2_before_the_model_loads(tmp_path, capsys, ar
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and "neither a checkpoint" not in err
     assert not (tmp_path / "o").exists()
+
+
+def test_cached_replies_are_not_asked_again_failed_requests_are(tmp_path):
+    from mcit.eval.judge import JudgeCache
+
+    backend = _Scripted([("1", None), (None, "timeout"), ("0", None), ("2", None)])
+    decider = JudgeDecider(backend)
+    decider.cache = JudgeCache(tmp_path / "cache.jsonl")
+    labels, answers = ["red", "green"], ["red", "green", "blue"]
+    first = decider.decide_many("Which colour?", labels, answers, [0, 1, 0])
+    assert [d.reason for d in first] == [None, JUDGE_UNPARSABLE, JUDGE_NO_LABEL] and decider.hits == 0
+    second = decider.decide_many("Which colour?", labels, answers, [0, 1, 0])
+    # only the failed request went out again; the cached two came back as they were
+    assert backend.prompts[3:] == [backend.prompts[1]] and decider.hits == 2
+    assert [d.outcome for d in second] == ["correct", "correct", "hallucinated"]
+    reread = JudgeCache(tmp_path / "cache.jsonl")  # on disk: a new process reuses it
+    assert len(reread) == 3

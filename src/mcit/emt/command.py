@@ -24,6 +24,7 @@ from ..run import RunError, load_json, save_json
 from .datasets import load_dataset
 from .decide import JUDGE_UNPARSABLE
 from .evaluate import JUDGE_DECIDERS, ask, check_decider, encoder_baseline, parse_specs, prepare, protocol
+from ..eval.judge import CACHE_FILE, JudgeCache
 from .judge_decider import JudgeDecider, build_judge_decider
 
 __all__ = ["default_out", "format_table", "is_run_stage", "load_target", "run_emt"]
@@ -113,6 +114,8 @@ def _run(target: Path, parsed: list, judge: JudgeDecider | None, *, limit, probe
 
     proto = protocol(decider, max_new_tokens, judge)
     out = Path(out) if out is not None else default_out(target)
+    if judge is not None:  # deciding the same answers again (a re-run, another --limit) asks nothing twice
+        judge.cache = JudgeCache(out / CACHE_FILE)
     model, processor, info = load_target(target)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
@@ -142,6 +145,8 @@ def _run(target: Path, parsed: list, judge: JudgeDecider | None, *, limit, probe
             log(f"{prepared.name}: {unusable} of {summary['n']} answers got no usable judge reply "
                 f"(counted hallucinated, reason {JUDGE_UNPARSABLE}; see {out / answers_file})")
 
+    if judge is not None:
+        log(f"judge: {judge.hits} replies from {out / CACHE_FILE}, {judge.backend.calls} asked")
     record = {"model": info, "protocol": proto, "seed": seed, "limit": limit, "probe_train": probe_train,
               "datasets": results}
     save_json(out / "emt.json", record)

@@ -18,9 +18,12 @@ from typing import Callable
 from ..io import atomic_write_bytes, atomic_write_text
 from .decide import JUDGE_UNPARSABLE
 from .evaluate import JUDGE_DECIDERS, ask, check_decider, parse_specs, prepare, protocol
+from ..eval.judge import JudgeCache
 from .judge_decider import build_judge_decider
 
-__all__ = ["CURVE_FILE", "PLOT_FILE", "EmtTracker", "curve_png", "read_curve"]
+JUDGE_CACHE_FILE = "emt_judge_cache.jsonl"
+
+__all__ = ["CURVE_FILE", "JUDGE_CACHE_FILE", "PLOT_FILE", "EmtTracker", "curve_png", "read_curve"]
 
 CURVE_FILE = "emt_curve.jsonl"
 PLOT_FILE = "emt_curve.png"
@@ -62,6 +65,8 @@ class EmtTracker:
         if run_dir is None:
             return
         self.path = Path(run_dir) / CURVE_FILE
+        if self.judge is not None:  # a resumed run's points ask the judge nothing twice
+            self.judge.cache = JudgeCache(Path(run_dir) / JUDGE_CACHE_FILE)
         kept = [r for r in read_curve(self.path) if r["stage"] <= len(done_steps)]
         atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 

@@ -18,6 +18,11 @@ Protocol, for one answer:
    failed request -> ``hallucinated`` (reason ``judge_unparsable``): never counted correct, and
    counted apart so a flaky judge shows in the numbers.
 
+Cache: with ``cache`` set (a :class:`~mcit.eval.judge.JudgeCache`, the GK judge's), replies are
+kept by (backend, model, prompt), so deciding the same answers again asks nothing; a request
+that got no reply is not cached. ``mcit emt`` keeps it in ``<out>/judge_cache.jsonl``, EMT
+tracking in ``<run>/emt_judge_cache.jsonl``.
+
 Sampling: OpenAI-compatible endpoints are asked with temperature 0 and top_p 1
 (:data:`EMT_SAMPLING`, see :func:`build_judge_decider`) so the decisions are repeatable; the GK
 view keeps CoIN's 0.7 / 0.8. The local backend decodes greedily anyway.
@@ -29,6 +34,7 @@ import re
 from typing import Sequence
 
 from ..config import ConfigError
+from ..eval.judge import JudgeCache
 from ..eval.judge_backends import JudgeBackend, _TextJudge, build_backend
 from .decide import CORRECT, HALLUCINATED, JUDGE_NO_LABEL, JUDGE_UNPARSABLE, WRONG_LABEL, Decision
 
@@ -106,6 +112,8 @@ class JudgeDecider:
                               "scores similarity and cannot read which label an answer gives; use the openai or "
                               "local backend (an LLM)")
         self.backend = backend
+        self.cache: JudgeCache | None = None
+        self.hits = 0  # replies taken from the cache
 
     @property
     def name(self) -> str:
@@ -123,7 +131,24 @@ class JudgeDecider:
             return []
         prompts = [build_judge_prompt(question, labels, a or "") for a in answers]
         return [Judged(self._decision(parse_label_reply(reply, len(labels)), target), reply, error)
-                for (reply, error), target in zip(self.backend.replies(prompts), targets)]
+                for (reply, error), target in zip(self._replies(prompts), targets)]
+
+    def _replies(self, prompts: list[str]) -> list[tuple[str | None, str | None]]:
+        """(reply, error) per prompt: from the cache where it has one, else from the backend."""
+        if self.cache is None:
+            return self.backend.replies(prompts)
+        b = self.backend
+        keys = [self.cache.key(b.backend, b.model, p) for p in prompts]
+        out: list = [(e["reply"], None) if (e := self.cache.get(k)) is not None else None for k in keys]
+        self.hits += sum(r is not None for r in out)
+        todo = [n for n, r in enumerate(out) if r is None]
+        if todo:
+            asked = b.replies([prompts[n] for n in todo])
+            self.cache.add([{"key": keys[n], "backend": b.backend, "model": b.model, "reply": reply}
+                            for n, (reply, _) in zip(todo, asked) if reply is not None])
+            for n, result in zip(todo, asked):
+                out[n] = result
+        return out
 
     def decide_many(self, question: str, labels: Sequence[str], answers: Sequence[str | None],
                     targets: Sequence[int]) -> list[Decision]:
