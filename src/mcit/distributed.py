@@ -127,8 +127,9 @@ def rewrap_if_changed(acc, model, wrapped: frozenset[int]) -> tuple[Any, frozens
 
 def on_main(acc, fn: Callable[[], Any]) -> Any:
     """`fn()` run on the main process only; every process gets its result, or raises the error
-    it raised (so a user error on the main process does not leave the others waiting)."""
-    if acc.num_processes == 1:
+    it raised (so a user error on the main process does not leave the others waiting). `acc`
+    None (no accelerator, e.g. a method driven by hand) is one process."""
+    if acc is None or acc.num_processes == 1:
         return fn()
     payload: list = [None]
     error = None

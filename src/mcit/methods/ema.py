@@ -73,9 +73,15 @@ class ParameterShadow:
         torch._foreach_mul_(drift, weights)
         torch._foreach_add_(self.shadow, drift)
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The shadows for an in-task checkpoint, as ``shadow/<parameter name>``."""
+        return {f"shadow/{n}": s for n, s in zip(self.names, self.shadow)}
+
     @torch.no_grad()
-    def load_shadows(self, saved: dict[str, torch.Tensor]) -> None:
-        """Shadows from an in-task checkpoint, by parameter name; the names must be the same set."""
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Shadows from :meth:`state_dict` (other keys in ``state`` are ignored); the parameter
+        names must be the same set."""
+        saved = {k.removeprefix("shadow/"): v for k, v in state.items() if k.startswith("shadow/")}
         if set(saved) != set(self.names):
             diff = sorted(set(saved) ^ set(self.names))
             raise RuntimeError(f"in-task checkpoint: the saved EMA shadows name other parameters ({diff[:3]})")
@@ -123,14 +129,13 @@ class EMALoRA(SequentialLoRA):
     def task_state_dict(self) -> dict[str, torch.Tensor]:
         if self.shadow is None:  # before the task's first step
             return {}
-        return {**{f"shadow/{n}": s for n, s in zip(self.shadow.names, self.shadow.shadow)},
-                "updates": torch.tensor(self.updates)}
+        return {**self.shadow.state_dict(), "updates": torch.tensor(self.updates)}
 
     def load_task_state_dict(self, ctx: TaskContext, state: dict[str, torch.Tensor]) -> None:
         if not state:
             return
         self.shadow = ParameterShadow(trainable_named_parameters(unwrap(ctx)))  # the restored weights
-        self.shadow.load_shadows({k.removeprefix("shadow/"): v for k, v in state.items() if k.startswith("shadow/")})
+        self.shadow.load_state_dict(state)
         self.updates = int(state["updates"])
 
     def after_task(self, ctx: TaskContext) -> None:

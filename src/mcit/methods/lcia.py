@@ -242,9 +242,7 @@ class LCIA(SequentialLoRA):
 
     def _decide(self, ctx: TaskContext, model, instructions) -> None:
         instructions = _dedup(instructions)
-        acc = ctx.accelerator
-        sims = (on_main(acc, lambda: self.group_similarities(instructions)) if acc is not None
-                else self.group_similarities(instructions))
+        sims = on_main(ctx.accelerator, lambda: self.group_similarities(instructions))
         best = int(np.argmax(sims)) if sims else None
         record = {"task": ctx.task, "threshold": self.threshold,
                   "similarities": {g["name"]: _sig(s) for g, s in zip(self.groups, sims)}}
@@ -319,7 +317,7 @@ class LCIA(SequentialLoRA):
         """The balanced EMA mid-task: shadows, last gradients, the running sums, missing counts."""
         if self._shadow is None:
             return {}
-        return {**{f"shadow/{n}": s for n, s in zip(self._shadow.names, self._shadow.shadow)},
+        return {**self._shadow.state_dict(),
                 **{f"prev/{n}": g for n, g in zip(self._shadow.names, self._prev)},
                 "has_prev": torch.tensor(self._has_prev, dtype=torch.bool), "sums": self._sums,
                 "missing": torch.tensor([self._missing.get(n, 0) for n in self._shadow.names], dtype=torch.long)}
@@ -328,7 +326,7 @@ class LCIA(SequentialLoRA):
         if not state:
             return
         self._start(ctx)  # the same tensors as before the cut: the grouping decision was made again
-        self._shadow.load_shadows({k.removeprefix("shadow/"): v for k, v in state.items() if k.startswith("shadow/")})
+        self._shadow.load_state_dict(state)
         with torch.no_grad():
             for name, prev in zip(self._shadow.names, self._prev):
                 prev.copy_(state[f"prev/{name}"])
