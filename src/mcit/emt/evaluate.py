@@ -21,11 +21,11 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ..config import ConfigError, JudgeConfig
+from ..config import ConfigError
 from ..data.schema import Sample
 from .datasets import ClassificationSet, DatasetSpec, load_dataset, parse_spec
 from .decide import DEFAULT_TEMPLATE, LabelMatcher, build_prompt, summarize
-from .judge_decider import JUDGE_BACKENDS, PROMPT_VERSION, JudgeDecider, build_judge_decider
+from .judge_decider import JUDGE_BACKENDS, PROMPT_VERSION, JudgeDecider
 
 __all__ = ["DECIDERS", "JUDGE_DECIDERS", "RULE_DECIDERS", "Prepared", "ask", "check_decider", "encoder_baseline",
            "parse_specs", "prepare", "protocol"]
@@ -93,32 +93,24 @@ def prepare(spec: str | Mapping | DatasetSpec, limit: int | None, seed: int = 0)
 
 
 def ask(model, processor, prepared: Prepared, *, batch_size: int, max_new_tokens: int, decider: str = "rule",
-        judge: JudgeDecider | JudgeConfig | None = None, device=None,
+        judge: JudgeDecider | None = None, device=None,
         show_progress: bool = True) -> tuple[dict, list[dict]]:
     """(summary, records): accuracy and outcome shares (percent) and one record per answer.
 
-    A judge decider needs ``judge``: a prepared :class:`JudgeDecider` (reused, left open) or a
-    JudgeConfig (a decider built for this call and closed after it)."""
+    A judge decider needs ``judge``, a :class:`JudgeDecider` (its caller builds and closes it)."""
     from ..eval.generate import generate_answers  # torch and transformers only when a model is asked
 
     check_decider(decider)  # refuses an unknown decider before generating anything
-    own = None
     if decider not in JUDGE_DECIDERS:
         judge = None  # the rule matcher decides
     elif judge is None:
         raise ConfigError(f"EMT decider {decider!r} needs a judge (the judge section: judge.model ...)")
-    elif not isinstance(judge, JudgeDecider):
-        judge = own = build_judge_decider(judge, decider)
-    if judge is not None and judge.name != decider:
+    elif judge.name != decider:
         raise ConfigError(f"EMT decider {decider!r} was given a {judge.name} judge")
-    try:
-        answers = generate_answers(model, processor, prepared.samples, None, batch_size=batch_size,
-                                   max_new_tokens=max_new_tokens, device=device, desc=f"emt {prepared.name}",
-                                   show_progress=show_progress)
-        decided = _decide(prepared, answers, decider, judge)
-    finally:
-        if own is not None:
-            own.close()
+    answers = generate_answers(model, processor, prepared.samples, None, batch_size=batch_size,
+                               max_new_tokens=max_new_tokens, device=device, desc=f"emt {prepared.name}",
+                               show_progress=show_progress)
+    decided = _decide(prepared, answers, decider, judge)
     classes = prepared.dataset.classes
     records = []
     for i, ((_, label), answer, (d, extra)) in enumerate(zip(prepared.dataset.test, answers, decided)):

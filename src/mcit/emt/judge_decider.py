@@ -34,7 +34,7 @@ import re
 from typing import Sequence
 
 from ..config import ConfigError
-from ..eval.judge import JudgeCache
+from ..eval.judge import JudgeCache, through_cache
 from ..eval.judge_backends import JudgeBackend, _TextJudge, build_backend
 from .decide import CORRECT, HALLUCINATED, JUDGE_NO_LABEL, JUDGE_UNPARSABLE, WRONG_LABEL, Decision
 
@@ -138,16 +138,11 @@ class JudgeDecider:
         if self.cache is None:
             return self.backend.replies(prompts)
         b = self.backend
-        keys = [self.cache.key(b.backend, b.model, p) for p in prompts]
-        out: list = [(e["reply"], None) if (e := self.cache.get(k)) is not None else None for k in keys]
-        self.hits += sum(r is not None for r in out)
-        todo = [n for n, r in enumerate(out) if r is None]
-        if todo:
-            asked = b.replies([prompts[n] for n in todo])
-            self.cache.add([{"key": keys[n], "backend": b.backend, "model": b.model, "reply": reply}
-                            for n, (reply, _) in zip(todo, asked) if reply is not None])
-            for n, result in zip(todo, asked):
-                out[n] = result
+        out, hits = through_cache(self.cache, b.backend, b.model, prompts,
+                                  lambda positions: b.replies([prompts[n] for n in positions]),
+                                  to_entry=lambda r: None if r[0] is None else {"reply": r[0]},
+                                  from_entry=lambda e: (e["reply"], None))
+        self.hits += hits
         return out
 
     def decide_many(self, question: str, labels: Sequence[str], answers: Sequence[str | None],

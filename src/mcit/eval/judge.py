@@ -98,6 +98,30 @@ class JudgeCache:
                 self._entries[e["key"]] = e
 
 
+def through_cache(cache: JudgeCache, backend: str, model: str, texts: Sequence[str],
+                  ask: Callable[[list[int]], list], to_entry: Callable[[Any], dict | None],
+                  from_entry: Callable[[dict], Any], progress: Callable[[int, int], None] | None = None,
+                  ) -> tuple[list, int]:
+    """(results, hits) for ``texts``: cached ones from ``cache``, the rest from ``ask(positions)``
+    in chunks of CHUNK, each chunk appended to the cache as it comes back. ``to_entry(result)``
+    gives the fields to keep, or None for a result not worth keeping (no reply: asked again next
+    time); ``from_entry`` turns a kept entry back into a result. Shared by the GK judge and EMT's."""
+    keys = [cache.key(backend, model, t) for t in texts]
+    out: list = [None if (e := cache.get(k)) is None else from_entry(e) for k in keys]
+    hits = sum(r is not None for r in out)
+    todo = [n for n, r in enumerate(out) if r is None]
+    for start in range(0, len(todo), CHUNK):
+        chunk = todo[start:start + CHUNK]
+        results = ask(chunk)
+        cache.add([{"key": keys[n], "backend": backend, "model": model, **entry}
+                   for n, r in zip(chunk, results) if (entry := to_entry(r)) is not None])
+        for n, r in zip(chunk, results):
+            out[n] = r
+        if progress:
+            progress(start + len(chunk), len(todo))
+    return out, hits
+
+
 class CachedJudge(JudgeBackend):
     """A backend behind a :class:`JudgeCache`: only samples never judged before reach it.
 
@@ -115,27 +139,16 @@ class CachedJudge(JudgeBackend):
         return self.inner.describe()
 
     def judge(self, items: Sequence[JudgeItem], progress: Callable[[int, int], None] | None = None) -> list[Verdict]:
-        keys = [self.cache.key(self.backend, self.model, self.inner.key_text(i)) for i in items]
-        out: list[Verdict | None] = [self._cached(k) for k in keys]
-        self.hits += sum(v is not None for v in out)
-        todo = [n for n, v in enumerate(out) if v is None]
-        for start in range(0, len(todo), CHUNK):
-            chunk = todo[start:start + CHUNK]
-            verdicts = self.inner.judge([items[n] for n in chunk])
-            self.calls += len(chunk)
-            self.cache.add([self._entry(keys[n], v) for n, v in zip(chunk, verdicts) if v.reply is not None])
-            for n, v in zip(chunk, verdicts):
-                out[n] = v
-            if progress:
-                progress(start + len(chunk), len(todo))
-        return out  # type: ignore[return-value]
+        def ask(positions: list[int]) -> list[Verdict]:
+            self.calls += len(positions)
+            return self.inner.judge([items[n] for n in positions])
 
-    def _cached(self, key: str) -> Verdict | None:
-        entry = self.cache.get(key)
-        return None if entry is None else Verdict(entry.get("score"), entry.get("reply"))
-
-    def _entry(self, key: str, v: Verdict) -> dict:
-        return {"key": key, "backend": self.backend, "model": self.model, "score": v.score, "reply": v.reply}
+        out, hits = through_cache(
+            self.cache, self.backend, self.model, [self.inner.key_text(i) for i in items], ask,
+            to_entry=lambda v: None if v.reply is None else {"score": v.score, "reply": v.reply},
+            from_entry=lambda e: Verdict(e.get("score"), e.get("reply")), progress=progress)
+        self.hits += hits
+        return out
 
 
 # ------------------------------------------------------------------------------------ run folder
