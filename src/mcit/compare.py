@@ -58,10 +58,11 @@ def _run_or_read(config: Path, overrides: list[str], name: str, seed: int, out: 
     cfg = load_config(config, [*overrides, f"seed={seed}", f"output_dir={out / 'runs'}", f"name={name}"])
     if cfg.data.seed is None:  # same data, order and base model for every seed
         cfg.data.seed = load_config(config, overrides).seed
-    # A finished run is reused only if it is this run: changed defaults or overrides must not
-    # silently bring back numbers made with other settings.
-    check_same_run(run_dir, cfg)
-    if not (run_dir / "metrics.json").is_file():
+    if (run_dir / "metrics.json").is_file():
+        # reused only if it is this run: changed defaults or overrides must not silently bring
+        # back numbers made with other settings (a run started anew checks this itself)
+        check_same_run(run_dir, cfg)
+    else:
         log(f"== {name}")
         run_stream(cfg, log=log, resume=(run_dir / "config.yaml").is_file())
     return _read_run(run_dir)
@@ -70,8 +71,8 @@ def _run_or_read(config: Path, overrides: list[str], name: str, seed: int, out: 
 def tune(config: Path, overrides: list[str], method: str, grid: list[str], seeds: list[int], out: Path,
          select: str = "MFN", log: Callable[[str], None] = print) -> dict:
     """Every point of the grid (the product of ``key=v1,v2,...`` lists) for one method, over seeds;
-    the point with the best mean ``select`` metric
-    (highest; lowest for Forgetting) (instruction-following view) is the choice.
+    the choice is the point with the best mean ``select`` metric in the instruction-following view
+    (the highest; the lowest for Forgetting).
 
     Meant to run on a stream that the comparison does not use (configs/tune_small.yaml: the other
     four CoIN tasks), so that chosen defaults are not fitted to the compared test sets.
@@ -93,9 +94,7 @@ def tune(config: Path, overrides: list[str], method: str, grid: list[str], seeds
     rows = []
     for p in points:
         label = " ".join(p)
-        # "method.ema_weight=0.01" -> "ema_weight=0.01": the key's last part, the value whole
-        slug = re.sub(r"[^A-Za-z0-9_.=-]+", "_", "_".join(o.partition("=")[0].split(".")[-1] + "="
-                                                           + o.partition("=")[2] for o in p))
+        slug = re.sub(r"[^A-Za-z0-9_.=-]+", "_", "_".join(_short(o) for o in p))
         runs = [_run_or_read(config, [*overrides, f"method.name={method}", *p], f"{method}-{slug}-seed{seed}",
                              seed, out, log) for seed in seeds]
         rows.append({"point": label, **_summarise(runs)})
@@ -109,6 +108,12 @@ def tune(config: Path, overrides: list[str], method: str, grid: list[str], seeds
     atomic_write_text(out / "tune.md", text + "\n")
     log(text)
     return record
+
+
+def _short(override: str) -> str:
+    """"method.ema_weight=0.01" -> "ema_weight=0.01": the key's last part, the value whole."""
+    key, _, value = override.partition("=")
+    return f"{key.rsplit('.', 1)[-1]}={value}"
 
 
 def _read_run(run_dir: Path) -> dict:
