@@ -26,7 +26,10 @@ def checkpoint(tmp_path_factory):
 
 
 def _args(root, *extra):
-    return ["data.benchmark=coin", f"data.root={root}", f"data.image_root={root / 'images'}", TASKS, *extra]
+    # coin-mini's layout has test.json where the release has VQAv2/val.json (test_release_layout.py
+    # checks the published layout)
+    return ["data.benchmark=coin", f"data.root={root}", f"data.image_root={root / 'images'}", TASKS,
+            "data.eval_files={VQAv2: test.json}", *extra]
 
 
 def test_clean_release_checks_and_runs(release, checkpoint, tmp_path, capsys):

@@ -255,12 +255,15 @@ def test_format_caps_the_listing_but_keeps_every_problem(tmp_path):
 
 def test_check_stream_config(tmp_path):
     release, images = _make_release(tmp_path)
-    dc = DataConfig(benchmark="coin", root=str(tmp_path), image_root=str(images), tasks=TASKS)
+    # this layout has TextVQA/test.json with single answers (test_release_layout.py checks the
+    # published one: val.json and the ten official answers)
+    coin_mini_like = dict(eval_files={"TextVQA": "test.json"}, textvqa_answers="record")
+    dc = DataConfig(benchmark="coin", root=str(tmp_path), image_root=str(images), tasks=TASKS, **coin_mini_like)
     report = check_stream_config(dc)
     assert report.ok and list(report.counts) == TASKS
 
     default = check_stream_config(DataConfig(benchmark="coin", root=str(tmp_path),
-                                             image_root=str(images)))
+                                             image_root=str(images), **coin_mini_like))
     assert len(default.counts) == 8  # CoIN's default order
     assert {p.file for p in default.problems} == {
         f"{t}/" for t in default.counts if t not in TASKS}

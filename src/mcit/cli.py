@@ -48,6 +48,7 @@ def cmd_data_check(args) -> int:
     """Validate every file of a stream; print counts and every problem; exit 1 on problems."""
     from .config import load_config
     from .data.check import check_release, check_stream_config
+    from .data.release import resolve_instruction_set
     from .data.stream import coin_mini_root, stream_order
 
     cfg = load_config(_config_path(args.config), args.overrides)
@@ -56,7 +57,7 @@ def cmd_data_check(args) -> int:
         root = coin_mini_root(dc, cfg.data_seed)
         if not (root / "meta.json").is_file():
             raise UserError(f"coin-mini has not been generated yet at {root}; `mcit run` generates it")
-        report = check_release(root / dc.instruction_set, root / "images", stream_order(dc, seed=0))
+        report = check_release(resolve_instruction_set(root, dc.instruction_set), root / "images", stream_order(dc, seed=0))
     else:
         report = check_stream_config(dc)
     print(report.format())

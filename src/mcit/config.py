@@ -83,8 +83,24 @@ class DataConfig:
         None, "coin: the image root; coin-mini: <root>/images",
         aliases=("image_dir", "image_folder", "images"))
     instruction_set: str = _field(
-        "Original", "which instruction templates to use (CoIN: Original, Diverse, 10Type)",
-        aliases=("instructions", "instruction_type"))
+        "Original", "which instruction templates to use: Original, Diverse or 10Type (the first of the set's "
+        "known folders found under root is used: Instructions_Original, Instruction_Original, Instructions, "
+        "Original; Instructions_Diverse, Instructions_Type1, ...; Instructions_10Type, Instructions_Type2, ...), "
+        "or the name of a folder under root", aliases=("instructions", "instruction_type"))
+    eval_files: dict[str, str] = _field(
+        {}, "coin: per-task evaluation file in the task's folder, overriding the official one (val.json for "
+        "TextVQA, VizWiz, VQAv2; test.json for the others), e.g. {VQAv2: test.json}",
+        aliases=("test_files", "eval_file"))
+    textvqa_answers: str | None = _field(
+        None, "coin: TextVQA's official answers file (10 human answers per question); null = "
+        "<image_root>/TextVQA/TextVQA_0.5.1_val.json; \"record\" = each test record's single answer",
+        aliases=("textvqa_annotations", "textvqa_annotation_file"))
+    scienceqa_problems: str | None = _field(
+        None, "coin: ScienceQA's problems.json; when given, its answers are the ground truth and `mcit data "
+        "check` lists every test record that disagrees", aliases=("problems", "problems_file"))
+    gqa_questions: str | None = _field(
+        None, "coin: GQA's testdev_balanced_questions.json; when given, its answers are the ground truth and "
+        "`mcit data check` lists every test record that disagrees", aliases=("gqa_testdev", "gqa_questions_file"))
     tasks: list[str] | None = _field(
         None, "the tasks, in stream order (any subset); null = all tasks in the named `order`",
         aliases=("task_order",))
@@ -92,10 +108,10 @@ class DataConfig:
         "coin", 'named order when tasks is null: "coin" (CoIN\'s default), "reverse", or "random" (a seeded permutation)',
         aliases=("stream_order", "named_order"))
     train_per_task: int = _field(
-        400, "training samples per task (coin: at most this many)",
+        400, "coin-mini: training samples generated per task (coin: every record of the release is used)",
         aliases=("train_size", "n_train"))
     test_per_task: int = _field(
-        60, "test samples per task (coin: at most this many)", aliases=("test_size", "n_test"))
+        60, "coin-mini: test samples generated per task (coin: every record of the release is used)", aliases=("test_size", "n_test"))
     pretrain_size: int = _field(
         4000, "captioning samples for the base-model (alignment) stage",
         aliases=("pretrain_samples", "n_pretrain"))
@@ -252,7 +268,13 @@ class EvalConfig:
 
     batch_size: int = _field(64, "test questions per generation batch",
                              aliases=("eval_batch_size", "per_device_eval_batch_size"))
-    max_new_tokens: int = _field(20, "answer length limit, in tokens (a coin-mini box is 17)", aliases=("max_tokens",))
+    max_new_tokens: int | None = _field(
+        None, "answer length limit, in tokens; null = the benchmark's: coin-mini 20 (a box is 17), coin the "
+        "official scripts' per task (1024 for ScienceQA, ImageNet, Grounding, VQAv2; 128 for the others)",
+        aliases=("max_tokens",))
+    task_max_new_tokens: dict[str, int] = _field(
+        {}, "per-task answer length limits overriding max_new_tokens, e.g. {Grounding: 64}",
+        aliases=("max_new_tokens_by_task", "per_task_max_new_tokens"))
     upper_triangle: bool = _field(False, "also evaluate tasks not yet trained (forward transfer)",
                                   aliases=("forward_transfer", "full_matrix"))
     zero_shot: bool = _field(True, "evaluate the base model before stage 1", aliases=("zeroshot",))
@@ -271,6 +293,18 @@ class JudgeConfig:
     model: str | None = _field(
         None, "openai: the model name the endpoint serves; local: the model folder; embedding: unused",
         aliases=("judge_model",))
+    protocol: Literal["mcit", "coin"] = _field(
+        "mcit", 'openai, local: how a request is built and its reply read: "mcit" (mcit\'s own prompt, a parser '
+        'refusing out-of-range values) or "coin" (CoIN\'s official requests and reply parser, rule texts read from '
+        "judge.rules; also writes matrix_gk_official.*, the integer-rounded official scores)",
+        aliases=("judge_protocol", "prompt_protocol"))
+    rules: str | None = _field(
+        None, "protocol coin: the user's copy of CoIN's rule.json, or a CoIN code checkout holding it at "
+        "ETrain/Eval/LLaVA/CoIN/rule.json; its rule texts are read at run time",
+        aliases=("rule", "rule_file", "rules_file"))
+    system: str | None = _field(
+        None, 'openai, local: system message before the prompt; null = the protocol\'s (coin: "You are a helpful '
+        'assistant."; mcit: none); "" = none', aliases=("system_message", "system_prompt"))
     base_url: str = _field("http://127.0.0.1:8000/v1", "openai: endpoint base URL ({base_url}/chat/completions)",
                            aliases=("url", "endpoint", "api_base"))
     api_key_env: str = _field(
@@ -282,8 +316,12 @@ class JudgeConfig:
     retry_backoff: float = _field(1.0, "openai: first retry delay in seconds, doubled at each retry",
                                   aliases=("backoff",))
     concurrency: int = _field(8, "openai: requests in flight at once", aliases=("workers", "parallel"))
-    temperature: float = _field(0.7, "openai: sampling temperature (CoIN: 0.7)")
-    top_p: float = _field(0.8, "openai: nucleus sampling (CoIN: 0.8)")
+    temperature: float = _field(0.7, "openai, local with protocol coin: sampling temperature (CoIN: 0.7); "
+                                     "protocol mcit's local judge decodes greedily")
+    top_p: float = _field(0.8, "openai, local with protocol coin: nucleus sampling (CoIN: 0.8)")
+    repetition_penalty: float | None = _field(
+        None, "openai (a vLLM sampling field, sent in the request body), local: repetition penalty; null = the "
+        "protocol's (coin: 1.05; mcit: none)", aliases=("rep_penalty",))
     max_tokens: int = _field(20, "openai, local: reply length limit in tokens (CoIN: 20)",
                              aliases=("reply_tokens",))
     batch_size: int = _field(32, "local, embedding: samples per forward pass")

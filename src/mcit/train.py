@@ -22,7 +22,7 @@ from .distributed import (check_engine, gather_records, merge_shards, on_main, p
                           trainable_ids)
 from .emt.curve import EmtTracker
 from .eval.coin_compat import MODES as SCORING_MODES
-from .eval.evaluate import evaluate_task, trivial_baseline
+from .eval.evaluate import evaluate_task, max_new_tokens_for, trivial_baseline
 from .fit import steps_for, train_task
 from .io import atomic_write_bytes, atomic_write_text
 from .methods import TaskContext, build_method
@@ -66,7 +66,7 @@ def run_stream(cfg, log=print, resume: bool = False) -> dict:
     if cfg.model.name == "tiny-llava":
         from .models.base_stage import ensure_base_model
 
-        checkpoint = ensure_base_model(cfg, stream.root, cache_dir(), acc)
+        checkpoint = ensure_base_model(cfg, stream.root, cache_dir(), acc, log)
     else:
         checkpoint = Path(cfg.model.name)
     model, processor = load_checkpoint(checkpoint, cfg.model.dtype)
@@ -122,7 +122,8 @@ def run_stream(cfg, log=print, resume: bool = False) -> dict:
             with route:  # each process answers its shard of every route's samples
                 records += evaluate_task(live, processor, shard(subset, acc.process_index, acc.num_processes),
                                          stream.image_root, stream.scorers[task], cfg.eval, device=acc.device,
-                                         desc=f"eval {label} on {task}", show_progress=main)[1]
+                                         desc=f"eval {label} on {task}", show_progress=main,
+                                         max_new_tokens=max_new_tokens_for(cfg.eval, cfg.data.benchmark, task))[1]
         records = merge_shards(gather_records(acc, records), [s.id for s in stream.test[task]])
         if main and out_dir is not None:
             save_jsonl(out_dir / "predictions" / f"{task}.jsonl", records)
@@ -160,7 +161,10 @@ def run_stream(cfg, log=print, resume: bool = False) -> dict:
             continue
         ctx = TaskContext(task=task, index=t, tasks=names, model=model, accelerator=acc)
         method.before_task(ctx)
-        samples = method.train_samples(ctx, [s for name in trained for s in stream.train[name]])
+        joint_data = stream.multitask if method.joint and stream.multitask is not None else None
+        if joint_data is not None:
+            log(f"multitask: training on the release's {stream.release.name}/Multitask/train.json ({len(joint_data)} records)")
+        samples = method.train_samples(ctx, joint_data or [s for name in trained for s in stream.train[name]])
         items = [encode_for_training(processor, s, stream.image_root, cfg.train.max_length) for s in samples]
         # The budget comes from the tasks' own data, so methods that add samples (replay) get
         # the same number of steps; a joint stage gets the sum of its tasks' budgets.

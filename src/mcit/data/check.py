@@ -42,8 +42,10 @@ from mcit.data.coin_format import (
     _parse_test_record,
     _parse_train_record,
     _record_id,
+    read_test_json,
     resolve_image,
 )
+from mcit.data.release import OfficialTruth, eval_file, resolve_instruction_set
 from mcit.data.schema import Sample
 from mcit.data.stream import stream_order
 
@@ -107,6 +109,8 @@ class CheckReport:
     image_root: Path
     counts: dict[str, dict[str, SplitCounts]] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
+    notes: list[Problem] = field(default_factory=list)  # answers replaced by the official files'
+    truth_sources: dict[str, str] = field(default_factory=dict)  # task -> official ground-truth file
 
     @property
     def ok(self) -> bool:
@@ -123,6 +127,14 @@ class CheckReport:
             for split, c in splits.items():
                 records = "-" if c.records is None else str(c.records)
                 lines.append(f"{task:<{width}}  {split:<5}  {records:>7}  {c.bad:>5}")
+        for task, source in self.truth_sources.items():
+            lines.append(f"{task}: ground truth from {source}")
+        if self.notes:
+            n = len(self.notes)
+            lines.append(f"{n} test record{'s' if n != 1 else ''} whose own answer the official file replaces:")
+            lines += [f"  {p}" for p in self.notes[:max_problems]]
+            if n > max_problems:
+                lines.append(f"  ... and {n - max_problems} more")
         if self.ok:
             lines.append("no problems found")
             return "\n".join(lines)
@@ -251,12 +263,15 @@ def _check_file(path: Path, task: str, split: str, images: _ImageChecker,
     return SplitCounts(records=len(records), bad=bad)
 
 
-def check_release(release_dir: Path, image_root: Path, tasks: list[str]) -> CheckReport:
-    """Check ``<release_dir>/<Task>/{train,test}.json`` for every task, and their images.
+def check_release(release_dir: Path, image_root: Path, tasks: list[str],
+                  eval_files: dict[str, str] | None = None) -> CheckReport:
+    """Check ``<release_dir>/<Task>/train.json`` and each task's evaluation file (``eval_files``,
+    default ``test.json``) for every task, and their images.
 
-    ``release_dir`` is ``<root>/<instruction_set>``. Never raises on bad data: every problem
+    ``release_dir`` is the instruction set's folder. Never raises on bad data: every problem
     becomes a :class:`Problem` in the returned report.
     """
+    eval_files = eval_files or {}
     release_dir, image_root = Path(release_dir), Path(image_root)
     report = CheckReport(release_dir, image_root)
     problems = report.problems
@@ -279,8 +294,9 @@ def check_release(release_dir: Path, image_root: Path, tasks: list[str]) -> Chec
                                     f"task folder not found in {release_dir}"))
             report.counts[task] = {split: SplitCounts() for split in SPLITS}
             continue
+        names = {"train": "train.json", "test": eval_files.get(task, "test.json")}
         report.counts[task] = {
-            split: _check_file(task_dir / f"{split}.json", task, split, images, problems)
+            split: _check_file(task_dir / names[split], task, split, images, problems)
             for split in SPLITS
         }
     return report
@@ -289,9 +305,11 @@ def check_release(release_dir: Path, image_root: Path, tasks: list[str]) -> Chec
 def check_stream_config(dc) -> CheckReport:
     """Check the release a ``DataConfig`` with ``benchmark: coin`` points at.
 
-    Uses ``dc.root / dc.instruction_set`` as the release, ``dc.image_root`` as the image root
-    and ``dc.tasks`` (default: CoIN's order). Raises ``ConfigError`` when the config itself
-    cannot name a release; problems in the data are returned in the report.
+    Resolves ``dc.instruction_set`` to its folder under ``dc.root``, checks each task's train file
+    and official evaluation file (:mod:`mcit.data.release`) with ``dc.image_root`` as the image
+    root, for ``dc.tasks`` (default: CoIN's order), then reads the official ground-truth files:
+    a missing or malformed one is a problem, and each test record whose answer disagrees with it
+    is a note. Raises ``ConfigError`` when the config itself cannot name a release.
     """
     if dc.benchmark != "coin":
         raise ConfigError(
@@ -301,4 +319,22 @@ def check_stream_config(dc) -> CheckReport:
         raise ConfigError("data.benchmark=coin needs data.root (the release folder) "
                           "and data.image_root")
     tasks = stream_order(dc, seed=0)  # the set of tasks; their order does not matter here
-    return check_release(Path(dc.root) / dc.instruction_set, Path(dc.image_root), tasks)
+    release = resolve_instruction_set(Path(dc.root), dc.instruction_set)
+    eval_files = {t: eval_file(t, dc.eval_files, dc.benchmark) for t in tasks}
+    report = check_release(release, Path(dc.image_root), tasks, eval_files)
+    try:
+        truth = OfficialTruth.read(dc, Path(dc.image_root), tasks)
+    except DataError as err:
+        report.problems.append(Problem.from_error(err, file=err.file or "official ground truth"))
+        return report
+    for task in truth.answers:
+        label = f"{task}/{eval_files[task]}"
+        if any(p.file == label for p in report.problems):
+            continue  # the file itself has problems, already listed
+        try:
+            truth.apply(task, read_test_json(release / task / eval_files[task], task, Path(dc.image_root)), label)
+        except DataError as err:
+            report.problems.append(Problem.from_error(err, file=label))
+    report.notes = [Problem.from_error(n, file=n.file) for n in truth.notes]
+    report.truth_sources = dict(truth.sources)
+    return report

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from ..eval.scorers import DEFAULT_TASK_SCORER
 from . import coin_mini
-from .coin_format import read_task
+from .coin_format import read_test_json, read_train_json
+from .release import OfficialTruth, eval_file, resolve_instruction_set
 from .schema import Sample
 from ..config import ConfigError, config_hash
 
@@ -28,6 +29,8 @@ class Stream:
     image_root: Path
     scorers: dict[str, str]
     root: Path  # the benchmark folder (holds one sub-folder per instruction set)
+    release: Path  # the instruction set's folder (one sub-folder per task)
+    multitask: list[Sample] | None = None  # the release's Multitask/ union, when the stream is all its tasks
 
 
 def coin_mini_root(dc, seed: int) -> Path:
@@ -35,6 +38,13 @@ def coin_mini_root(dc, seed: int) -> Path:
         return Path(dc.root)
     key = config_hash({k: getattr(dc, k) for k in ("train_per_task", "test_per_task", "pretrain_size", "image_size")} | {"seed": seed, "version": coin_mini.VERSION, "sets": list(coin_mini.INSTRUCTION_SETS)})
     return cache_dir() / f"coin-mini-{key}"
+
+
+def generate_coin_mini(dc, seed: int, show_progress: bool = True) -> Path:
+    """coin-mini as ``dc`` sizes it, generated at :func:`coin_mini_root` (a no-op when there)."""
+    return coin_mini.generate(coin_mini_root(dc, seed), seed=seed, train_per_task=dc.train_per_task,
+                              test_per_task=dc.test_per_task, pretrain_size=dc.pretrain_size,
+                              image_size=dc.image_size, progress=show_progress)
 
 
 NAMED_ORDERS = ("coin", "reverse", "random")
@@ -60,11 +70,13 @@ def stream_order(dc, seed: int) -> list[str]:
 
 
 def build_stream(dc, seed: int, show_progress: bool = True) -> Stream:
-    """Read (and for coin-mini, first generate) every task of the configured stream."""
+    """Read (and for coin-mini, first generate) every task of the configured stream.
+
+    Each task's test samples come from its evaluation file (the official one for a release, see
+    :mod:`mcit.data.release`) with the official ground truth put in where the release keeps it in
+    another file (TextVQA's ten answers; ScienceQA's problems and GQA's questions when given)."""
     if dc.benchmark == "coin-mini":
-        root = coin_mini.generate(coin_mini_root(dc, seed), seed=seed, train_per_task=dc.train_per_task,
-                                  test_per_task=dc.test_per_task, pretrain_size=dc.pretrain_size,
-                                  image_size=dc.image_size, progress=show_progress)
+        root = generate_coin_mini(dc, seed, show_progress)
         image_root = Path(dc.image_root) if dc.image_root else root / "images"
     elif dc.benchmark == "coin":
         if not dc.root or not dc.image_root:
@@ -73,16 +85,22 @@ def build_stream(dc, seed: int, show_progress: bool = True) -> Stream:
     else:
         raise ConfigError(f"data.benchmark: '{dc.benchmark}' is not one of ['coin-mini', 'coin']")
 
-    release = root / dc.instruction_set
+    release = resolve_instruction_set(root, dc.instruction_set)
     tasks = stream_order(dc, seed)
     unknown = [t for t in tasks if not (release / t).is_dir()]
     if unknown:
         raise ConfigError(f"data.tasks: no folder for {unknown} under {release}")
-    train = {t: read_task(release / t, t, "train", image_root) for t in tasks}
-    test = {t: read_task(release / t, t, "test", image_root) for t in tasks}
     scorers = {}
     for t in tasks:
         if t not in DEFAULT_TASK_SCORER:
             raise ConfigError(f"data.tasks: no scorer known for task '{t}' (known: {sorted(DEFAULT_TASK_SCORER)})")
         scorers[t] = DEFAULT_TASK_SCORER[t]
-    return Stream(tasks, train, test, image_root, scorers, root)
+    truth = OfficialTruth.read(dc, image_root, tasks)
+    train = {t: read_train_json(release / t / "train.json", t, image_root) for t in tasks}
+    test = {}
+    for t in tasks:
+        name = eval_file(t, dc.eval_files, dc.benchmark)
+        test[t] = truth.apply(t, read_test_json(release / t / name, t, image_root), f"{t}/{name}")
+    joint = release / "Multitask" / "train.json"
+    multitask = read_train_json(joint, "Multitask", image_root) if joint.is_file() and set(tasks) == set(COIN_ORDER) else None
+    return Stream(tasks, train, test, image_root, scorers, root, release, multitask)

@@ -18,6 +18,7 @@ from typing import Callable
 from ..io import atomic_write_bytes, atomic_write_text
 from .decide import JUDGE_UNPARSABLE
 from .evaluate import JUDGE_DECIDERS, ask, check_decider, parse_specs, prepare, protocol
+from ..eval.evaluate import COIN_MINI_MAX_NEW_TOKENS
 from ..eval.judge import JudgeCache
 from .judge_decider import build_judge_decider
 
@@ -49,7 +50,8 @@ class EmtTracker:
             raise ConfigError("emt.every_steps > 0 but emt.datasets is empty; e.g. emt.datasets=[digits,coin-shapes]")
         self.every = ec.every_steps
         self.batch_size = ec.batch_size
-        self.max_new_tokens = cfg.eval.max_new_tokens
+        # a class name is short: the run's own limit, else coin-mini's (never a release's 1024)
+        self.max_new_tokens = cfg.eval.max_new_tokens or COIN_MINI_MAX_NEW_TOKENS
         check_decider(ec.decider)
         self.sets = [prepare(spec, ec.limit, cfg.seed) for spec in parse_specs(ec.datasets)]
         # a judge decider: the run's judge section configures it (built once, closed by close())

@@ -7,19 +7,37 @@ from pathlib import Path
 from ..data.coin_format import format_bbox
 from ..data.schema import Sample
 from .generate import generate_answers
-from .coin_compat import score_mode
-from .scorers import clean_generation, parse_box
+from .coin_compat import OFFICIAL_MAX_NEW_TOKENS, score_mode, scored_text
+from .scorers import parse_box
+
+
+COIN_MINI_MAX_NEW_TOKENS = 20  # coin-mini's longest answer, a box, is 17 tokens
+
+
+def max_new_tokens_for(ec, benchmark: str, task: str) -> int:
+    """A task's answer length limit: eval.task_max_new_tokens, else eval.max_new_tokens, else the
+    benchmark's own (a CoIN release: the official scripts' budget for the task)."""
+    if task in ec.task_max_new_tokens:
+        return ec.task_max_new_tokens[task]
+    if ec.max_new_tokens is not None:
+        return ec.max_new_tokens
+    if benchmark == "coin":
+        return OFFICIAL_MAX_NEW_TOKENS.get(task, max(OFFICIAL_MAX_NEW_TOKENS.values()))
+    return COIN_MINI_MAX_NEW_TOKENS
 
 
 def evaluate_task(model, processor, samples: list[Sample], image_root: Path | None, scorer: str,
-                  ec, device=None, desc: str = "eval", show_progress: bool = True) -> tuple[float, list[dict]]:
-    """Returns the task score (0-100) and one record per sample."""
+                  ec, device=None, desc: str = "eval", show_progress: bool = True,
+                  max_new_tokens: int | None = None) -> tuple[float, list[dict]]:
+    """Returns the task score (0-100) and one record per sample. ``max_new_tokens``: the task's
+    limit (:func:`max_new_tokens_for`); None = ``ec.max_new_tokens`` or coin-mini's."""
+    budget = max_new_tokens or ec.max_new_tokens or COIN_MINI_MAX_NEW_TOKENS
     raw = generate_answers(model, processor, samples, image_root, batch_size=ec.batch_size,
-                           max_new_tokens=ec.max_new_tokens, device=device, desc=desc,
+                           max_new_tokens=budget, device=device, desc=desc,
                            show_progress=show_progress)
     records = []
     for sample, text in zip(samples, raw):
-        pred = clean_generation(text)
+        pred = scored_text(ec.scoring, sample.task, text)
         records.append({
             "id": sample.id,
             "task": sample.task,

@@ -58,6 +58,7 @@ from peft.utils import ModulesToSaveWrapper
 from safetensors.torch import load_file
 
 from ..config import ConfigError
+from ..data.release import canonical_set
 from ..distributed import on_main
 from ..models.adapters import is_projector
 from .base import TaskContext
@@ -205,10 +206,10 @@ class LCIA(SequentialLoRA):
     def setup(self, model, run_cfg):
         model = super().setup(model, run_cfg)
         if self.threshold is None:
-            iset = run_cfg.data.instruction_set
-            if iset not in THRESHOLDS:
+            iset = run_cfg.data.instruction_set  # a set name or one of its folder names
+            if canonical_set(iset) not in THRESHOLDS:
                 raise ConfigError(f"lcia: no default threshold for instruction set {iset!r}; set method.lcia_threshold")
-            self.threshold = THRESHOLDS[iset]
+            self.threshold = THRESHOLDS[canonical_set(iset)]
         self._adapter_config = copy.deepcopy(model.peft_config[FIRST_ADAPTER])
         self.model = model
         return model

@@ -20,6 +20,7 @@ from ..config import config_hash
 from ..data import coin_mini
 from ..data.coin_format import read_train_json
 from ..data.encode import encode_for_training
+from ..data.stream import coin_mini_root, generate_coin_mini
 from ..distributed import SingleProcess
 from ..io import atomic_write_text
 from ..methods.base import Method, TaskContext
@@ -44,13 +45,22 @@ def base_stage_key(model_cfg, data_cfg, seed: int) -> str:
     return config_hash({"model": shape, "world": world, "seed": seed, "version": 2})
 
 
-def ensure_base_model(run_cfg, data_root: Path, cache_dir: Path, accelerator: Accelerator) -> Path:
-    """Path of the cached base checkpoint for this config; trained first if missing."""
+def ensure_base_model(run_cfg, data_root: Path, cache_dir: Path, accelerator: Accelerator, log=print) -> Path:
+    """Path of the cached base checkpoint for this config; trained first if missing.
+
+    ``data_root`` is coin-mini's folder. On a CoIN release, which holds no alignment data for the
+    built-in model, the base stage learns from coin-mini generated with the same data settings
+    (so it is the same cached base model the default coin-mini run uses)."""
     mc, dc = run_cfg.model, run_cfg.data
     target = cache_dir / f"tiny-llava-{base_stage_key(mc, dc, run_cfg.data_seed)}"
     if (target / "done").is_file():
         return target
     if accelerator.is_main_process:
+        if dc.benchmark != "coin-mini":
+            world = dataclasses.replace(dc, benchmark="coin-mini", root=None, image_root=None)
+            log(f"model.name=tiny-llava on a {dc.benchmark} release: its base model learns from coin-mini, "
+                f"generated at {coin_mini_root(world, run_cfg.data_seed)} (the release has no alignment data for it)")
+            data_root = generate_coin_mini(world, run_cfg.data_seed)
         _train_base(run_cfg, data_root, target, accelerator)
     accelerator.wait_for_everyone()
     return target
