@@ -104,10 +104,10 @@ def test_train_reader_takes_first_human_then_gpt_and_strips_image_token(layout):
     task_dir, images = layout
     _write(task_dir / "train.json", [
         {"id": 1, "image": "Task/a.png", "conversations": [
-            {"from": "gpt", "value": "ignored"},
+            {"from": "gpt", "value": "ignored"},  # LLaVA skips one leading gpt turn
             {"from": "human", "value": "<image>\nQuestion\nInstruction"},
-            {"from": "human", "value": "second human"},
             {"from": "gpt", "value": "answer"},
+            {"from": "human", "value": "second human"},
             {"from": "gpt", "value": "later"},
         ]},
         {"id": "m", "image": "Task/b.png", "conversations": [
@@ -117,6 +117,7 @@ def test_train_reader_takes_first_human_then_gpt_and_strips_image_token(layout):
     ])
     a, b = read_task(task_dir, "Task", "train", images)
     assert (a.id, a.text, a.answers, a.image) == ("1", "Question\nInstruction", ("answer",), "Task/a.png")
+    assert a.extra == {"turns": [["second human", "later"]]}  # later turns: tests/test_turns_and_text_only.py
     assert a.instruction == "Instruction" and a.question == "Question"
     assert "<image>" not in b.text and b.text.split("\n")[-1] == "Instruction"
 

@@ -237,6 +237,48 @@ def _strip_image_token(text: str) -> str:
     return text
 
 
+def _check_turn(turn: Any, fld: str) -> None:
+    if not isinstance(turn, dict):
+        raise DataError(f"turn must be a JSON object, got {_jtype(turn)}", field=fld)
+    for key in ("from", "value"):
+        if key not in turn:
+            raise DataError("missing required field", field=f"{fld}.{key}")
+        if not isinstance(turn[key], str):
+            raise DataError(f"must be a string, got {_jtype(turn[key])}", field=f"{fld}.{key}")
+    if turn["from"] not in ("human", "gpt"):
+        raise DataError(f"must be 'human' or 'gpt', got {turn['from']!r}", field=f"{fld}.from")
+
+
+def _conversation_pairs(conv: list) -> list[tuple[str, str]]:
+    """The (human, gpt) pairs of a conversation, read as LLaVA's preprocessing reads it: one
+    leading gpt turn is skipped, then the turns must alternate human, gpt, human, ...; a
+    trailing human turn is dropped (LLaVA renders it but supervises nothing after it, so the
+    loss is the same). ``<image>`` may only appear in the first human turn; it is stripped there."""
+    for t, turn in enumerate(conv):
+        _check_turn(turn, f"conversations[{t}]")
+    start = 1 if conv and conv[0]["from"] == "gpt" else 0
+    for t in range(start, len(conv)):
+        want = "human" if (t - start) % 2 == 0 else "gpt"
+        if conv[t]["from"] != want:
+            raise DataError(
+                f"a {conv[t]['from']} turn where a {want} turn must come (turns alternate human, gpt, "
+                "after at most one leading gpt turn)", field=f"conversations[{t}].from",
+            )
+        if IMAGE_TOKEN in conv[t]["value"] and t != start:
+            raise DataError(f"{IMAGE_TOKEN} may only appear in the first human turn",
+                            field=f"conversations[{t}].value")
+    if start >= len(conv):
+        raise DataError("no human turn", field="conversations")
+    if start + 1 >= len(conv):
+        raise DataError("no gpt turn after the first human turn", field="conversations")
+    first = _strip_image_token(conv[start]["value"])
+    if IMAGE_TOKEN in first:
+        raise DataError(f"more than one {IMAGE_TOKEN} in the first human turn",
+                        field=f"conversations[{start}].value")
+    values = [first] + [turn["value"] for turn in conv[start + 1:]]
+    return list(zip(values[0::2], values[1::2]))  # zip drops a trailing human turn
+
+
 def _parse_train_record(rec: Any, task: str, image_root: Path) -> Sample:
     if not isinstance(rec, dict):
         raise DataError(f"record must be a JSON object, got {_jtype(rec)}")
@@ -248,32 +290,11 @@ def _parse_train_record(rec: Any, task: str, image_root: Path) -> Sample:
         conv = rec["conversations"]
         if not isinstance(conv, list):
             raise DataError(f"must be a list, got {_jtype(conv)}", field="conversations")
-        human = gpt = None
-        for t, turn in enumerate(conv):
-            fld = f"conversations[{t}]"
-            if not isinstance(turn, dict):
-                raise DataError(f"turn must be a JSON object, got {_jtype(turn)}", field=fld)
-            for key in ("from", "value"):
-                if key not in turn:
-                    raise DataError("missing required field", field=f"{fld}.{key}")
-                if not isinstance(turn[key], str):
-                    raise DataError(
-                        f"must be a string, got {_jtype(turn[key])}", field=f"{fld}.{key}"
-                    )
-            if human is None and turn["from"] == "human":
-                human = turn["value"]
-            elif human is not None and turn["from"] == "gpt":
-                gpt = turn["value"]
-                break
-        if human is None:
-            raise DataError("no human turn", field="conversations")
-        if gpt is None:
-            raise DataError("no gpt turn after the first human turn", field="conversations")
+        (human, gpt), *later = _conversation_pairs(conv)
     except DataError as exc:
         raise exc.located(record=rid) from None
-    return Sample(
-        id=rid, task=task, image=image, text=_strip_image_token(human), answers=(gpt,), extra={}
-    )
+    extra = {"turns": [list(pair) for pair in later]} if later else {}
+    return Sample(id=rid, task=task, image=image, text=human, answers=(gpt,), extra=extra)
 
 
 def _parse_test_record(rec: Any, task: str, image_root: Path) -> Sample:
@@ -381,19 +402,19 @@ def _dump(path: Path, records: list[dict]) -> Path:
 
 
 def write_train_json(path: Path, samples: Iterable[Sample]) -> Path:
-    """Write Samples as a train file (LLaVA conversations); the target is ``answers[0]``."""
+    """Write Samples as a train file (LLaVA conversations): the first pair is ``text`` and
+    ``answers[0]``, then the later pairs of ``extra["turns"]``."""
     records = []
     for i, s in enumerate(samples):
         _check_sample(s, i)
         rec: dict[str, Any] = {"id": s.id}
-        human = s.text
         if s.image is not None:
             rec["image"] = s.image
-            human = f"{IMAGE_TOKEN}\n{s.text}"
-        rec["conversations"] = [
-            {"from": "human", "value": human},
-            {"from": "gpt", "value": s.answers[0]},
-        ]
+        rec["conversations"] = []
+        for k, (human, gpt) in enumerate(s.conversation):
+            if k == 0 and s.image is not None:
+                human = f"{IMAGE_TOKEN}\n{human}"
+            rec["conversations"] += [{"from": "human", "value": human}, {"from": "gpt", "value": gpt}]
         records.append(rec)
     return _dump(path, records)
 

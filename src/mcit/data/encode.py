@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from ..config import ConfigError
 from .schema import Sample
 
 IGNORE_INDEX = -100  # label value that the loss skips (transformers' convention)
@@ -25,11 +26,15 @@ def load_image(image_root: Path | None, rel: str | Image.Image | None) -> Image.
         return im.convert("RGB")
 
 
+def _user_message(text: str, with_image: bool) -> dict:
+    content = ([{"type": "image"}] if with_image else []) + [{"type": "text", "text": text}]
+    return {"role": "user", "content": content}
+
+
 def chat_prompt(processor, text: str, with_image: bool) -> str:
     """The user turn through the processor's chat template, ending where the answer starts."""
-    content = ([{"type": "image"}] if with_image else []) + [{"type": "text", "text": text}]
-    messages = [{"role": "user", "content": content}]
-    return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return processor.apply_chat_template([_user_message(text, with_image)], add_generation_prompt=True,
+                                         tokenize=False)
 
 
 def tokenizer_of(processor):
@@ -44,28 +49,79 @@ def answer_ids(processor, answer: str) -> list[int]:
     return tok(answer.strip(), add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
 
 
+class TemplateError(ValueError):
+    """The chat template cannot be split into turns (it rewrites earlier turns)."""
+
+
+def turn_contexts(processor, conversation, with_image: bool) -> list[str]:
+    """The unsupervised text before each gpt answer of `conversation` ((human, gpt) pairs).
+
+    The first is exactly `chat_prompt` (so a single turn is encoded as it always was). Each
+    later one is what the chat template puts between the end of the previous answer and the
+    start of the next: the conversation is rendered up to and including each answer, and every
+    rendering must extend the previous one (the prefix property). Where the template closes
+    an answer with eos, that eos is left out (`answer_ids` already supervises it); whatever
+    else it adds there (Qwen's newline after <|im_end|>, the LLaVA-1.5 hub template's space)
+    is context."""
+    messages = []
+    for k, (human, gpt) in enumerate(conversation):
+        messages += [_user_message(human, with_image and k == 0),
+                     {"role": "assistant", "content": [{"type": "text", "text": gpt}]}]
+
+    def render(n: int, generation: bool) -> str:
+        return processor.apply_chat_template(messages[:n], add_generation_prompt=generation, tokenize=False)
+
+    contexts = [chat_prompt(processor, conversation[0][0], with_image)]
+    asked = contexts[0]
+    eos = tokenizer_of(processor).eos_token or ""
+    for k in range(1, len(conversation)):
+        answered, asked_next = render(2 * k, False), render(2 * k + 1, True)
+        if not (answered.startswith(asked) and asked_next.startswith(answered)):
+            raise TemplateError(f"the chat template does not extend turn {k}'s rendering when turn "
+                                f"{k + 1} is added (it rewrites or drops earlier turns), so the gpt turns "
+                                "cannot be labelled; use a checkpoint whose template keeps every turn, "
+                                "or single-turn records")
+        answer, tail = conversation[k - 1][1].strip(), answered[len(asked):].lstrip()
+        if not tail.startswith(answer):
+            raise TemplateError(f"the chat template does not render gpt turn {k} verbatim")
+        end = tail[len(answer):].removeprefix(eos)
+        contexts.append(end + asked_next[len(answered):])
+        asked = asked_next
+    return contexts
+
+
 def encode_for_training(processor, sample: Sample, image_root: Path | None, max_length: int) -> dict:
-    """One training example: prompt tokens (labels masked) then answer tokens (labels kept)."""
+    """One training example: the conversation with every gpt answer (and its eos) labelled,
+    everything else (prompts, image tokens, the template's turn markers) masked.
+
+    The first context goes through the processor (image-token expansion); later contexts and
+    the answers are tokenized on their own, so every boundary of the loss mask is exact."""
     image = load_image(image_root, sample.image)
-    prompt = chat_prompt(processor, sample.text, image is not None)
-    enc = processor(text=[prompt], images=[image] if image is not None else None, return_tensors="pt")
-    prompt_ids = enc.pop("input_ids")[0]
+    try:
+        contexts = turn_contexts(processor, sample.conversation, image is not None)
+    except TemplateError as exc:
+        raise ConfigError(f"task {sample.task}, record {sample.id}: {exc}") from None
+    enc = processor(text=[contexts[0]], images=[image] if image is not None else None, return_tensors="pt")
+    prompt_len = enc["input_ids"].shape[1]
+    ids, labels = enc.pop("input_ids")[0].tolist(), [IGNORE_INDEX] * prompt_len
     enc.pop("attention_mask", None)
-    target = answer_ids(processor, sample.answer)
-    ids = prompt_ids.tolist() + target
+    tok = tokenizer_of(processor)
+    for k, (context, (_, answer)) in enumerate(zip(contexts, sample.conversation)):
+        if k:
+            masked = tok(context, add_special_tokens=False)["input_ids"]
+            ids, labels = ids + masked, labels + [IGNORE_INDEX] * len(masked)
+        target = answer_ids(processor, answer)
+        ids, labels = ids + target, labels + target
     if len(ids) > max_length:
-        # Truncating would cut image tokens or the answer; refuse instead of training on garbage.
-        raise ValueError(
+        # Truncating would cut image tokens or an answer; refuse instead of training on garbage.
+        raise ConfigError(
             f"task {sample.task}, record {sample.id}: {len(ids)} tokens exceed train.max_length={max_length}"
         )
-    item = {
-        "input_ids": torch.tensor(ids),
-        "labels": torch.tensor([IGNORE_INDEX] * len(prompt_ids) + target),
-    }
+    item = {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels)}
     for key, value in enc.items():
-        if value.shape == (1, len(prompt_ids)):
-            # One value per prompt token (Qwen2-VL's mm_token_type_ids): answer tokens are text, 0.
-            item[key] = torch.cat([value[0], value.new_zeros(len(target))])
+        if value.shape == (1, prompt_len):
+            # One value per prompt token (Qwen2-VL's mm_token_type_ids): the rest is text, 0.
+            item[key] = torch.cat([value[0], value.new_zeros(len(ids) - prompt_len)])
         else:  # per image: pixel_values, image_grid_thw, image_sizes, pixel_attention_mask, ...
             item[key] = value
     return item

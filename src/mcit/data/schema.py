@@ -13,6 +13,11 @@ class Sample:
     placeholder: the question, then the instruction on its last line (CoIN convention).
     `answers` holds every reference answer; `answers[0]` is the training target.
     `extra` carries task-specific fields, e.g. {"bbox": [x1, y1, x2, y2], "size": [w, h]}.
+
+    A multi-turn training conversation keeps its first (human, gpt) pair in `text` and
+    `answers[0]`, so instruction extraction, grouping and replay see the same sample as for a
+    single-turn record; its later pairs are in `extra["turns"]` as [human, gpt] lists (plain
+    JSON, so replay's saved buffer keeps them). `conversation` gives all pairs.
     """
 
     id: str
@@ -25,6 +30,12 @@ class Sample:
     @property
     def answer(self) -> str:
         return self.answers[0]
+
+    @property
+    def conversation(self) -> tuple[tuple[str, str], ...]:
+        """Every (human, gpt) pair, in order; the first is (text, answer)."""
+        later = self.extra.get("turns") or ()
+        return ((self.text, self.answer), *((human, gpt) for human, gpt in later))
 
     @property
     def instruction(self) -> str:

@@ -10,12 +10,23 @@ from ..data.encode import chat_prompt, load_image, tokenizer_of
 from ..data.schema import Sample
 
 
+def prompt_batch(processor, samples: list[Sample], image_root: Path | None) -> dict:
+    """The padded prompts of `samples` (padding side as the tokenizer is set). Only the images
+    that exist are passed: every supported processor matches them to the prompts' image
+    placeholders in order, so questions with and without an image share one batch."""
+    images = [load_image(image_root, s.image) for s in samples]
+    prompts = [chat_prompt(processor, s.text, im is not None) for s, im in zip(samples, images)]
+    present = [im for im in images if im is not None]
+    return processor(text=prompts, images=present or None, padding=True, return_tensors="pt")
+
+
 @torch.no_grad()
 def generate_answers(model, processor, samples: list[Sample], image_root: Path | None, *,
                      batch_size: int, max_new_tokens: int, device=None, desc: str = "eval",
                      show_progress: bool = True) -> list[str]:
     """Greedy answers for `samples`, in order. Left padding keeps every prompt's last token
-    at the same position, so a whole batch decodes together with the KV cache."""
+    at the same position, so a whole batch decodes together with the KV cache. A batch may
+    mix questions with and without an image."""
     tok = tokenizer_of(processor)
     old_side = tok.padding_side
     tok.padding_side = "left"
@@ -27,13 +38,7 @@ def generate_answers(model, processor, samples: list[Sample], image_root: Path |
     try:
         for start in tqdm(starts, desc=desc, disable=None if show_progress else True, leave=False):
             chunk = samples[start:start + batch_size]
-            images = [load_image(image_root, s.image) for s in chunk]
-            prompts = [chat_prompt(processor, s.text, im is not None) for s, im in zip(chunk, images)]
-            has_images = [im for im in images if im is not None]
-            if has_images and len(has_images) != len(images):
-                raise ValueError("a batch mixes samples with and without images; not supported yet")
-            enc = processor(text=prompts, images=has_images or None, padding=True, return_tensors="pt")
-            enc = {k: v.to(device) for k, v in enc.items()}
+            enc = {k: v.to(device) for k, v in prompt_batch(processor, chunk, image_root).items()}
             out = model.generate(
                 **enc,
                 max_new_tokens=max_new_tokens,
