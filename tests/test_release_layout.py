@@ -198,6 +198,18 @@ def test_scienceqa_and_gqa_official_files_replace_and_report_disagreements(relea
     assert by_id[TEXT_ONLY].answer == sqa[0]["answer"]  # not in problems.json: its own answer
 
 
+def test_an_empty_later_turn_is_a_problem(release, tmp_path, capsys):
+    bad = tmp_path / "bad"
+    shutil.copytree(release, bad)
+    path = bad / "Instructions_Original" / "GQA" / "train.json"
+    records = _load(path)
+    records[0]["conversations"][-1]["value"] = " "
+    _dump(path, records)
+    assert main(["data", "check", *_data(bad)]) == 1
+    assert f"GQA/train.json, record '{records[0]['id']}', field 'conversations': the gpt turn of pair 2 is empty" \
+        in capsys.readouterr().out
+
+
 def test_malformed_official_file_is_a_clean_problem(release, tmp_path, capsys):
     (tmp_path / "problems.json").write_text('{"1": {"answer": 9}}')
     assert main(["data", "check", *_data(release, f"data.scienceqa_problems={tmp_path / 'problems.json'}")]) == 1

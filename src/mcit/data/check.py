@@ -193,10 +193,12 @@ class _ImageChecker:
 def _empty_text_problem(sample: Sample, rec: dict, split: str) -> DataError | None:
     """Problems the readers let through: an empty question or an empty answer."""
     if split == "train":
-        if not sample.text.strip():
-            return DataError("the human turn holds no question", field="conversations")
-        if not sample.answer.strip():
-            return DataError("the gpt turn is empty", field="conversations")
+        for k, (human, gpt) in enumerate(sample.conversation):
+            where = "" if k == 0 else f" of pair {k + 1}"
+            if not human.strip():
+                return DataError(f"the human turn{where} holds no question", field="conversations")
+            if not gpt.strip():
+                return DataError(f"the gpt turn{where} is empty", field="conversations")
         return None
     if not sample.text.strip():
         return DataError("must not be empty", field="text")
