@@ -379,7 +379,10 @@ def test_judge_run_writes_the_gk_matrix_and_metrics(tmp_path):
     assert saved["MFT"] == pytest.approx(62.5) and saved["BWT"] == pytest.approx(-50.0)
     assert (saved["samples"], saved["unparsable"], saved["failed"]) == (16, 1, 0)
     cell = next(c for c in saved["cells"] if c["stage"] == "02-Grounding" and c["task"] == "GQA")
-    assert cell == {"stage": "02-Grounding", "task": "GQA", "score": 25.0, "samples": 4, "unparsable": 1, "failed": 0}
+    assert cell == {"stage": "02-Grounding", "task": "GQA", "score": 25.0, "score_official": 25, "samples": 4,
+                    "unparsable": 1, "failed": 0}
+    assert saved["protocol"] is None and saved["official_matrix"] is None  # a judge without a protocol
+    assert not (run / "matrix_gk_official.json").exists()  # written for protocol coin only
     assert record == saved
 
     per_sample = [json.loads(line) for line in
@@ -456,20 +459,26 @@ def test_default_config_has_the_embedding_judge():
 # ----------------------------------------------------------------------------- local LM backend
 
 
-def test_local_lm_backend_runs_greedy_and_never_crashes_on_its_replies(tmp_path):
+def _tiny_lm(folder: Path) -> Path:
+    """A random one-layer Llama causal LM with its tokenizer, saved in ``folder``."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from mcit.eval.judge_backends import LocalLMJudge
     from mcit.models.tiny_llava import train_tokenizer
 
     tok = train_tokenizer(["Score 0 1 2 3 4 5 6 7 8 9 10 question answer reference"] * 20, 300)
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
                                          num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2))
-    model.save_pretrained(tmp_path / "lm")
-    tok.save_pretrained(tmp_path / "lm")
-    judge = build_backend(JudgeConfig(backend="local", model=str(tmp_path / "lm"), max_tokens=5))
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def test_local_lm_backend_runs_greedy_and_never_crashes_on_its_replies(tmp_path):
+    from mcit.eval.judge_backends import LocalLMJudge
+
+    judge = build_backend(JudgeConfig(backend="local", model=str(_tiny_lm(tmp_path / "lm")), max_tokens=5))
     assert isinstance(judge, LocalLMJudge)
     items = [JudgeItem("q", "red", "red"), JudgeItem("q", "red", "a much longer answer here")]
     first, second = judge.judge(items), judge.judge(items)

@@ -7,11 +7,16 @@ run wrote (and ``stages/00-base/...`` for the zero-shot row), asks the configure
 touching them::
 
     stages/NN-<task>/judge/<task>.jsonl       one line per sample: judge score and reply
-    matrix_gk.json .csv .md .png              the GK accuracy matrix (report/matrix.py)
-    metrics_gk.json                           its metrics, the judge used, unparsable counts
+    matrix_gk.json .csv .md .png              the GK accuracy matrix (report/matrix.py), exact scores
+    matrix_gk_official.json .csv .md .png     protocol coin only: the same cells rounded to integers
+                                              as CoIN's evaluate_score.py rounds them
+    metrics_gk.json                           its metrics, the judge and protocol used, per cell the
+                                              exact ``score`` and the official ``score_official``,
+                                              unparsable counts
     judge_cache.jsonl                         the judge cache (default place, judge.cache)
 
-The cache is keyed by (backend, model, prompt): scoring the same run again asks nothing.
+The cache is keyed by (backend, model, request): scoring the same run again asks nothing, and a
+reply given under one protocol is never reused for another.
 """
 from __future__ import annotations
 
@@ -30,13 +35,20 @@ from ..metrics import compute_metrics
 from ..report.matrix import format_table, save_matrix
 from ..run import load_stage_info, save_json
 from .judge_backends import JudgeBackend, Verdict, build_backend
-from .judge_protocol import JudgeError, JudgeItem, gk_task_score
+from .judge_protocol import JudgeError, JudgeItem, gk_task_score, gk_task_score_official
 from .scorers import DEFAULT_TASK_SCORER, parse_box
 
 __all__ = ["CachedJudge", "JudgeCache", "JudgeError", "judge_run", "read_predictions"]
 
 CACHE_FILE = "judge_cache.jsonl"
 MATRIX_NAME = "matrix_gk"
+OFFICIAL_MATRIX_NAME = "matrix_gk_official"
+MATRIX_EXTENSIONS = ("json", "csv", "md", "png")
+SCORE_RULES = {
+    "score": "100 * sum(judge scores) / (10 * N); unparsable or failed samples count as 0",
+    "score_official": "round(sum / (10 * N) * 100.0) with Python's round (half to even), as CoIN's "
+                      "ETrain/Eval/evaluate_score.py; null for an empty cell",
+}
 METRICS_FILE = "metrics_gk.json"
 CHUNK = 256  # samples judged between two cache appends: an interruption loses at most this many
 
@@ -169,6 +181,10 @@ class _Cell:
     def value(self) -> float:
         return gk_task_score([v.score for v in self.verdicts])
 
+    @property
+    def official(self) -> int | None:
+        return gk_task_score_official([v.score for v in self.verdicts])
+
     def counts(self) -> dict[str, int]:
         failed = sum(v.reply is None for v in self.verdicts)
         unparsable = sum(v.reply is not None and v.score is None for v in self.verdicts)
@@ -214,7 +230,7 @@ def _item(rec: dict, task: str) -> JudgeItem:
     answers = tuple(rec["answers"])
     sample = Sample(id=str(rec.get("id", "")), task=task, image=None, text=rec["text"], answers=answers)
     return JudgeItem(question=sample.question, answer=sample.answer, prediction=rec["prediction"],
-                     references=answers, grounding=_is_box_task(task, sample.answer))
+                     references=answers, grounding=_is_box_task(task, sample.answer), text=rec["text"])
 
 
 def _completed_stages(run_dir: Path) -> list[tuple[Path, str]]:
@@ -257,16 +273,17 @@ def _write_samples(cell: _Cell) -> None:
     atomic_write_text(cell.stage / "judge" / f"{cell.task}.jsonl", "".join(lines))
 
 
-def _matrix(cells: list[_Cell], tasks: list[str]) -> tuple[list[list[float | None]], list[float] | None]:
+def _matrix(cells: list[_Cell], tasks: list[str], value: Callable[[_Cell], float | None] = lambda c: c.value,
+            ) -> tuple[list[list[float | None]], list[float] | None]:
     T = len(tasks)
     matrix: list[list[float | None]] = [[None] * T for _ in range(T)]
     base: list[float | None] = [None] * T
     for c in cells:
         i = tasks.index(c.task)
         if c.row < 0:
-            base[i] = c.value
+            base[i] = value(c)
         else:
-            matrix[c.row][i] = c.value
+            matrix[c.row][i] = value(c)
     zero_shot = base if all(v is not None for v in base) else None
     return matrix, zero_shot  # type: ignore[return-value]
 
@@ -294,14 +311,21 @@ def judge_run(run_dir: str | Path, judge_cfg, log: Callable[[str], None] = print
     inner = backend or build_backend(judge_cfg)
     cache = JudgeCache(Path(judge_cfg.cache) if judge_cfg.cache else run_dir / CACHE_FILE)
     judge = CachedJudge(inner, cache)
-    log(f"GK judge: {inner.backend} ({inner.model}) on {sum(len(c.items) for c in cells)} predictions")
+    log(f"GK judge: {inner.backend} ({inner.model}, protocol {_protocol(inner)}) on "
+        f"{sum(len(c.items) for c in cells)} predictions")
     try:
         verdicts = judge.judge([i for c in cells for i in c.items], progress=_progress(log))
     finally:
         getattr(inner, "close", lambda: None)()
     _check_replies(verdicts, inner)
     _distribute(cells, verdicts)
-    return _save(run_dir, cells, tasks, judge, cache, started, log)
+    return _save(run_dir, cells, tasks, judge, _protocol(inner), cache, started, log)
+
+
+def _protocol(inner: JudgeBackend) -> str | None:
+    """The protocol name of an LLM judge; None for one that sends no prompt (embedding)."""
+    protocol = getattr(inner, "protocol", None)
+    return getattr(protocol, "name", None)
 
 
 def _check_replies(verdicts: list[Verdict], inner: JudgeBackend) -> None:
@@ -324,22 +348,37 @@ def _distribute(cells: list[_Cell], verdicts: list[Verdict]) -> None:
         c.verdicts, pos = verdicts[pos:pos + len(c.items)], pos + len(c.items)
 
 
-def _save(run_dir: Path, cells: list[_Cell], tasks: list[str], judge: CachedJudge, cache: JudgeCache,
-          started: float, log: Callable[[str], None]) -> dict:
+def _save(run_dir: Path, cells: list[_Cell], tasks: list[str], judge: CachedJudge, protocol: str | None,
+          cache: JudgeCache, started: float, log: Callable[[str], None]) -> dict:
     for c in cells:
         _write_samples(c)
     matrix, zero_shot = _matrix(cells, tasks)
     metrics = compute_metrics(matrix, zero_shot)
     save_matrix(run_dir, MATRIX_NAME, tasks, matrix, zero_shot, metrics)
-    per_cell = [{"stage": c.stage.name, "task": c.task, "score": c.value, **c.counts()} for c in cells]
+    _save_official_matrix(run_dir, cells, tasks, write=protocol == "coin")
+    per_cell = [{"stage": c.stage.name, "task": c.task, "score": c.value, "score_official": c.official,
+                 **c.counts()} for c in cells]
     totals = {k: sum(p[k] for p in per_cell) for k in ("samples", "unparsable", "failed")}
-    record = {"view": "general_knowledge", "judge": judge.describe(), **metrics, **totals,
-              "score_rule": "100 * sum(judge scores) / (10 * N); unparsable or failed samples count as 0",
+    record = {"view": "general_knowledge", "protocol": protocol, "judge": judge.describe(), **metrics, **totals,
+              "score_rules": SCORE_RULES,
+              "official_matrix": f"{OFFICIAL_MATRIX_NAME}.json" if protocol == "coin" else None,
               "cache": {"path": str(cache.path), "hits": judge.hits, "new": judge.calls},
               "cells": per_cell, "seconds": time.time() - started}
     save_json(run_dir / METRICS_FILE, record)
     log(format_table(tasks, matrix, metrics, zero_shot,
-                     title=f"General Knowledge matrix (judge: {judge.backend}, {judge.model})"))
+                     title=f"General Knowledge matrix (judge: {judge.backend}, {judge.model}, "
+                           f"protocol {protocol})"))
     log(f"GK judge: {totals['samples']} samples, {totals['unparsable']} unparsable, {totals['failed']} failed, "
         f"{judge.hits} from the cache; wrote {run_dir / METRICS_FILE}")
     return record
+
+
+def _save_official_matrix(run_dir: Path, cells: list[_Cell], tasks: list[str], write: bool) -> None:
+    """Protocol coin: the integer-rounded official scores as their own matrix, to set beside CoIN's
+    tables. Other protocols remove one an earlier coin judging left, so it never outlives its run."""
+    if not write:
+        for ext in MATRIX_EXTENSIONS:
+            (run_dir / f"{OFFICIAL_MATRIX_NAME}.{ext}").unlink(missing_ok=True)
+        return
+    matrix, zero_shot = _matrix(cells, tasks, lambda c: c.official)
+    save_matrix(run_dir, OFFICIAL_MATRIX_NAME, tasks, matrix, zero_shot, compute_metrics(matrix, zero_shot))

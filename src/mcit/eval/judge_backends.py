@@ -1,14 +1,17 @@
 """Judge backends behind one small interface: ``score(items) -> list[float | None]``.
 
 * :class:`OpenAIJudge` - an OpenAI-compatible chat endpoint (vLLM, llama.cpp server, a hosted
-  API): ``POST {base_url}/chat/completions`` with CoIN's prompt and sampling settings.
-* :class:`LocalLMJudge` - a local Hugging Face causal-LM folder, same prompt, greedy decoding.
+  API): ``POST {base_url}/chat/completions`` with the protocol's messages and CoIN's sampling.
+* :class:`LocalLMJudge` - a local Hugging Face causal-LM folder, the same messages through the
+  tokenizer's chat template; greedy (protocol mcit) or sampled as CoIN did (protocol coin).
 * :class:`EmbeddingJudge` - the offline default: no LLM, a sentence-embedding similarity mixed
   with word containment (boxes: IoU), see :meth:`EmbeddingJudge.grade`.
 
 Every backend also has ``judge(items) -> list[Verdict]`` (score, raw reply, error), which the
 cache uses to tell an unparsable reply (kept: asking again would cost the same) from a failed
-request (not kept: it had no answer). ``key_text(item)`` is what the cache keys on.
+request (not kept: it had no answer). ``key_text(item)`` is what the cache keys on. The two LLM
+backends build their requests and read the replies through a protocol
+(:mod:`mcit.eval.judge_protocol`: ``mcit`` or ``coin``); they only carry messages.
 """
 from __future__ import annotations
 
@@ -24,7 +27,8 @@ from typing import Any, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 from ..config import ConfigError
-from .judge_protocol import BACKENDS, COIN_SAMPLING, JudgeError, JudgeItem, build_prompt, parse_score
+from .judge_protocol import (BACKENDS, COIN_SAMPLING, JudgeError, JudgeItem, McitProtocol, build_prompt,
+                             build_protocol)
 from .scorers import box_iou, normalize_answer, parse_box
 
 __all__ = ["EmbeddingJudge", "JudgeBackend", "LocalLMJudge", "OpenAIJudge", "Verdict", "build_backend",
@@ -64,20 +68,40 @@ class JudgeBackend:
         return {"backend": self.backend, "model": self.model}
 
 
+Messages = list[dict[str, str]]  # one chat request: [{"role": ..., "content": ...}, ...]
+Reply = tuple[str | None, str | None]  # (reply, error)
+
+
 class _TextJudge(JudgeBackend):
-    """A judge that replies in text: prompt -> reply -> :func:`parse_score`."""
+    """A judge that replies in text: the protocol's messages -> reply -> the protocol's parser.
+    Subclasses implement :meth:`_chat`, one (reply, error) per request."""
+
+    def __init__(self, protocol: McitProtocol | None = None) -> None:
+        super().__init__()
+        self.protocol = protocol or McitProtocol()
+
+    def key_text(self, item: JudgeItem) -> str:
+        return self.protocol.key_text(item)
 
     def judge(self, items: Sequence[JudgeItem]) -> list[Verdict]:
-        results = self.replies([build_prompt(i) for i in items])
-        return [Verdict(parse_score(reply), reply, error) for reply, error in results]
+        self.calls += len(items)
+        results = self._chat([self.protocol.messages(i) for i in items])
+        return [Verdict(self.protocol.parse(reply), reply, error) for reply, error in results]
 
-    def replies(self, prompts: Sequence[str]) -> list[tuple[str | None, str | None]]:
-        """(reply, error) per prompt, for any prompt (EMT asks its own, mcit.emt.judge_decider)."""
+    def replies(self, prompts: Sequence[str]) -> list[Reply]:
+        """(reply, error) per prompt, sent alone as the user message whatever the protocol (EMT asks
+        its own prompts, mcit.emt.judge_decider)."""
         self.calls += len(prompts)
         return self._replies(list(prompts))
 
-    def _replies(self, prompts: list[str]) -> list[tuple[str | None, str | None]]:
+    def _replies(self, prompts: list[str]) -> list[Reply]:
+        return self._chat([[{"role": "user", "content": p}] for p in prompts])
+
+    def _chat(self, requests: list[Messages]) -> list[Reply]:
         raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "protocol": self.protocol.name}
 
 
 # ------------------------------------------------------------------------------------ endpoint
@@ -111,14 +135,18 @@ class OpenAIJudge(_TextJudge):
     def __init__(self, base_url: str, model: str, api_key: str | None = None, *, timeout: float = 60.0,
                  max_retries: int = 4, retry_backoff: float = 1.0, concurrency: int = 8,
                  temperature: float = COIN_SAMPLING["temperature"], top_p: float = COIN_SAMPLING["top_p"],
-                 max_tokens: int = COIN_SAMPLING["max_tokens"], key_env: str = "MCIT_JUDGE_API_KEY"):
+                 max_tokens: int = COIN_SAMPLING["max_tokens"], repetition_penalty: float | None = None,
+                 key_env: str = "MCIT_JUDGE_API_KEY", protocol: McitProtocol | None = None):
         import httpx
 
-        super().__init__()
+        super().__init__(protocol)
         self.model, self.base_url = model, base_url.rstrip("/")
         self.max_retries, self.retry_backoff = max(0, max_retries), max(0.0, retry_backoff)
         self.concurrency = max(1, concurrency)
-        self.sampling = {"temperature": temperature, "top_p": top_p, "max_tokens": max_tokens}
+        # vLLM takes repetition_penalty as an extra body field; other servers may refuse it, so it is
+        # only sent when set (protocol coin sets it).
+        penalty = {} if repetition_penalty is None else {"repetition_penalty": repetition_penalty}
+        self.sampling = {"temperature": temperature, "top_p": top_p, **penalty, "max_tokens": max_tokens}
         self._key_env = key_env
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.Client(headers=headers, timeout=timeout)
@@ -128,24 +156,23 @@ class OpenAIJudge(_TextJudge):
         self._lock = threading.Lock()
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": self.backend, "model": self.model, "base_url": public_url(self.base_url),
-                **self.sampling}
+        return {**super().describe(), "base_url": public_url(self.base_url), **self.sampling}
 
     def close(self) -> None:
         self._client.close()
 
-    def _replies(self, prompts: list[str]) -> list[tuple[str | None, str | None]]:
-        results = [self._probe(prompts[0])] if prompts and not self._reached else []
+    def _chat(self, requests: list[Messages]) -> list[Reply]:
+        results = [self._probe(requests[0])] if requests and not self._reached else []
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            results += list(pool.map(self._ask, prompts[len(results):]))
+            results += list(pool.map(self._ask, requests[len(results):]))
         if self._stop:
             raise JudgeError(self._stop)
         return results
 
-    def _probe(self, prompt: str) -> tuple[str | None, str | None]:
+    def _probe(self, messages: Messages) -> Reply:
         """The first request alone: an endpoint that is down or misconfigured stops the judging
         here instead of costing every sample its full series of retries."""
-        reply, error = self._ask(prompt)
+        reply, error = self._ask(messages)
         if self._stop:
             raise JudgeError(self._stop)
         if reply is None:
@@ -154,8 +181,8 @@ class OpenAIJudge(_TextJudge):
         self._reached = True
         return reply, error
 
-    def _ask(self, prompt: str) -> tuple[str | None, str | None]:
-        body = {"model": self.model, "messages": [{"role": "user", "content": prompt}], **self.sampling}
+    def _ask(self, messages: Messages) -> Reply:
+        body = {"model": self.model, "messages": messages, **self.sampling}
         error = "not asked"
         for attempt in range(self.max_retries + 1):
             if self._stop:
@@ -190,7 +217,7 @@ class OpenAIJudge(_TextJudge):
                                         f"{self.model!r}); {hint}")
 
     @staticmethod
-    def _content(response) -> tuple[str | None, str | None]:
+    def _content(response) -> Reply:
         try:
             content = response.json()["choices"][0]["message"]["content"]
         except (ValueError, KeyError, IndexError, TypeError):
@@ -204,24 +231,28 @@ class OpenAIJudge(_TextJudge):
 class LocalLMJudge(_TextJudge):
     """A local Hugging Face causal LM (``AutoModelForCausalLM`` + ``AutoTokenizer``, no download).
 
-    The prompt goes through the tokenizer's chat template when it has one; decoding is greedy,
-    batched with left padding, at most ``max_new_tokens`` new tokens.
+    The messages go through the tokenizer's chat template when it has one; batched with left
+    padding, at most ``max_new_tokens`` new tokens. Decoding is greedy unless ``sampling`` is given
+    (``temperature``, ``top_p``: protocol coin samples as CoIN's vLLM judge did); a
+    ``repetition_penalty`` applies either way.
     """
 
     backend = "local"
 
     def __init__(self, path: str | Path, *, batch_size: int = 8, max_new_tokens: int = COIN_SAMPLING["max_tokens"],
-                 device: str | None = None):
+                 device: str | None = None, sampling: dict[str, float] | None = None,
+                 repetition_penalty: float | None = None, protocol: McitProtocol | None = None):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        super().__init__()
+        super().__init__(protocol)
         folder = Path(path).expanduser()
         if not folder.is_dir():
             raise ConfigError(f"judge.model: {folder} is not a folder (the local backend needs a Hugging "
                               "Face causal-LM folder)")
         self.model = str(folder.resolve())
         self.batch_size, self.max_new_tokens = max(1, batch_size), max_new_tokens
+        self._decoding = _decoding(sampling, repetition_penalty)
         self._tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
         self._lm = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True).eval()
         self._device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -233,28 +264,39 @@ class LocalLMJudge(_TextJudge):
         self._tok.padding_side = "left"  # every prompt ends at the same position
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": self.backend, "model": self.model, "decoding": "greedy",
-                "max_new_tokens": self.max_new_tokens}
+        decoding = {k: v for k, v in self._decoding.items() if k != "num_beams"}
+        decoding["decoding"] = "sampled" if decoding.pop("do_sample") else "greedy"
+        return {**super().describe(), **decoding, "max_new_tokens": self.max_new_tokens}
 
-    def _chat(self, prompt: str) -> str:
+    def _template(self, messages: Messages) -> str:
         if getattr(self._tok, "chat_template", None):
-            return self._tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                                 add_generation_prompt=True)
-        return prompt + "\n"
+            return self._tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return "\n\n".join(m["content"] for m in messages) + "\n"
 
-    def _replies(self, prompts: list[str]) -> list[tuple[str | None, str | None]]:
+    def _chat(self, requests: list[Messages]) -> list[Reply]:
         import torch
 
-        out: list[tuple[str | None, str | None]] = []
+        out: list[Reply] = []
         with torch.no_grad():
-            for start in range(0, len(prompts), self.batch_size):
-                texts = [self._chat(p) for p in prompts[start:start + self.batch_size]]
+            for start in range(0, len(requests), self.batch_size):
+                texts = [self._template(m) for m in requests[start:start + self.batch_size]]
                 enc = self._tok(texts, return_tensors="pt", padding=True).to(self._device)
-                gen = self._lm.generate(**enc, do_sample=False, num_beams=1, max_new_tokens=self.max_new_tokens,
+                gen = self._lm.generate(**enc, **self._decoding, max_new_tokens=self.max_new_tokens,
                                         pad_token_id=self._tok.pad_token_id)
                 new = gen[:, enc["input_ids"].shape[1]:]
                 out += [(text, None) for text in self._tok.batch_decode(new, skip_special_tokens=True)]
         return out
+
+
+def _decoding(sampling: dict[str, float] | None, repetition_penalty: float | None) -> dict[str, Any]:
+    """``generate`` keywords: sampled when ``sampling`` asks a temperature above 0, else greedy."""
+    sample = bool(sampling) and sampling.get("temperature", 0) > 0
+    out: dict[str, Any] = {"do_sample": sample, "num_beams": 1}
+    if sample:
+        out.update(temperature=sampling["temperature"], top_p=sampling.get("top_p", 1.0))
+    if repetition_penalty is not None:
+        out["repetition_penalty"] = repetition_penalty
+    return out
 
 
 # ------------------------------------------------------------------------------------ embedding
@@ -398,20 +440,29 @@ def _api_key(cfg) -> str | None:
 
 
 def build_backend(cfg) -> JudgeBackend | None:
-    """The backend ``cfg`` (a :class:`~mcit.config.JudgeConfig`) asks for; None for ``none``."""
+    """The backend ``cfg`` (a :class:`~mcit.config.JudgeConfig`) asks for; None for ``none``.
+    Settings are checked (and protocol coin's rules read) before any model is loaded."""
     if cfg.backend not in BACKENDS:
         raise ConfigError(f"judge.backend: {cfg.backend!r} is not one of {list(BACKENDS)}")
     if cfg.backend == "none":
         return None
     if cfg.backend == "embedding":
+        if cfg.protocol != "mcit":
+            raise ConfigError(f"judge.protocol: {cfg.protocol} asks an LLM judge; use judge.backend=openai or "
+                              "local (the embedding backend sends no prompt)")
         return EmbeddingJudge(batch_size=cfg.batch_size)
     if not cfg.model:
         what = "the model name served at judge.base_url" if cfg.backend == "openai" else "a local model folder"
         raise ConfigError(f"judge.model: the {cfg.backend} backend needs {what}")
-    if cfg.backend == "local":
-        return LocalLMJudge(cfg.model, batch_size=cfg.batch_size, max_new_tokens=cfg.max_tokens)
-    if not cfg.base_url:
+    if cfg.backend == "openai" and not cfg.base_url:
         raise ConfigError("judge.base_url: the openai backend needs the endpoint's base URL, e.g. http://127.0.0.1:8000/v1")
+    protocol = build_protocol(cfg)
+    penalty = cfg.repetition_penalty if cfg.repetition_penalty is not None else protocol.repetition_penalty
+    if cfg.backend == "local":
+        sampling = {"temperature": cfg.temperature, "top_p": cfg.top_p} if protocol.samples else None
+        return LocalLMJudge(cfg.model, batch_size=cfg.batch_size, max_new_tokens=cfg.max_tokens, sampling=sampling,
+                            repetition_penalty=penalty, protocol=protocol)
     return OpenAIJudge(cfg.base_url, cfg.model, _api_key(cfg), timeout=cfg.timeout, max_retries=cfg.max_retries,
                        retry_backoff=cfg.retry_backoff, concurrency=cfg.concurrency, temperature=cfg.temperature,
-                       top_p=cfg.top_p, max_tokens=cfg.max_tokens, key_env=cfg.api_key_env)
+                       top_p=cfg.top_p, max_tokens=cfg.max_tokens, repetition_penalty=penalty,
+                       key_env=cfg.api_key_env, protocol=protocol)
