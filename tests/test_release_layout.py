@@ -42,13 +42,14 @@ def as_release(src, dst):
         records = _load(textvqa)
         for rec in records:  # the release's test record holds one answer; the ten are elsewhere
             answers = rec["answer"]
-            rec["answer"] = answers[0]
+            rec["answer"] = answers[5]  # coin-mini's 6th answer differs in case ("WOLF")
             if name == "Original":
                 official.append({"question_id": rec["question_id"], "answers": answers})
         _dump(textvqa, records)
         sqa = dst / folder / "ScienceQA" / "test.json"
         records = _load(sqa)
         text_only = {k: v for k, v in records[0].items() if k != "image"} | {"question_id": TEXT_ONLY}
+        records[0]["text"] = "<image>\n" + records[0]["text"]  # as ScienceQA's records may store it
         _dump(sqa, records[:1] + [text_only] + records[1:])  # shares the first batch with image questions
         gqa = dst / folder / "GQA" / "train.json"
         records = _load(gqa)
@@ -98,8 +99,23 @@ def test_release_checks_and_all_eight_tasks_run(release, checkpoint, tmp_path, c
     official = {r["question_id"]: r["answers"] for r in
                 _load(release / "images" / "TextVQA" / "TextVQA_0.5.1_val.json")["data"]}
     assert textvqa and all(r["answers"] == official[r["id"]] and len(r["answers"]) == 10 for r in textvqa)
-    sqa = [json.loads(line)["id"] for line in (last / "predictions" / "ScienceQA.jsonl").read_text().splitlines()]
-    assert TEXT_ONLY in sqa and len(sqa) == 5
+    stored = {r["question_id"]: r for r in _load(release / "Instructions_Original" / "TextVQA" / "val.json")}
+    assert all(r["record_answer"] == stored[r["id"]]["answer"] == r["answers"][5] for r in textvqa)
+    sqa = [json.loads(line) for line in (last / "predictions" / "ScienceQA.jsonl").read_text().splitlines()]
+    assert TEXT_ONLY in [r["id"] for r in sqa] and len(sqa) == 5
+    assert sqa[0]["record_text"].startswith("<image>\n") and not sqa[0]["text"].startswith("<image>")
+    assert all("record_text" not in r for r in sqa[1:])
+
+
+def test_the_judge_is_shown_the_record_as_stored():
+    from mcit.eval.judge import _item
+
+    rec = {"text": "Q?\nAnswer.", "record_text": "<image>\nQ?\nAnswer.", "answers": ["a", "b"],
+           "record_answer": "b", "prediction": "x"}
+    item = _item(rec, "TextVQA")
+    assert (item.answer, item.text, item.references) == ("b", "<image>\nQ?\nAnswer.", ("a", "b"))
+    plain = _item({"text": "Q?\nAnswer.", "answers": ["a", "b"], "prediction": "x"}, "TextVQA")
+    assert (plain.answer, plain.text) == ("a", "Q?\nAnswer.")
 
 
 def test_instruction_set_names_resolve_to_the_release_folders(release, tmp_path):
@@ -234,3 +250,11 @@ def test_builtin_model_on_a_release_builds_its_base_from_coin_mini(release, tmp_
     assert code == 0, out
     assert "its base model learns from coin-mini" in out
     assert _load(tmp_path / "t" / "matrix.json")["tasks"] == ["ImageNet", "VQAv2"]
+
+
+def test_a_bad_judge_setting_stops_the_run_before_training(release, checkpoint, tmp_path, capsys):
+    code = main(["run", *_data(release), f"model.name={checkpoint}", "judge.backend=openai", "judge.model=m",
+                 "judge.protocol=coin", f"judge.rules={tmp_path / 'nowhere.json'}", f"output_dir={tmp_path}", "name=j"])
+    err = capsys.readouterr().err
+    assert code == 2 and "judge.rules" in err and "nowhere.json" in err and "Traceback" not in err
+    assert not (tmp_path / "j").exists()

@@ -23,6 +23,7 @@ from .distributed import (check_engine, gather_records, merge_shards, on_main, p
 from .emt.curve import EmtTracker
 from .eval.coin_compat import MODES as SCORING_MODES
 from .eval.evaluate import evaluate_task, max_new_tokens_for, trivial_baseline
+from .eval.judge_backends import check_judge_config
 from .fit import steps_for, train_task
 from .io import atomic_write_bytes, atomic_write_text
 from .methods import TaskContext, build_method
@@ -49,6 +50,7 @@ def run_stream(cfg, log=print, resume: bool = False) -> dict:
     tracker = EmtTracker(cfg, log) if cfg.emt.every_steps > 0 else None  # EMT sets too (off by default)
     if cfg.eval.scoring not in SCORING_MODES:
         raise ConfigError(f"eval.scoring: '{cfg.eval.scoring}' is not one of {list(SCORING_MODES)}")
+    check_judge_config(cfg.judge)  # a bad judge setting stops the run now, not after training
 
     # 1. The stream of tasks (generated first for coin-mini); a release on disk is validated
     #    as a whole first, so a bad file stops the run before anything is trained or written.

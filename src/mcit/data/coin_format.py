@@ -308,8 +308,10 @@ def _parse_test_record(rec: Any, task: str, image_root: Path) -> Sample:
         text = rec["text"]
         if not isinstance(text, str):
             raise DataError(f"must be a string, got {_jtype(text)}", field="text")
-        text = _strip_image_token(text)
         extra: dict[str, Any] = {}
+        if _strip_image_token(text) != text:  # CoIN's GK judge builds its prompt from the text as stored
+            extra["record_text"] = text
+        text = _strip_image_token(text)
         bbox_text = rec.get("answer_bbox")
         if bbox_text is not None:
             if not isinstance(bbox_text, str):

@@ -136,7 +136,8 @@ class OfficialTruth:
             if not agrees:
                 self.notes.append(DataError(f"answer {s.answer!r} disagrees with {source} ({list(official)}); "
                                             f"scored against {source}", file=label, record=s.id, field="answer"))
-            out.append(dataclasses.replace(s, answers=official))
+            # the record's own answer stays: CoIN's GK judge shows it, not the official file's
+            out.append(dataclasses.replace(s, answers=official, extra=s.extra | {"record_answer": s.answer}))
         return out
 
 

@@ -11,6 +11,7 @@ from .coin_compat import OFFICIAL_MAX_NEW_TOKENS, score_mode, scored_text
 from .scorers import parse_box
 
 
+RECORD_FIELDS = ("record_text", "record_answer")  # see data.coin_format / data.release
 COIN_MINI_MAX_NEW_TOKENS = 20  # coin-mini's longest answer, a box, is 17 tokens
 
 
@@ -46,6 +47,8 @@ def evaluate_task(model, processor, samples: list[Sample], image_root: Path | No
             "raw": text,
             "prediction": pred,
             "score": score_mode(ec.scoring, scorer, pred, sample),
+            # the test record as stored, where mcit's reading differs (what CoIN's judge is shown)
+            **{k: sample.extra[k] for k in RECORD_FIELDS if k in sample.extra},
         })
     task_score = 100.0 * sum(r["score"] for r in records) / max(1, len(records))
     return task_score, records

@@ -439,24 +439,32 @@ def _api_key(cfg) -> str | None:
     return os.environ.get(cfg.api_key_env) or os.environ.get(FALLBACK_KEY_ENV) or None
 
 
-def build_backend(cfg) -> JudgeBackend | None:
-    """The backend ``cfg`` (a :class:`~mcit.config.JudgeConfig`) asks for; None for ``none``.
-    Settings are checked (and protocol coin's rules read) before any model is loaded."""
+def check_judge_config(cfg):
+    """Check the judge settings (and read protocol coin's rules) without building anything, so a
+    run stops on a bad judge setting before it trains. Returns the protocol (None: no LLM judge)."""
     if cfg.backend not in BACKENDS:
         raise ConfigError(f"judge.backend: {cfg.backend!r} is not one of {list(BACKENDS)}")
-    if cfg.backend == "none":
-        return None
-    if cfg.backend == "embedding":
-        if cfg.protocol != "mcit":
+    if cfg.backend in ("none", "embedding"):
+        if cfg.backend == "embedding" and cfg.protocol != "mcit":
             raise ConfigError(f"judge.protocol: {cfg.protocol} asks an LLM judge; use judge.backend=openai or "
                               "local (the embedding backend sends no prompt)")
-        return EmbeddingJudge(batch_size=cfg.batch_size)
+        return None
     if not cfg.model:
         what = "the model name served at judge.base_url" if cfg.backend == "openai" else "a local model folder"
         raise ConfigError(f"judge.model: the {cfg.backend} backend needs {what}")
     if cfg.backend == "openai" and not cfg.base_url:
         raise ConfigError("judge.base_url: the openai backend needs the endpoint's base URL, e.g. http://127.0.0.1:8000/v1")
-    protocol = build_protocol(cfg)
+    return build_protocol(cfg)
+
+
+def build_backend(cfg) -> JudgeBackend | None:
+    """The backend ``cfg`` (a :class:`~mcit.config.JudgeConfig`) asks for; None for ``none``.
+    Settings are checked (and protocol coin's rules read) before any model is loaded."""
+    protocol = check_judge_config(cfg)
+    if cfg.backend == "none":
+        return None
+    if cfg.backend == "embedding":
+        return EmbeddingJudge(batch_size=cfg.batch_size)
     penalty = cfg.repetition_penalty if cfg.repetition_penalty is not None else protocol.repetition_penalty
     if cfg.backend == "local":
         sampling = {"temperature": cfg.temperature, "top_p": cfg.top_p} if protocol.samples else None
