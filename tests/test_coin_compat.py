@@ -1,6 +1,7 @@
-"""Hand-computed cases for the coin-compat scorers (official CoIN behaviour, defects included).
+"""Hand-computed cases for the coin-compat mode (official CoIN behaviour, defects included).
 
 Where the two modes disagree, the corrected scorer's verdict is asserted next to the compat one.
+The case-by-case comparison with the official scripts is tests/test_official_differential.py.
 """
 from __future__ import annotations
 
@@ -23,8 +24,10 @@ from mcit.eval.coin_compat import (
     score_letter_compat,
     score_mode,
     score_vqa_soft_compat,
+    scored_text,
 )
 from mcit.eval.scorers import (
+    DEFAULT_TASK_SCORER,
     SCORERS,
     score_bbox,
     score_class,
@@ -73,6 +76,85 @@ def test_score_mode_rejects_unknown_mode_listing_valid_ones():
 def test_score_mode_rejects_unknown_kind():
     with pytest.raises(ValueError, match="valid kinds"):
         score_mode("coin-compat", "bleu", "x", make("x"))
+
+
+# ------------------------------------------------------------------ the text that is scored
+
+
+@pytest.mark.parametrize(
+    "task, raw, expected",
+    [
+        ("VQAv2", " yes </s> ", "yes"),  # model_vqa.py: strip, cut a trailing "</s>", strip
+        ("ScienceQA", "B</s>", "B"),
+        ("ImageNet", "goldfish\n</s>", "goldfish"),
+        ("Grounding", "[0.1, 0.2, 0.3, 0.4]</s></s>", "[0.1, 0.2, 0.3, 0.4]</s>"),  # cut once
+        ("GQA", " yes </s> ", "yes </s>"),  # the other scripts only strip
+        ("VizWiz", "unanswerable</s>", "unanswerable</s>"),
+        ("OCR-VQA", "Yes</s>", "Yes</s>"),
+        ("TextVQA", "sony\nTV", "sony\nTV"),  # the whole output, every line
+        ("VQAv2", "</s>yes", "</s>yes"),  # only a trailing stop string goes
+        ("Other", " x </s> ", "x </s>"),  # unknown task: stripped only
+    ],
+)
+def test_scored_text_coin_compat(task, raw, expected):
+    assert scored_text("coin-compat", task, raw) == expected
+
+
+def test_scored_text_corrected_is_clean_generation():
+    assert scored_text("corrected", "GQA", " yes </s> ") == "yes"
+    assert scored_text("corrected", "TextVQA", "sony\nTV") == "sony"
+
+
+def test_scored_text_rejects_unknown_mode():
+    with pytest.raises(ValueError, match="valid modes"):
+        scored_text("official", "GQA", "yes")
+
+
+def _sample(task, answers, extra=None):
+    return make(answers, task=task, extra=extra)
+
+
+_BOX = {"bbox": [0.10, 0.20, 0.50, 0.40], "size": [640, 480]}
+_BOX1 = {"bbox": [0.1, 0.1, 0.5, 0.5], "size": [640, 480]}
+
+# The examples of the module docstring's "Corrected vs official scoring" list (and of the
+# README's): (task, raw output, answers, extra, corrected score, official score).
+DOCUMENTED_DIFFERENCES = [
+    ("GQA", "yes\nThe table is wooden.", "yes", None, 1.0, 0.0),
+    ("VizWiz", "unanswerable</s>", "unanswerable", None, 1.0, 0.0),
+    ("ScienceQA", "a dog", "A", None, 0.0, 1.0),
+    ("ScienceQA", "I think C", "C", None, 1.0, 0.0),
+    ("TextVQA", "red,blue", ["red blue"] * 10, None, 1.0, 0.0),
+    ("TextVQA", "Im", ["i'm"] * 10, None, 1.0, 0.0),
+    ("TextVQA", "hes", ["he's"] * 10, None, 1.0, 0.0),
+    ("ImageNet", "", "goldfish", None, 0.0, 1.0),
+    ("ImageNet", "Goldfish", "goldfish", None, 1.0, 0.0),
+    ("GQA", "yes!", "yes", None, 1.0, 0.0),
+    ("GQA", "the table", "table", None, 1.0, 0.0),
+    ("VizWiz", "Yes.", "yes", None, 1.0, 0.0),
+    ("VQAv2", "two", "2", None, 1.0, 0.0),
+    ("Grounding", "[0.10, 0.22, 0.50, 0.39]", "[0.10, 0.20, 0.50, 0.40]", _BOX, 1.0, 0.0),
+    ("Grounding", "0.1 0.1 0.5 0.5", "[0.1, 0.1, 0.5, 0.5]", _BOX1, 1.0, 0.0),
+    ("Grounding", "[0.50, 0.50, 0.10, 0.100]", "[0.1, 0.1, 0.5, 0.5]", _BOX1, 1.0, 0.0),
+    ("Grounding", "[0.19, 0.21, 0.82, 0.530]", "[0.43, 0.21, 0.79, 0.49]",
+     {"bbox": [0.43, 0.21, 0.79, 0.49], "size": [640, 480]}, 0.0, 1.0),
+    ("OCRVQA", "Unanswerable Questions", "Unanswerable Questions", None, 1.0, 0.0),
+    ("OCRVQA", "Hobbit", "The Hobbit", None, 1.0, 0.0),
+]
+
+
+@pytest.mark.parametrize("task, raw, answers, extra, corrected, official", DOCUMENTED_DIFFERENCES)
+def test_documented_differences_end_to_end(task, raw, answers, extra, corrected, official):
+    s = _sample(task, answers, extra)
+    kind = DEFAULT_TASK_SCORER[task]
+    assert score_mode("corrected", kind, scored_text("corrected", task, raw), s) == corrected
+    assert score_mode("coin-compat", kind, scored_text("coin-compat", task, raw), s) == official
+
+
+def test_documented_differences_are_in_the_docstring():
+    doc = coin_compat.__doc__
+    for _, raw, *_ in DOCUMENTED_DIFFERENCES:
+        assert raw.replace("\n", "\\n") in doc, raw
 
 
 # ------------------------------------------------------------------ ScienceQA (letter)
@@ -142,6 +224,14 @@ def test_letter_non_option_parse_is_wrong():
         ("dont", "don't"),
         ("im", "im"),  # no usable "im" entry in the official table
         ("oclock", "o'clock"),
+        ("couldnt've", "couldn't've"),  # double contractions, both half-apostrophed forms
+        ("couldn'tve", "couldn't've"),
+        ("yall'd've", "y'all'd've"),
+        ("somebody'd", "somebodyd"),  # the official table's backwards entry
+        ("somebodyd", "somebodyd"),
+        ("hes", "he's"),  # restored, but not split like a written "he's"
+        ("he's", "he 's"),
+        ("x" + ". x" * 40, "x" + " x" * 32 + ". x" * 8),  # only the first 32 periods go
     ],
 )
 def test_official_vqa_process(raw, expected):
@@ -165,10 +255,10 @@ def test_vqa_soft_comma_deleted():
     assert score_vqa_soft("red,blue", s) == 1.0
 
 
-def test_vqa_soft_possessive_split():
+def test_vqa_soft_possessive_split_in_both_modes():
     s = make(["McDonald's"] * 10, task="TextVQA")
     assert score_vqa_soft_compat("mcdonald 's", s) == 1.0  # both sides become "mcdonald 's"
-    assert score_vqa_soft("mcdonald 's", s) == 0.0
+    assert score_vqa_soft("mcdonald 's", s) == 1.0
 
 
 def test_vqa_soft_im_contraction():
@@ -296,7 +386,8 @@ def test_ocrvqa_case_insensitive_exact():
     [
         ("[0.12, 0.34, 0.56, 0.78]", [0.12, 0.34, 0.56, 0.7]),  # last digit dropped
         ("[1.0, 0.2, 0.3, 0.45]", [0.0, 0.2, 0.3, 0.4]),  # "1.0" loses its "1"
-        (" [0.1, 0.2, 0.3, 0.45].", [0.1, 0.2, 0.3, 0.45]),  # the "." is cut instead
+        ("[0.1, 0.2, 0.3, 0.45].", [0.1, 0.2, 0.3, 0.45]),  # the "." is cut instead
+        (" [0.1, 0.2, 0.3, 0.45]", [0.1, 0.2, 0.3, 0.4]),  # no strip: the space is cut, not the 0
         ("[0.5, 0.5, 0.1, 0.15]", [0.5, 0.5, 0.1, 0.1]),  # corners not re-ordered
         ("0.1 0.2 0.3 0.4", None),
         ("[0.1, 0.2, 0.3]", None),

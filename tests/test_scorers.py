@@ -58,6 +58,24 @@ def make(answers, task="T", extra=None, text="q\ninstr"):
         ("red,  blue", "red blue"),
         ("multi\nline\ttext", "multi line text"),
         ("", ""),
+        # The rest of the standard contraction table.
+        ("oclock", "o'clock"),
+        ("yall", "y'all"),
+        ("maam", "ma'am"),
+        ("twas", "'twas"),
+        ("weve", "we've"),
+        ("shouldnt've", "shouldn't've"),
+        ("wouldn'tve", "wouldn't've"),
+        ("y'allll", "y'all'll"),
+        ("somebodyd", "somebody'd"),
+        # The possessive split, also applied to a restored "'s".
+        ("the dog's ball", "dog 's ball"),
+        ("Whats", "what 's"),
+        ("what's", "what 's"),
+        # Words that only look like table keys stay.
+        ("shed", "shed"),
+        ("well", "well"),
+        ("its", "its"),
     ],
 )
 def test_normalize_answer(raw, expected):
@@ -240,8 +258,17 @@ def test_score_bbox_threshold():
     assert score_bbox("[0, 0, 1, 1.98]", ref) == 1.0  # 1/1.98 = 0.505 > 0.5
     assert score_bbox("[0, 0, 1, 2.02]", ref) == 0.0  # 1/2.02 = 0.495
     assert score_bbox("[0, 0, 1, 2]", ref) == 0.0  # exactly 0.5 is not > 0.5
+    assert score_bbox("[0, 0, 1, 1.9999]", ref) == 1.0  # 0.500025
     assert score_bbox("[0, 0, 1, 1]", ref) == 1.0
     assert score_bbox("I cannot find it", ref) == 0.0
+
+
+def test_score_bbox_exact_half_despite_rounding():
+    # IoU exactly 1/2: intersection 0.36 * 0.28 = 0.1008, union 0.63 * 0.32 = 0.2016; the float
+    # computation gives 0.5000000000000001, which must not pass.
+    ref = make("[0.43, 0.21, 0.79, 0.49]", extra={"bbox": [0.43, 0.21, 0.79, 0.49]})
+    assert box_iou([0.19, 0.21, 0.82, 0.53], [0.43, 0.21, 0.79, 0.49]) > 0.5
+    assert score_bbox("[0.19, 0.21, 0.82, 0.53]", ref) == 0.0
 
 
 def test_score_bbox_reference_sources():

@@ -1,23 +1,18 @@
 """Corrected per-task scorers for the CoIN benchmark (the default scoring mode).
 
 Every scorer has the signature ``fn(prediction: str, sample: Sample) -> float`` and returns a
-value in ``[0, 1]``. Scorers are pure: they do not clean the raw generation themselves; call
-:func:`clean_generation` on a model output first (the evaluation loop does this).
+value in ``[0, 1]``. Scorers are pure: they do not clean the raw generation themselves; the
+evaluation loop passes them :func:`clean_generation` of the model output (via
+:func:`mcit.eval.coin_compat.scored_text`).
 
-Differences from the official CoIN scripts (their "known defects"):
-
-* ``class`` (ImageNet): the official check accepts "ground truth in prediction *or prediction in
-  ground truth*", so an empty prediction (a substring of everything) counts as correct. Here the
-  class name must equal the prediction or appear in it as a whole-word phrase; empty is wrong.
-* ``bbox`` (Grounding): the official parser drops the last digit of the last coordinate; here
-  the first four numbers of the output are read in full.
-* ``exact`` (OCR-VQA and others): answers are compared after the standard VQA normalization,
-  not by a substring/"Unanswerable" heuristic.
+Every difference from the official CoIN scripts (the ``coin-compat`` mode), with an example
+each, is listed in the docstring of :mod:`mcit.eval.coin_compat`.
 
 Public API: :func:`normalize_answer`, :func:`parse_option_letter`, :func:`parse_box`,
-:func:`box_iou`, :func:`clean_generation`, the scorers :func:`score_letter`,
-:func:`score_vqa_soft`, :func:`score_exact`, :func:`score_class`, :func:`score_bbox`, the
-registry :data:`SCORERS`, the dispatcher :func:`score` and :data:`DEFAULT_TASK_SCORER`.
+:func:`box_iou`, :func:`clean_generation`, :func:`leave_one_out_accuracy`, the scorers
+:func:`score_letter`, :func:`score_vqa_soft`, :func:`score_exact`, :func:`score_class`,
+:func:`score_bbox`, the registry :data:`SCORERS`, the dispatcher :func:`score` and
+:data:`DEFAULT_TASK_SCORER`.
 """
 from __future__ import annotations
 
@@ -32,6 +27,7 @@ __all__ = [
     "parse_box",
     "box_iou",
     "clean_generation",
+    "leave_one_out_accuracy",
     "score_letter",
     "score_vqa_soft",
     "score_exact",
@@ -42,6 +38,7 @@ __all__ = [
     "DEFAULT_TASK_SCORER",
     "OPTION_LETTERS",
     "IOU_THRESHOLD",
+    "IOU_TOLERANCE",
 ]
 
 Scorer = Callable[[str, Sample], float]
@@ -71,49 +68,129 @@ _NUMBER_WORDS = {
 
 _ARTICLES = frozenset({"a", "an", "the"})
 
-# Apostrophe-less spellings -> canonical contraction. A modest table of the frequent ones.
+# The standard VQA contraction table (VQA evaluation toolkit, also used by EvalAI/MMF): a spelling
+# with a missing or misplaced apostrophe -> the canonical contraction, double contractions
+# included. Keys are lower-case because they are looked up after lower-casing (the standard
+# table's "Im", "Ive", "Id've", "I'dve" keys could never match), its backwards entry
+# "somebody'd" -> "somebodyd" is turned round, and "id" and "lets" are mcit additions.
 _CONTRACTIONS = {
     "aint": "ain't",
     "arent": "aren't",
     "cant": "can't",
-    "couldnt": "couldn't",
     "couldve": "could've",
+    "couldnt": "couldn't",
+    "couldn'tve": "couldn't've",
+    "couldnt've": "couldn't've",
     "didnt": "didn't",
     "doesnt": "doesn't",
     "dont": "don't",
     "hadnt": "hadn't",
+    "hadnt've": "hadn't've",
+    "hadn'tve": "hadn't've",
     "hasnt": "hasn't",
     "havent": "haven't",
     "hed": "he'd",
+    "hed've": "he'd've",
+    "he'dve": "he'd've",
     "hes": "he's",
     "howd": "how'd",
+    "howll": "how'll",
     "hows": "how's",
     "id": "i'd",
+    "id've": "i'd've",
+    "i'dve": "i'd've",
     "im": "i'm",
+    "ive": "i've",
     "isnt": "isn't",
     "itd": "it'd",
+    "itd've": "it'd've",
+    "it'dve": "it'd've",
     "itll": "it'll",
-    "ive": "i've",
     "lets": "let's",
+    "maam": "ma'am",
     "mightnt": "mightn't",
+    "mightnt've": "mightn't've",
+    "mightn'tve": "mightn't've",
+    "mightve": "might've",
     "mustnt": "mustn't",
-    "shouldnt": "shouldn't",
+    "mustve": "must've",
+    "neednt": "needn't",
+    "notve": "not've",
+    "oclock": "o'clock",
+    "oughtnt": "oughtn't",
+    "ow's'at": "'ow's'at",
+    "'ows'at": "'ow's'at",
+    "'ow'sat": "'ow's'at",
+    "shant": "shan't",
+    "shed've": "she'd've",
+    "she'dve": "she'd've",
     "shouldve": "should've",
+    "shouldnt": "shouldn't",
+    "shouldnt've": "shouldn't've",
+    "shouldn'tve": "shouldn't've",
+    "somebodyd": "somebody'd",
+    "somebodyd've": "somebody'd've",
+    "somebody'dve": "somebody'd've",
+    "somebodyll": "somebody'll",
+    "somebodys": "somebody's",
+    "someoned": "someone'd",
+    "someoned've": "someone'd've",
+    "someone'dve": "someone'd've",
+    "someonell": "someone'll",
+    "someones": "someone's",
+    "somethingd": "something'd",
+    "somethingd've": "something'd've",
+    "something'dve": "something'd've",
+    "somethingll": "something'll",
     "thats": "that's",
+    "thered": "there'd",
+    "thered've": "there'd've",
+    "there'dve": "there'd've",
+    "therere": "there're",
     "theres": "there's",
     "theyd": "they'd",
+    "theyd've": "they'd've",
+    "they'dve": "they'd've",
     "theyll": "they'll",
     "theyre": "they're",
     "theyve": "they've",
+    "twas": "'twas",
     "wasnt": "wasn't",
+    "wed've": "we'd've",
+    "we'dve": "we'd've",
+    "weve": "we've",
     "werent": "weren't",
+    "whatll": "what'll",
+    "whatre": "what're",
     "whats": "what's",
+    "whatve": "what've",
+    "whens": "when's",
+    "whered": "where'd",
     "wheres": "where's",
+    "whereve": "where've",
+    "whod": "who'd",
+    "whod've": "who'd've",
+    "who'dve": "who'd've",
+    "wholl": "who'll",
     "whos": "who's",
+    "whove": "who've",
+    "whyll": "why'll",
+    "whyre": "why're",
+    "whys": "why's",
     "wont": "won't",
-    "wouldnt": "wouldn't",
     "wouldve": "would've",
+    "wouldnt": "wouldn't",
+    "wouldnt've": "wouldn't've",
+    "wouldn'tve": "wouldn't've",
+    "yall": "y'all",
+    "yall'll": "y'all'll",
+    "y'allll": "y'all'll",
+    "yall'd've": "y'all'd've",
+    "y'alld've": "y'all'd've",
+    "y'all'dve": "y'all'd've",
     "youd": "you'd",
+    "youd've": "you'd've",
+    "you'dve": "you'd've",
     "youll": "you'll",
     "youre": "you're",
     "youve": "you've",
@@ -148,24 +225,33 @@ def _strip_punctuation(text: str) -> str:
     return _STRAY_PERIOD.sub("", "".join(out))
 
 
+def _split_possessive(text: str) -> str:
+    # The standard VQA processor splits "'s" off its word ("man's" -> "man 's").
+    return text.replace("'s", " 's")
+
+
 def normalize_answer(s: str) -> str:
     """Normalize an answer string the standard VQA way.
 
-    Steps: lower-case and strip; punctuation removed (decimal points inside numbers kept,
-    thousands commas dropped, see :func:`_strip_punctuation`); number words zero..ten (and
-    "none") mapped to digits; articles a/an/the removed; apostrophe-less contractions restored
-    ("dont" -> "don't"); runs of whitespace collapsed to one space.
+    Steps: lower-case and strip; "'s" split off its word ("McDonald's" -> "mcdonald 's");
+    punctuation removed (decimal points inside numbers kept, thousands commas dropped, see
+    :func:`_strip_punctuation`); number words zero..ten (and "none") mapped to digits; articles
+    a/an/the removed; contractions written without (or with a misplaced) apostrophe restored with
+    the standard table ("dont" -> "don't", "couldnt've" -> "couldn't've", "oclock" ->
+    "o'clock"), a restored "'s" split like any other ("hes" -> "he 's", as "he's"); runs of
+    whitespace collapsed to one space.
     """
     if s is None:
         return ""
     text = str(s).lower().replace("\n", " ").replace("\t", " ").strip()
-    text = _strip_punctuation(text)
+    text = _strip_punctuation(_split_possessive(text))
     words: list[str] = []
     for word in text.split():
         word = _NUMBER_WORDS.get(word, word)
         if word in _ARTICLES:
             continue
-        words.append(_CONTRACTIONS.get(word, word))
+        canonical = _CONTRACTIONS.get(word)
+        words.append(word if canonical is None else _split_possessive(canonical))
     return " ".join(words)
 
 
@@ -249,22 +335,21 @@ def score_letter(prediction: str, sample: Sample) -> float:
 # --------------------------------------------------------------------------------------------
 
 
-def _vqa_soft(prediction: str, answers: Sequence[str]) -> float:
-    pred = normalize_answer(prediction)
-    refs = [normalize_answer(a) for a in answers]
+def leave_one_out_accuracy(pred: str, refs: Sequence[str]) -> float:
+    """Soft VQA accuracy of a normalized prediction against normalized reference answers.
+
+    The mean over references i of min(1, #{j != i : refs[j] == pred} / 3), summed in reference
+    order as the official TextVQA evaluator sums it (so both scoring modes give bit-identical
+    values). No reference -> 0.0; a single reference -> exact match, since leave-one-out over
+    one answer leaves nothing to match.
+    """
     if not refs:
         return 0.0
     if len(refs) == 1:
-        # Leave-one-out over a single reference leaves nothing to match; the metric
-        # degenerates to exact match of the normalized strings.
         return 1.0 if pred == refs[0] else 0.0
-    hits = [r == pred for r in refs]
-    total_hits = sum(hits)
-    acc = 0.0
-    for hit in hits:
-        others = total_hits - (1 if hit else 0)
-        acc += min(1.0, others / 3.0)
-    return acc / len(refs)
+    total_hits = sum(r == pred for r in refs)
+    accs = [min(1.0, (total_hits - (r == pred)) / 3.0) for r in refs]
+    return sum(accs) / len(accs)
 
 
 def score_vqa_soft(prediction: str, sample: Sample) -> float:
@@ -276,7 +361,8 @@ def score_vqa_soft(prediction: str, sample: Sample) -> float:
     would always give 0, so it degenerates to exact match of the normalized strings. With 2-3
     answers the formula is applied as is (its maximum is then below 1), as in the standard metric.
     """
-    return _vqa_soft(prediction, sample.answers)
+    pred = normalize_answer(prediction)
+    return leave_one_out_accuracy(pred, [normalize_answer(a) for a in sample.answers])
 
 
 def score_exact(prediction: str, sample: Sample) -> float:
@@ -320,6 +406,11 @@ def score_class(prediction: str, sample: Sample) -> float:
 # --------------------------------------------------------------------------------------------
 
 IOU_THRESHOLD = 0.5
+# An IoU must exceed the threshold by more than this to pass. Coordinates such as 0.19 are not
+# exact in binary, so an IoU that is exactly 1/2 can come out as 0.5000000000000001. The IoU of
+# two boxes written with up to four decimals in [0, 1] is either exactly 1/2 or at least 2.5e-9
+# away from it (a ratio of integers below 2e8), so the tolerance only absorbs rounding.
+IOU_TOLERANCE = 1e-9
 
 _NUMBER = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?")
 
@@ -370,7 +461,7 @@ def _reference_box(sample: Sample) -> list[float] | None:
 
 
 def score_bbox(prediction: str, sample: Sample) -> float:
-    """1.0 if IoU(parsed prediction, reference box) > 0.5 (strictly), else 0.0.
+    """1.0 if IoU(parsed prediction, reference box) > 0.5 (strictly, see :data:`IOU_TOLERANCE`).
 
     The reference is ``sample.extra["bbox"]`` when present (list or "[...]" string), else the
     box parsed from ``sample.answer``. An unparsable prediction or reference scores 0.0.
@@ -379,7 +470,7 @@ def score_bbox(prediction: str, sample: Sample) -> float:
     ref = _reference_box(sample)
     if pred is None or ref is None:
         return 0.0
-    return 1.0 if box_iou(pred, ref) > IOU_THRESHOLD else 0.0
+    return 1.0 if box_iou(pred, ref) > IOU_THRESHOLD + IOU_TOLERANCE else 0.0
 
 
 # --------------------------------------------------------------------------------------------
