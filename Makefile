@@ -4,7 +4,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test venv
+.PHONY: demo test venv test-lowest
 venv: $(VENV)/.installed
 
 # CPU torch 2.13.0 goes in first: the pyproject range then installs nothing more, whereas a
@@ -21,3 +21,14 @@ demo: venv
 
 test: venv
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q
+
+# The lowest versions pyproject allows (uv's lowest-direct resolution, torch pinned to the CPU
+# wheel) in their own environment, then the tests: the lower bounds are the ones tested.
+LOWEST := .venv-lowest
+test-lowest:
+	test -x $(LOWEST)/bin/python || $(PY) -m venv $(LOWEST)
+	$(LOWEST)/bin/python -m pip install --quiet uv "torch==2.13.0"
+	echo "torch==2.13.0" > $(LOWEST)/torch-pin.txt
+	$(LOWEST)/bin/python -m uv pip install --quiet --python $(LOWEST)/bin/python --constraint $(LOWEST)/torch-pin.txt \
+		--resolution lowest-direct -e ".[test]"
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(LOWEST)/bin/python -m pytest -q

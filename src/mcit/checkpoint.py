@@ -31,7 +31,7 @@ import torch
 from accelerate.utils import gather_object
 from safetensors.torch import load_file, save_file
 
-from .run import load_json, save_json
+from .rundir import load_json, save_json
 
 NAME = "checkpoint"
 _OLD = ".checkpoint.old"

@@ -19,7 +19,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from .config import ConfigError
     from .data.coin_format import DataError
     from .eval.judge_protocol import JudgeError
-    from .run import RunError
+    from .rundir import RunError
     from .train import DataCheckFailed
 
     return (UserError, ConfigError, DataError, RunError, DataCheckFailed, JudgeError)

@@ -16,7 +16,7 @@ from typing import Callable
 
 from .config import ConfigError, load_config
 from .io import atomic_write_text
-from .run import check_same_run, load_json, save_json
+from .rundir import check_same_run, load_json, save_json
 
 VIEW_METRICS = ("MFT", "MFN", "MAA", "BWT", "Forgetting")
 

@@ -30,7 +30,7 @@ from .methods import TaskContext, build_method
 from .metrics import compute_metrics
 from .models.load import load_checkpoint
 from .report.matrix import format_table, save_matrix
-from .run import RunError, create_run_dir, load_json, load_stage_info, mark_stage_done, save_json, save_run_info, stage_dir
+from .rundir import RunError, create_run_dir, load_json, load_stage_info, mark_stage_done, save_json, save_run_info, stage_dir
 
 
 def run_stream(cfg, log=print, resume: bool = False) -> dict:

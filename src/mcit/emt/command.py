@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from ..config import ConfigError
 from ..io import atomic_write_text
-from ..run import RunError, load_json, save_json
+from ..rundir import RunError, load_json, save_json
 from .datasets import load_dataset
 from .decide import JUDGE_UNPARSABLE
 from .evaluate import JUDGE_DECIDERS, ask, check_decider, encoder_baseline, parse_specs, prepare, protocol

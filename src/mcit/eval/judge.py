@@ -33,7 +33,7 @@ from ..data.schema import Sample
 from ..io import atomic_write_text
 from ..metrics import compute_metrics
 from ..report.matrix import format_table, save_matrix
-from ..run import load_stage_info, save_json
+from ..rundir import load_stage_info, save_json
 from .judge_backends import JudgeBackend, Verdict, build_backend
 from .judge_protocol import JudgeError, JudgeItem, gk_task_score, gk_task_score_official
 from .scorers import DEFAULT_TASK_SCORER, parse_box

@@ -1,4 +1,4 @@
-"""Behaviour of mcit.run: run folder creation and refusal, saved run info, JSON, stage markers."""
+"""Behaviour of mcit.rundir: run folder creation and refusal, saved run info, JSON, stage markers."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from mcit.config import config_hash, load_config
-from mcit.run import (
+from mcit.rundir import (
     RunError,
     create_run_dir,
     is_stage_done,
@@ -140,7 +140,7 @@ def test_save_run_info_leaves_no_temporary_files(tmp_path):
 
 
 def test_git_commit_from_a_fake_repository(tmp_path):
-    from mcit.run import git_commit
+    from mcit.rundir import git_commit
 
     sha = "a" * 40
     (tmp_path / ".git" / "refs" / "heads").mkdir(parents=True)
@@ -159,7 +159,7 @@ def test_git_commit_from_a_fake_repository(tmp_path):
 
 
 def test_git_commit_without_repository_is_none(tmp_path):
-    from mcit.run import git_commit
+    from mcit.rundir import git_commit
 
     (tmp_path / ".git").mkdir()  # a .git without HEAD: unreadable, not an error
     assert git_commit(tmp_path) is None
