@@ -9,6 +9,8 @@ import inspect
 
 import pytest
 
+from mcit.data.benchmark import load_benchmark
+
 from mcit.data.schema import Sample
 from mcit.eval import coin_compat
 from mcit.eval.coin_compat import (
@@ -27,7 +29,6 @@ from mcit.eval.coin_compat import (
     scored_text,
 )
 from mcit.eval.scorers import (
-    DEFAULT_TASK_SCORER,
     SCORERS,
     score_bbox,
     score_class,
@@ -35,6 +36,8 @@ from mcit.eval.scorers import (
     score_letter,
     score_vqa_soft,
 )
+
+COIN_SCORERS = {t.name: t.scorer for t in load_benchmark("coin").tasks}
 
 
 def make(answers, task="T", extra=None):
@@ -146,7 +149,7 @@ DOCUMENTED_DIFFERENCES = [
 @pytest.mark.parametrize("task, raw, answers, extra, corrected, official", DOCUMENTED_DIFFERENCES)
 def test_documented_differences_end_to_end(task, raw, answers, extra, corrected, official):
     s = _sample(task, answers, extra)
-    kind = DEFAULT_TASK_SCORER[task]
+    kind = COIN_SCORERS[task]
     assert score_mode("corrected", kind, scored_text("corrected", task, raw), s) == corrected
     assert score_mode("coin-compat", kind, scored_text("coin-compat", task, raw), s) == official
 

@@ -16,10 +16,14 @@ from pathlib import Path
 
 import pytest
 
+from mcit.data.benchmark import load_benchmark
+
 from mcit.data.coin_format import parse_bbox
 from mcit.data.schema import Sample
 from mcit.eval.coin_compat import OFFICIAL_MAX_NEW_TOKENS, score_mode, scored_text
-from mcit.eval.scorers import DEFAULT_TASK_SCORER, normalize_answer, score_bbox
+from mcit.eval.scorers import normalize_answer, score_bbox
+
+COIN_SCORERS = {t.name: t.scorer for t in load_benchmark("coin").tasks}
 
 DATA = json.loads((Path(__file__).parent / "data" / "official_differential.json").read_text())
 CASES = DATA["cases"]
@@ -52,7 +56,7 @@ def test_scored_text_is_what_the_official_generation_script_writes(task):
 
 @pytest.mark.parametrize("task", TASKS)
 def test_coin_compat_end_to_end_equals_the_official_score(task):
-    kind = DEFAULT_TASK_SCORER[task]
+    kind = COIN_SCORERS[task]
     wrong = []
     for c in CASES[task]:
         text = scored_text("coin-compat", task, c["raw"])

@@ -12,6 +12,7 @@ from conftest import save_tiny_checkpoint
 from mcit.cli import main
 from mcit.config import ConfigError, EvalConfig, load_config
 from mcit.data import coin_mini
+from mcit.data.benchmark import load_benchmark
 from mcit.data.release import canonical_set, eval_file, resolve_instruction_set
 from mcit.eval.coin_compat import OFFICIAL_MAX_NEW_TOKENS
 from mcit.eval.evaluate import max_new_tokens_for
@@ -138,10 +139,11 @@ def test_lcia_threshold_follows_the_resolved_set():
 
 
 def test_evaluation_files_and_overrides():
-    assert [eval_file(t, {}, "coin") for t in coin_mini.TASKS] == \
+    coin, mini = load_benchmark("coin"), load_benchmark("coin-mini")
+    assert [eval_file(t, {}) for t in coin.tasks] == \
         ["test.json", "val.json", "test.json", "test.json", "val.json", "test.json", "val.json", "test.json"]
-    assert eval_file("VQAv2", {"VQAv2": "test.json"}, "coin") == "test.json"
-    assert eval_file("VQAv2", {}, "coin-mini") == "test.json"  # coin-mini writes test.json for every task
+    assert eval_file(coin.spec("VQAv2"), {"VQAv2": "test.json"}) == "test.json"
+    assert eval_file(mini.spec("VQAv2"), {}) == "test.json"  # coin-mini writes test.json for every task
 
 
 def test_a_missing_evaluation_file_names_it(release, tmp_path, capsys):
@@ -154,12 +156,13 @@ def test_a_missing_evaluation_file_names_it(release, tmp_path, capsys):
 
 
 def test_generation_budgets_are_the_official_ones_unless_set():
+    coin, mini = load_benchmark("coin"), load_benchmark("coin-mini")
     ec = EvalConfig()
-    assert {t: max_new_tokens_for(ec, "coin", t) for t in coin_mini.TASKS} == OFFICIAL_MAX_NEW_TOKENS
-    assert max_new_tokens_for(ec, "coin", "ScienceQA") == 1024 and max_new_tokens_for(ec, "coin", "GQA") == 128
-    assert max_new_tokens_for(ec, "coin-mini", "ScienceQA") == 20
+    assert {t.name: max_new_tokens_for(ec, t) for t in coin.tasks} == OFFICIAL_MAX_NEW_TOKENS
+    assert max_new_tokens_for(ec, coin.spec("ScienceQA")) == 1024 and max_new_tokens_for(ec, coin.spec("GQA")) == 128
+    assert max_new_tokens_for(ec, mini.spec("ScienceQA")) == 20
     ec = EvalConfig(max_new_tokens=7, task_max_new_tokens={"Grounding": 64})
-    assert max_new_tokens_for(ec, "coin", "ScienceQA") == 7 and max_new_tokens_for(ec, "coin", "Grounding") == 64
+    assert max_new_tokens_for(ec, coin.spec("ScienceQA")) == 7 and max_new_tokens_for(ec, coin.spec("Grounding")) == 64
 
 
 def test_textvqa_answers_file_missing_is_a_problem_with_the_way_out(release, tmp_path, capsys):

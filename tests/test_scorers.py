@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import pytest
 
+from mcit.data.benchmark import SCORER_NAMES, load_benchmark
+
 from mcit.data.schema import Sample
 from mcit.eval.scorers import (
-    DEFAULT_TASK_SCORER,
     SCORERS,
     box_iou,
     clean_generation,
@@ -331,10 +332,10 @@ def test_default_task_scorer():
         "Grounding": "bbox",
         "VQAv2": "exact",
         "OCRVQA": "exact",
-        "OCR-VQA": "exact",
     }
-    assert DEFAULT_TASK_SCORER == expected
-    assert all(kind in SCORERS for kind in DEFAULT_TASK_SCORER.values())
+    for name in ("coin", "coin-mini"):  # the benchmark files name CoIN's scorers
+        assert {t.name: t.scorer for t in load_benchmark(name).tasks} == expected
+    assert tuple(SCORERS) == SCORER_NAMES
 
 
 def test_scores_in_unit_interval():

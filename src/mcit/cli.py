@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -48,15 +49,16 @@ def cmd_data_check(args) -> int:
     """Validate every file of a stream; print counts and every problem; exit 1 on problems."""
     from .config import load_config
     from .data.check import check_release, check_stream_config
+    from .data.benchmark import load_benchmark
     from .data.release import resolve_instruction_set
     from .data.stream import coin_mini_root, stream_order
 
     cfg = load_config(_config_path(args.config), args.overrides)
     dc = cfg.data
-    if dc.benchmark == "coin-mini":  # check what mcit generated, in the same layout
+    if load_benchmark(dc.benchmark).generator:  # check what mcit generated, in the same layout
         root = coin_mini_root(dc, cfg.data_seed)
         if not (root / "meta.json").is_file():
-            raise UserError(f"coin-mini has not been generated yet at {root}; `mcit run` generates it")
+            raise UserError(f"{dc.benchmark} has not been generated yet at {root}; `mcit run` generates it")
         report = check_release(resolve_instruction_set(root, dc.instruction_set), root / "images", stream_order(dc, seed=0))
     else:
         report = check_stream_config(dc)
@@ -235,11 +237,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")  # `key.sub=value`, not a path (data.benchmark=my.yaml is one)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     # `mcit run key=value` (no config file): argparse would take the override as CONFIG.
     head = 2 if argv[:2] == ["data", "check"] else 1
-    if argv[:1] not in (["judge"], ["emt"]) and len(argv) > head and "=" in argv[head] and not argv[head].endswith((".yaml", ".yml")):
+    if argv[:1] not in (["judge"], ["emt"]) and len(argv) > head and _OVERRIDE.match(argv[head]):
         argv = [*argv[:head], str(DEFAULT_CONFIG), *argv[head:]]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # checkpoints are local folders, never downloads
     # PEFT still calls a transformers property deprecated in v5; the warning says nothing to users.

@@ -74,7 +74,9 @@ class DataConfig:
         None, "seed of the generated benchmark, the random order and the built-in base model; null = the run "
         "seed (mcit compare fixes it so that seeds vary only training)", aliases=("data_seed",))
     benchmark: str = _field(
-        "coin-mini", '"coin-mini" (built in, generated) or "coin" (a release on disk)',
+        "coin-mini", '"coin-mini" (built in, generated), "coin" (CoIN\'s release on disk) or a benchmark YAML '
+        "file: its tasks in order, each with its scorer, evaluation file, generation budget and instruction rule "
+        "(see mcit.data.benchmark; the built-in ones are in configs/benchmarks/)",
         aliases=("dataset", "bench"))
     root: str | None = _field(
         None, "coin: the release folder; coin-mini: where to generate (default <cache>/coin-mini-<hash>)",
@@ -105,7 +107,7 @@ class DataConfig:
         None, "the tasks, in stream order (any subset); null = all tasks in the named `order`",
         aliases=("task_order",))
     order: str = _field(
-        "coin", 'named order when tasks is null: "coin" (CoIN\'s default), "reverse", or "random" (a seeded permutation)',
+        "coin", 'named order when tasks is null: "coin" (the benchmark file\'s order: CoIN\'s for CoIN), "reverse", or "random" (a seeded permutation)',
         aliases=("stream_order", "named_order"))
     train_per_task: int = _field(
         400, "coin-mini: training samples generated per task (coin: every record of the release is used)",

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from safetensors.torch import save as save_tensors
 
 from . import checkpoint as ckpt
+from .data.benchmark import load_benchmark
 from .data.check import check_stream_config
 from .data.encode import encode_for_training
 from .data.stream import build_stream, cache_dir
@@ -54,7 +55,7 @@ def run_stream(cfg, log=print, resume: bool = False) -> dict:
 
     # 1. The stream of tasks (generated first for coin-mini); a release on disk is validated
     #    as a whole first, so a bad file stops the run before anything is trained or written.
-    if cfg.data.benchmark == "coin":
+    if not load_benchmark(cfg.data.benchmark).generator:  # data on disk: checked as a whole first
         report = check_stream_config(cfg.data)
         if not report.ok:
             raise DataCheckFailed(report)
@@ -125,7 +126,7 @@ def run_stream(cfg, log=print, resume: bool = False) -> dict:
                 records += evaluate_task(live, processor, shard(subset, acc.process_index, acc.num_processes),
                                          stream.image_root, stream.scorers[task], cfg.eval, device=acc.device,
                                          desc=f"eval {label} on {task}", show_progress=main,
-                                         max_new_tokens=max_new_tokens_for(cfg.eval, cfg.data.benchmark, task))[1]
+                                         max_new_tokens=max_new_tokens_for(cfg.eval, stream.specs[task]))[1]
         records = merge_shards(gather_records(acc, records), [s.id for s in stream.test[task]])
         if main and out_dir is not None:
             save_jsonl(out_dir / "predictions" / f"{task}.jsonl", records)

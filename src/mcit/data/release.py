@@ -8,7 +8,8 @@ files the official scorers take their ground truth from.
   ``Diverse/`` and ``10Type/``. ``data.instruction_set`` takes the set's name (the first of its
   folders that exists is used, and the run says which) or a folder name under the root.
 * Evaluation files. The official scripts read ``val.json`` for TextVQA, VizWiz and VQAv2 and
-  ``test.json`` for the other five tasks (``data.eval_files`` overrides a task's file).
+  ``test.json`` for the other five tasks: the ``coin`` benchmark file says so per task
+  (``configs/benchmarks/coin.yaml``) and ``data.eval_files`` overrides a task's file.
 * Official ground truth. TextVQA is scored against the ten human answers of
   ``TextVQA_0.5.1_val.json`` (kept in the TextVQA image folder), not the one answer of the test
   record; ScienceQA's scorer reads ``problems.json`` and GQA's the balanced test-dev questions.
@@ -27,7 +28,7 @@ from ..config import ConfigError
 from .coin_format import DataError
 from .schema import Sample
 
-__all__ = ["EVAL_FILES", "INSTRUCTION_SET_FOLDERS", "OfficialTruth", "canonical_set", "eval_file",
+__all__ = ["INSTRUCTION_SET_FOLDERS", "OfficialTruth", "canonical_set", "eval_file",
            "resolve_instruction_set", "textvqa_answers_path"]
 
 INSTRUCTION_SET_FOLDERS: dict[str, tuple[str, ...]] = {
@@ -36,9 +37,6 @@ INSTRUCTION_SET_FOLDERS: dict[str, tuple[str, ...]] = {
     "10Type": ("Instructions_10Type", "Instruction_10Type", "Instructions_Type2", "Instruction_Type2", "10Type"),
 }
 """Each instruction set's folder names, in the order they are tried (the release's own first)."""
-
-EVAL_FILES = {"TextVQA": "val.json", "VizWiz": "val.json", "VQAv2": "val.json"}
-"""The official evaluation file of the tasks that are not evaluated on ``test.json``."""
 
 TEXTVQA_ANSWERS = "TextVQA/TextVQA_0.5.1_val.json"  # under the image root, as the scripts keep it
 OPTION_LETTERS = "ABCDE"  # ScienceQA's problems.json gives the answer as an index into these
@@ -52,24 +50,25 @@ def canonical_set(name: str) -> str | None:
     return None
 
 
-def resolve_instruction_set(root: Path, name: str) -> Path:
+def resolve_instruction_set(root: Path, name: str, tasks: list[str] = ()) -> Path:
     """The folder of instruction set ``name`` under ``root``: a set name tries its known folder
-    names in order; any other name is taken as a folder name. Missing -> ConfigError."""
+    names in order; any other name is taken as a folder name. A benchmark without instruction
+    sets (every task folder directly under ``root``) is read from ``root``. Missing -> ConfigError."""
     root = Path(root)
     tried = INSTRUCTION_SET_FOLDERS.get(name, (name,))
     for folder in tried:
         if (root / folder).is_dir():
             return root / folder
+    if tasks and all((root / t).is_dir() for t in tasks):
+        return root
     known = ", ".join(INSTRUCTION_SET_FOLDERS)
     raise ConfigError(f"data.instruction_set={name!r}: no folder {' or '.join(tried)} in {root} "
                       f"(give a set name, {known}, or the name of a folder there)")
 
 
-def eval_file(task: str, overrides: dict[str, str], benchmark: str) -> str:
-    """The file a task is evaluated on: ``data.eval_files`` first, then the official one."""
-    if task in overrides:
-        return overrides[task]
-    return EVAL_FILES.get(task, "test.json") if benchmark == "coin" else "test.json"
+def eval_file(spec, overrides: dict[str, str]) -> str:
+    """The file a task (its benchmark entry ``spec``) is evaluated on: ``data.eval_files`` first."""
+    return overrides.get(spec.name, spec.eval_file)
 
 
 def textvqa_answers_path(setting: str | None, image_root: Path) -> Path | None:
@@ -100,7 +99,7 @@ class OfficialTruth:
     def read(cls, dc, image_root: Path, tasks: list[str]) -> "OfficialTruth":
         """Read the official files the config names (or finds at their place) for ``tasks``."""
         truth = cls()
-        if "TextVQA" in tasks and dc.benchmark == "coin":
+        if "TextVQA" in tasks:
             path = textvqa_answers_path(dc.textvqa_answers, image_root)
             if path is not None:
                 truth._add("TextVQA", path, _textvqa_answers(path, given=bool(dc.textvqa_answers)))

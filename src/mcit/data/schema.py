@@ -39,18 +39,33 @@ class Sample:
 
     @property
     def instruction(self) -> str:
-        """The instruction line: the last line; for one-line grounding prompts, the part before ':'."""
-        lines = self.text.strip().split("\n")
-        if len(lines) > 1:
-            return lines[-1].strip()
-        head, sep, _ = lines[0].partition(":")
-        return head.strip() if sep else lines[0].strip()
+        """The instruction: by the task's rule (``extra["instruction_rule"]``, see
+        :func:`split_instruction`); CoIN's: the last line, or for a one-line prompt the part before ':'."""
+        return split_instruction(self.text, self.extra.get("instruction_rule", "auto"))[1]
 
     @property
     def question(self) -> str:
-        """The question without its instruction line (what the General Knowledge judge sees)."""
-        lines = self.text.strip().split("\n")
-        if len(lines) > 1:
-            return "\n".join(lines[:-1]).strip()
-        _, sep, tail = lines[0].partition(":")
-        return tail.strip() if sep else lines[0].strip()
+        """The question without its instruction (what the General Knowledge judge sees)."""
+        return split_instruction(self.text, self.extra.get("instruction_rule", "auto"))[0]
+
+
+INSTRUCTION_RULES = ("auto", "last_line", "before_colon", "none")
+
+
+def split_instruction(text: str, rule: str = "auto") -> tuple[str, str]:
+    """(question, instruction) of a prompt. ``last_line``: the last line is the instruction;
+    ``before_colon``: the part before the first ':' ("Please give the box of: the red car");
+    ``auto`` (CoIN's convention): last_line for several lines, before_colon for one line;
+    ``none``: no instruction. A prompt the rule finds nothing in is both question and instruction."""
+    if rule not in INSTRUCTION_RULES:
+        raise ValueError(f"instruction rule {rule!r} is not one of {INSTRUCTION_RULES}")
+    text = text.strip()
+    if rule == "none":
+        return text, ""
+    lines = text.split("\n")
+    if len(lines) > 1 and rule in ("auto", "last_line"):
+        return "\n".join(lines[:-1]).strip(), lines[-1].strip()
+    head, sep, tail = text.partition(":")
+    if sep and "\n" not in head and rule in ("auto", "before_colon"):
+        return tail.strip(), head.strip()
+    return text, text

@@ -1,20 +1,18 @@
-"""A stream: the ordered tasks, each with train and test samples, and how each is scored."""
+"""A stream: the ordered tasks of a benchmark, each with train and test samples, and how each is scored."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..eval.scorers import DEFAULT_TASK_SCORER
 from . import coin_mini
+from .benchmark import Benchmark, TaskSpec, load_benchmark
 from .coin_format import read_test_json, read_train_json
 from .release import OfficialTruth, eval_file, resolve_instruction_set
 from .schema import Sample
 from ..config import ConfigError, config_hash
-
-COIN_ORDER = list(coin_mini.TASKS)  # CoIN's default order; coin-mini mirrors it task for task
-
 
 def cache_dir() -> Path:
     """Where generated data and base models are cached: $MCIT_CACHE or ~/.cache/mcit."""
@@ -27,10 +25,14 @@ class Stream:
     train: dict[str, list[Sample]]
     test: dict[str, list[Sample]]
     image_root: Path
-    scorers: dict[str, str]
+    specs: dict[str, TaskSpec]  # how each task is scored and answered (its benchmark's entry)
     root: Path  # the benchmark folder (holds one sub-folder per instruction set)
     release: Path  # the instruction set's folder (one sub-folder per task)
     multitask: list[Sample] | None = None  # the release's Multitask/ union, when the stream is all its tasks
+
+    @property
+    def scorers(self) -> dict[str, str]:
+        return {t: spec.scorer for t, spec in self.specs.items()}
 
 
 def coin_mini_root(dc, seed: int) -> Path:
@@ -50,57 +52,68 @@ def generate_coin_mini(dc, seed: int, show_progress: bool = True) -> Path:
 NAMED_ORDERS = ("coin", "reverse", "random")
 
 
-def stream_order(dc, seed: int) -> list[str]:
-    """The tasks in stream order: data.tasks as given (any subset), else a named order of
-    CoIN's eight ("random" is a permutation fixed by the seed)."""
+def stream_order(dc, seed: int, bench: Benchmark | None = None) -> list[str]:
+    """The tasks in stream order: data.tasks as given (any subset of the benchmark's), else a
+    named order of all of them: "coin" (the benchmark file's own order, CoIN's for CoIN),
+    "reverse", or "random" (a permutation fixed by the seed)."""
+    bench = bench or load_benchmark(dc.benchmark)
     if dc.tasks:
         repeated = sorted({t for t in dc.tasks if list(dc.tasks).count(t) > 1})
         if repeated:
             raise ConfigError(f"data.tasks: {repeated} listed more than once")
+        for t in dc.tasks:
+            bench.spec(t)  # an unknown task is an error naming the benchmark's tasks
         return list(dc.tasks)
+    order = bench.task_names
     if dc.order == "coin":
-        return list(COIN_ORDER)
+        return order
     if dc.order == "reverse":
-        return COIN_ORDER[::-1]
+        return order[::-1]
     if dc.order == "random":
-        order = list(COIN_ORDER)
         random.Random(f"{seed}:order").shuffle(order)
         return order
     raise ConfigError(f"data.order: '{dc.order}' is not one of {list(NAMED_ORDERS)} (or give data.tasks as a list)")
 
 
-def build_stream(dc, seed: int, show_progress: bool = True) -> Stream:
-    """Read (and for coin-mini, first generate) every task of the configured stream.
-
-    Each task's test samples come from its evaluation file (the official one for a release, see
-    :mod:`mcit.data.release`) with the official ground truth put in where the release keeps it in
-    another file (TextVQA's ten answers; ScienceQA's problems and GQA's questions when given)."""
-    if dc.benchmark == "coin-mini":
+def data_folders(dc, bench: Benchmark, seed: int, show_progress: bool = True) -> tuple[Path, Path]:
+    """(root, image_root) of the benchmark's data; a generated benchmark is generated first."""
+    if bench.generator == "coin-mini":
         root = generate_coin_mini(dc, seed, show_progress)
-        image_root = Path(dc.image_root) if dc.image_root else root / "images"
-    elif dc.benchmark == "coin":
-        if not dc.root or not dc.image_root:
-            raise ConfigError("data.benchmark=coin needs data.root (the release folder) and data.image_root")
-        root, image_root = Path(dc.root), Path(dc.image_root)
-    else:
-        raise ConfigError(f"data.benchmark: '{dc.benchmark}' is not one of ['coin-mini', 'coin']")
+        return root, Path(dc.image_root) if dc.image_root else root / "images"
+    if not dc.root or not dc.image_root:
+        raise ConfigError(f"data.benchmark={dc.benchmark} needs data.root (the data folder) and data.image_root")
+    return Path(dc.root), Path(dc.image_root)
 
-    release = resolve_instruction_set(root, dc.instruction_set)
-    tasks = stream_order(dc, seed)
+
+def build_stream(dc, seed: int, show_progress: bool = True) -> Stream:
+    """Read (and for a generated benchmark, first generate) every task of the configured stream.
+
+    Each task's test samples come from its evaluation file (the benchmark's, or
+    ``data.eval_files``), with the official ground truth put in where a release keeps it in
+    another file (CoIN: TextVQA's ten answers; ScienceQA's problems and GQA's questions when
+    given, see :mod:`mcit.data.release`)."""
+    bench = load_benchmark(dc.benchmark)
+    root, image_root = data_folders(dc, bench, seed, show_progress)
+    tasks = stream_order(dc, seed, bench)
+    release = resolve_instruction_set(root, dc.instruction_set, tasks)
     unknown = [t for t in tasks if not (release / t).is_dir()]
     if unknown:
         raise ConfigError(f"data.tasks: no folder for {unknown} under {release}")
-    scorers = {}
-    for t in tasks:
-        if t not in DEFAULT_TASK_SCORER:
-            raise ConfigError(f"data.tasks: no scorer known for task '{t}' (known: {sorted(DEFAULT_TASK_SCORER)})")
-        scorers[t] = DEFAULT_TASK_SCORER[t]
-    truth = OfficialTruth.read(dc, image_root, tasks)
-    train = {t: read_train_json(release / t / "train.json", t, image_root) for t in tasks}
+    specs = {t: bench.spec(t) for t in tasks}
+    truth = OfficialTruth.read(dc, image_root, tasks) if bench.official_ground_truth else OfficialTruth()
+    train = {t: _with_rule(read_train_json(release / t / "train.json", t, image_root), specs[t]) for t in tasks}
     test = {}
     for t in tasks:
-        name = eval_file(t, dc.eval_files, dc.benchmark)
-        test[t] = truth.apply(t, read_test_json(release / t / name, t, image_root), f"{t}/{name}")
+        name = eval_file(specs[t], dc.eval_files)
+        test[t] = _with_rule(truth.apply(t, read_test_json(release / t / name, t, image_root), f"{t}/{name}"), specs[t])
     joint = release / "Multitask" / "train.json"
-    multitask = read_train_json(joint, "Multitask", image_root) if joint.is_file() and set(tasks) == set(COIN_ORDER) else None
-    return Stream(tasks, train, test, image_root, scorers, root, release, multitask)
+    every_task = set(tasks) == set(bench.task_names)
+    multitask = read_train_json(joint, "Multitask", image_root) if joint.is_file() and every_task else None
+    return Stream(tasks, train, test, image_root, specs, root, release, multitask)
+
+
+def _with_rule(samples: list[Sample], spec: TaskSpec) -> list[Sample]:
+    """The task's instruction rule on each sample (the default rule needs nothing stored)."""
+    if spec.instruction == "auto":
+        return samples
+    return [dataclasses.replace(s, extra=s.extra | {"instruction_rule": spec.instruction}) for s in samples]

@@ -7,24 +7,22 @@ from pathlib import Path
 from ..data.coin_format import format_bbox
 from ..data.schema import Sample
 from .generate import generate_answers
-from .coin_compat import OFFICIAL_MAX_NEW_TOKENS, score_mode, scored_text
+from .coin_compat import score_mode, scored_text
 from .scorers import parse_box
 
 
-RECORD_FIELDS = ("record_text", "record_answer")  # see data.coin_format / data.release
+RECORD_FIELDS = ("record_text", "record_answer", "instruction_rule")  # see data.coin_format, data.release, data.schema
 COIN_MINI_MAX_NEW_TOKENS = 20  # coin-mini's longest answer, a box, is 17 tokens
 
 
-def max_new_tokens_for(ec, benchmark: str, task: str) -> int:
-    """A task's answer length limit: eval.task_max_new_tokens, else eval.max_new_tokens, else the
-    benchmark's own (a CoIN release: the official scripts' budget for the task)."""
-    if task in ec.task_max_new_tokens:
-        return ec.task_max_new_tokens[task]
+def max_new_tokens_for(ec, spec) -> int:
+    """A task's answer length limit: eval.task_max_new_tokens, else eval.max_new_tokens, else its
+    benchmark's (``spec`` is the task's entry; CoIN's: the official scripts' budget)."""
+    if spec.name in ec.task_max_new_tokens:
+        return ec.task_max_new_tokens[spec.name]
     if ec.max_new_tokens is not None:
         return ec.max_new_tokens
-    if benchmark == "coin":
-        return OFFICIAL_MAX_NEW_TOKENS.get(task, max(OFFICIAL_MAX_NEW_TOKENS.values()))
-    return COIN_MINI_MAX_NEW_TOKENS
+    return spec.max_new_tokens
 
 
 def evaluate_task(model, processor, samples: list[Sample], image_root: Path | None, scorer: str,
@@ -46,6 +44,7 @@ def evaluate_task(model, processor, samples: list[Sample], image_root: Path | No
             "answers": list(sample.answers),
             "raw": text,
             "prediction": pred,
+            "scorer": scorer,
             "score": score_mode(ec.scoring, scorer, pred, sample),
             # the test record as stored, where mcit's reading differs (what CoIN's judge is shown)
             **{k: sample.extra[k] for k in RECORD_FIELDS if k in sample.extra},

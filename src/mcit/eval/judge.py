@@ -36,7 +36,7 @@ from ..report.matrix import format_table, save_matrix
 from ..rundir import load_stage_info, save_json
 from .judge_backends import JudgeBackend, Verdict, build_backend
 from .judge_protocol import JudgeError, JudgeItem, gk_task_score, gk_task_score_official
-from .scorers import DEFAULT_TASK_SCORER, parse_box
+from .scorers import parse_box
 
 __all__ = ["CachedJudge", "JudgeCache", "JudgeError", "judge_run", "read_predictions"]
 
@@ -222,20 +222,22 @@ def _check_record(rec: Any, path: Path, lineno: int) -> None:
         raise JudgeError(f"{where}: field 'answers' {problem}")
 
 
-def _is_box_task(task: str, answer: str) -> bool:
-    if DEFAULT_TASK_SCORER.get(task) == "bbox":
-        return True
+def _is_box_task(rec: dict, answer: str) -> bool:
+    # runs saved before predictions named their scorer: a box answer is a grounding question
+    if "scorer" in rec:
+        return rec["scorer"] == "bbox"
     return answer.strip().startswith("[") and parse_box(answer) is not None
 
 
 def _item(rec: dict, task: str) -> JudgeItem:
     answers = tuple(rec["answers"])
-    sample = Sample(id=str(rec.get("id", "")), task=task, image=None, text=rec["text"], answers=answers)
+    rule = {"instruction_rule": rec["instruction_rule"]} if "instruction_rule" in rec else {}
+    sample = Sample(id=str(rec.get("id", "")), task=task, image=None, text=rec["text"], answers=answers, extra=rule)
     # A record whose answers came from an official file (TextVQA's ten) keeps its own answer, and a
     # text stored with "<image>" its raw text: CoIN's judge is shown those.
     answer = rec.get("record_answer", sample.answer)
     return JudgeItem(question=sample.question, answer=answer, prediction=rec["prediction"],
-                     references=answers, grounding=_is_box_task(task, answer), text=rec.get("record_text", rec["text"]))
+                     references=answers, grounding=_is_box_task(rec, answer), text=rec.get("record_text", rec["text"]))
 
 
 def _completed_stages(run_dir: Path) -> list[tuple[Path, str]]:

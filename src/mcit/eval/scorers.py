@@ -12,13 +12,14 @@ Public API: :func:`normalize_answer`, :func:`parse_option_letter`, :func:`parse_
 :func:`box_iou`, :func:`clean_generation`, :func:`leave_one_out_accuracy`, the scorers
 :func:`score_letter`, :func:`score_vqa_soft`, :func:`score_exact`, :func:`score_class`,
 :func:`score_bbox`, the registry :data:`SCORERS`, the dispatcher :func:`score` and
-:data:`DEFAULT_TASK_SCORER`.
+the benchmark files' scorer names (:data:`mcit.data.benchmark.SCORER_NAMES`).
 """
 from __future__ import annotations
 
 import re
 from typing import Any, Callable, Sequence
 
+from mcit.data.benchmark import SCORER_NAMES
 from mcit.data.schema import Sample
 
 __all__ = [
@@ -35,7 +36,6 @@ __all__ = [
     "score_bbox",
     "SCORERS",
     "score",
-    "DEFAULT_TASK_SCORER",
     "OPTION_LETTERS",
     "IOU_THRESHOLD",
     "IOU_TOLERANCE",
@@ -496,14 +496,4 @@ def score(kind: str, prediction: str, sample: Sample) -> float:
     return fn(prediction, sample)
 
 
-DEFAULT_TASK_SCORER: dict[str, str] = {
-    "ScienceQA": "letter",
-    "TextVQA": "vqa_soft",
-    "ImageNet": "class",
-    "GQA": "exact",
-    "VizWiz": "exact",
-    "Grounding": "bbox",
-    "VQAv2": "exact",
-    "OCRVQA": "exact",
-    "OCR-VQA": "exact",
-}
+assert tuple(SCORERS) == SCORER_NAMES, "the scorers must be the ones benchmark files can name"

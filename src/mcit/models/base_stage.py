@@ -20,6 +20,7 @@ from ..config import config_hash
 from ..data import coin_mini
 from ..data.coin_format import read_train_json
 from ..data.encode import encode_for_training
+from ..data.benchmark import load_benchmark
 from ..data.stream import coin_mini_root, generate_coin_mini
 from ..distributed import SingleProcess
 from ..io import atomic_write_text
@@ -56,9 +57,9 @@ def ensure_base_model(run_cfg, data_root: Path, cache_dir: Path, accelerator: Ac
     if (target / "done").is_file():
         return target
     if accelerator.is_main_process:
-        if dc.benchmark != "coin-mini":
+        if load_benchmark(dc.benchmark).generator != "coin-mini":
             world = dataclasses.replace(dc, benchmark="coin-mini", root=None, image_root=None)
-            log(f"model.name=tiny-llava on a {dc.benchmark} release: its base model learns from coin-mini, "
+            log(f"model.name=tiny-llava on data.benchmark={dc.benchmark}: its base model learns from coin-mini, "
                 f"generated at {coin_mini_root(world, run_cfg.data_seed)} (the release has no alignment data for it)")
             data_root = generate_coin_mini(world, run_cfg.data_seed)
         _train_base(run_cfg, data_root, target, accelerator)
