@@ -3,7 +3,8 @@
 Every field carries a one-line ``help`` text in its metadata (the same text appears as a
 comment in the YAML files under ``configs/`` and in the ``config.yaml`` saved with each run)
 and optionally ``aliases``: other common spellings, used only to suggest the right key when an
-unknown one is given (``learning_rate`` -> ``lr``).
+unknown one is given (``learning_rate`` -> ``lr``), and a range ``check`` run at load time
+(mcit.fields). The method section is built from the method registry (mcit.methods.registry).
 
 The loading machinery is generic over any nested dataclass: field types are read from the
 annotations (``int``, ``float``, ``bool``, ``str``, ``X | None``, ``list[X]``, ``dict[str, X]``,
@@ -12,12 +13,12 @@ annotations (``int``, ``float``, ``bool``, ``str``, ``X | None``, ``list[X]``, `
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import difflib
 import functools
 import hashlib
 import json
+import keyword
 import math
 import types
 import typing
@@ -26,6 +27,10 @@ from pathlib import Path
 from typing import Any, Iterator, Literal, Mapping, Sequence, Union
 
 import yaml
+
+from .fields import setting
+# The method section: the union of the registered methods' declared settings (mcit.methods.registry).
+from .methods.registry import MethodConfig
 
 __all__ = [
     "ConfigError",
@@ -38,6 +43,7 @@ __all__ = [
     "RunConfig",
     "TrainConfig",
     "config_hash",
+    "check_config",
     "config_keys",
     "config_to_dict",
     "config_to_yaml",
@@ -49,12 +55,7 @@ class ConfigError(ValueError):
     """A configuration file or override is malformed, has an unknown key or a wrong type."""
 
 
-def _field(default: Any, help: str, *, aliases: Sequence[str] = ()) -> Any:
-    """A dataclass field with its documentation (and suggestion aliases) in the metadata."""
-    metadata = {"help": help, "aliases": tuple(aliases)}
-    if isinstance(default, (list, dict, set)):
-        return field(default_factory=lambda d=default: copy.deepcopy(d), metadata=metadata)
-    return field(default=default, metadata=metadata)
+_field = setting  # a dataclass field with its help, aliases and optional range check (mcit.fields)
 
 
 def _section(cls: type, help: str) -> Any:
@@ -149,80 +150,6 @@ class ModelConfig:
     base_batch_size: int = _field(32, "tiny-llava: batch size of the base-model stage")
     dtype: str = _field("float32", "parameter dtype: float32, bfloat16 or float16",
                         aliases=("torch_dtype", "precision"))
-
-
-# How a method default was chosen: a grid run with `mcit tune` on the tuning stream (the four
-# coin-mini tasks the comparison does not use), best mean final accuracy; README, Comparing methods.
-_TUNED = " [tuned on coin-mini: mcit tune configs/tune_small.yaml, best mean MFN over seeds 0,1 of {grid}; {paper}]"
-
-
-@dataclass
-class MethodConfig:
-    """The continual-learning method and its hyper-parameters."""
-
-    name: str = _field("lora", "full, lora, moelora, multitask (joint upper bound), lora-taskid (a LoRA per task, "
-                       "task id given), ema, lcia, replay, ewc, lwf, olora or projector (the projector alone); "
-                       "see mcit.methods",
-                       aliases=("method",))
-    lora_r: int = _field(16, "LoRA rank", aliases=("r", "rank"))
-    lora_alpha: int = _field(32, "LoRA scaling numerator (scale = alpha / r)", aliases=("alpha",))
-    lora_dropout: float = _field(0.0, "dropout on the LoRA input", aliases=("dropout",))
-    target_modules: list[str] | None = _field(
-        None, "module names LoRA wraps; null = every linear layer of the language model",
-        aliases=("targets", "lora_target_modules"))
-    train_projector: bool = _field(True, "also train the vision-language projector",
-                                   aliases=("tune_projector", "tune_mm_mlp_adapter"))
-    moe_experts: int = _field(2, "moelora: LoRA experts per adapted layer, each of rank lora_r / moe_experts"
-                              + _TUNED.format(grid="2, 4, 8 (2 and 8 tied on MFN; 2 has the higher MAA)",
-                                         paper="CoIN: 8 experts of rank 16"),
-                              aliases=("experts", "num_experts", "expert_num", "n_experts"))
-    moe_top_k: int | None = _field(
-        None, "moelora: experts each token uses (gates renormalised over them); null = dense, all experts",
-        aliases=("top_k", "num_experts_per_tok"))
-    moe_balance_weight: float = _field(
-        0.0, "moelora: weight of the Switch load-balancing loss E * sum_e f_e * P_e (mean over layers); 0 = off",
-        aliases=("balance_weight", "aux_loss_weight", "router_aux_loss_coef", "load_balance_weight"))
-    moe_impl: Literal["fused", "reference"] = _field(
-        "fused", 'moelora: "fused" (all experts in two matmuls) or "reference" (a loop over experts); same weights',
-        aliases=("impl", "moe_implementation"))
-    ema_weight: float = _field(
-        0.03, "ema: weight a of the new parameters in theta* = (1 - a) theta* + a theta after each step"
-        + _TUNED.format(grid="0.005, 0.01, 0.03, 0.1", paper="the usual 0.01 kept too little of each task here"),
-        aliases=("ema_alpha", "ema_coef"))
-    lcia_fallback: float = _field(
-        0.03, "lcia: the EMA weight used where the balanced coefficient is not in (0, 1)"
-        + _TUNED.format(grid="0.01, 0.03, 0.1", paper="the paper: 0.01"),
-        aliases=("fallback",))
-    lcia_grouping: bool = _field(
-        True, "lcia: instruction grouping (retrain a similar group's adapter or expand with a new one, "
-        "route each test sample by its instruction); false = balanced EMA only", aliases=("grouping",))
-    lcia_threshold: float | None = _field(
-        None, "lcia: similarity needed to join a group; null = by instruction set (0.90 Original, 0.30 Diverse/10Type)",
-        aliases=("group_threshold", "similarity_threshold"))
-    lcia_similarity: Literal["tfidf", "embedding"] = _field(
-        "tfidf", 'lcia: instruction similarity: "tfidf" (cosine, English stop words removed) or "embedding" '
-        "(the bundled sentence-embedding model)", aliases=("similarity",))
-    replay_size: int = _field(200, "replay: samples kept in the buffer", aliases=("buffer_size", "memory_size"))
-    replay_selection: Literal["reservoir", "balanced"] = _field(
-        "balanced", 'replay: "reservoir" sampling over everything seen, or "balanced" (equal share per earlier task)',
-        aliases=("buffer_selection",))
-    replay_ratio: float = _field(
-        0.25, "replay: buffer samples mixed in per task, as a fraction of the task's own training samples"
-        + _TUNED.format(grid="0.1, 0.25, 0.5", paper="with replay_size 200"),
-        aliases=("mix_ratio", "replay_fraction"))
-    ewc_lambda: float = _field(1000.0, "ewc: weight of the quadratic penalty (lambda/2) sum F (theta - theta*)^2"
-                               + _TUNED.format(grid="10, 100, 1000, 10000", paper="scale depends on the Fisher's"),
-                               aliases=("ewc_weight",))
-    ewc_fisher_samples: int = _field(64, "ewc: training samples of each task used to estimate the diagonal Fisher",
-                                     aliases=("fisher_samples",))
-    lwf_lambda: float = _field(0.05, "lwf: weight of KL(previous stage || current) on the answer tokens"
-                               + _TUNED.format(grid="0.05, 0.1, 0.25, 1, 4", paper="at the grid's low edge; "
-                                          "every value stayed below LoRA's MFN there"),
-                               aliases=("lwf_weight", "distill_weight"))
-    lwf_temperature: float = _field(2.0, "lwf: softmax temperature of the distillation", aliases=("temperature",))
-    olora_lambda: float = _field(0.01, "olora: weight of the orthogonality loss sum |A_t A_j^T| over earlier tasks j"
-                                 + _TUNED.format(grid="0.01, 0.05, 0.5, 5", paper="at the grid's low edge; O-LoRA: about 0.05"),
-                                 aliases=("orth_weight", "lambda_orth"))
 
 
 @dataclass
@@ -381,7 +308,8 @@ _NoneType = type(None)
 
 @functools.lru_cache(maxsize=None)
 def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+    """Field types by YAML key (see _key)."""
+    return {_key(name): tp for name, tp in typing.get_type_hints(cls).items()}
 
 
 def _is_union(tp: Any) -> bool:
@@ -551,8 +479,15 @@ class _Source:
         return f"{self.name} (line {line})" if line else self.name
 
 
+def _key(name: str) -> str:
+    """The YAML key of a field: its name, but a field named after a Python keyword carries a
+    trailing underscore that the key drops (``method.with`` is the attribute ``with_``)."""
+    return name[:-1] if name.endswith("_") and keyword.iskeyword(name[:-1]) else name
+
+
 def _fields(cls: type) -> dict[str, dataclasses.Field]:
-    return {f.name: f for f in dataclasses.fields(cls) if f.init}
+    """The fields of ``cls`` by YAML key."""
+    return {_key(f.name): f for f in dataclasses.fields(cls) if f.init}
 
 
 def config_keys(cls: type = RunConfig, *, sections: bool = False) -> list[str]:
@@ -649,10 +584,10 @@ def _apply_mapping(obj: Any, mapping: Mapping, prefix: str, src: _Source, root_c
             if not isinstance(value, Mapping):
                 raise ConfigError(f"invalid value for {key!r} in {src.where(key)}: expected "
                                   f"{_type_name(tp)}, got {_show(value)}")
-            _apply_mapping(getattr(obj, raw_key), value, key, src, root_cls)
+            _apply_mapping(getattr(obj, fields_[raw_key].name), value, key, src, root_cls)
             continue
         try:
-            setattr(obj, raw_key, _coerce(value, tp, key, src))
+            setattr(obj, fields_[raw_key].name, _coerce(value, tp, key, src))
         except _Mismatch as err:
             raise _mismatch_error(err, src) from None
 
@@ -675,7 +610,7 @@ def _apply_override(cfg: Any, text: str) -> None:
         if not _is_section(hints[part]):
             raise ConfigError(f"{prefix + part!r} in {src.name} is a value, not a section; "
                               f"cannot set {dotted!r}")
-        obj = getattr(obj, part)
+        obj = getattr(obj, fields_[part].name)
 
     leaf = parts[-1]
     cls = type(obj)
@@ -708,7 +643,7 @@ def _apply_override(cfg: Any, text: str) -> None:
             coerced = raw
         else:
             raise _mismatch_error(err, src) from None
-    setattr(obj, leaf, coerced)
+    setattr(obj, _fields(cls)[leaf].name, coerced)
 
 
 # --------------------------------------------------------------------------------------------
@@ -780,7 +715,8 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = (),
 
     Overrides are ``key.sub=value`` strings whose value is parsed as YAML
     (``train.lr=3e-4``, ``data.tasks=[GQA,VizWiz]``, ``method.target_modules=null``).
-    Raises ``ConfigError`` on unparsable files, unknown keys and wrong types.
+    Raises ``ConfigError`` on unparsable files, unknown keys, wrong types and values out of
+    range (see check_config).
     """
     if isinstance(overrides, str):
         overrides = [overrides]
@@ -791,19 +727,44 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = (),
         _apply_mapping(cfg, data, "", _Source(str(path), lines))
     for text in overrides:
         _apply_override(cfg, text)
+    check_config(cfg)
     return cfg
 
 
+def check_config(cfg: Any, prefix: str = "") -> None:
+    """ConfigError naming the key of the first value out of range: each field's own check
+    (``setting(..., check=)``), then each section's ``check_section(prefix)`` if it has one
+    (the method section resolves and checks the method combination there)."""
+    hints = _hints(type(cfg))
+    for key, f in _fields(type(cfg)).items():
+        value = getattr(cfg, f.name)
+        if _is_section(hints[key]):
+            check_config(value, f"{prefix}{key}.")
+            continue
+        check = f.metadata.get("check")
+        problem = check(value) if check is not None and value is not None else None
+        if problem:
+            raise ConfigError(f"{prefix}{key}: {problem}, got {_yaml_scalar(value)}")
+    if hasattr(cfg, "check_section"):
+        cfg.check_section(prefix)
+
+
 def config_to_dict(cfg: Any) -> dict[str, Any]:
-    """A plain (deep-copied) dict of a config dataclass, nested sections as dicts."""
+    """A plain (deep-copied) dict of a config dataclass, nested sections as dicts, by YAML key."""
     if not dataclasses.is_dataclass(cfg) or isinstance(cfg, type):
         raise TypeError(f"expected a config dataclass instance, got {type(cfg).__name__}")
-    return dataclasses.asdict(cfg)
+    return _by_key(type(cfg), dataclasses.asdict(cfg))
+
+
+def _by_key(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    hints = _hints(cls)
+    return {key: _by_key(hints[key], data[f.name]) if _is_section(hints[key]) else data[f.name]
+            for key, f in _fields(cls).items()}
 
 
 def _canonical(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return _canonical(dataclasses.asdict(obj))
+        return _canonical(config_to_dict(obj))
     if isinstance(obj, Mapping):
         return {str(k): _canonical(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -853,7 +814,7 @@ def config_to_yaml(cfg: Any, *, comments: bool = True, header: str | None = None
         hints = _hints(type(obj))
         pad = "  " * indent
         for name, f in _fields(type(obj)).items():
-            value = getattr(obj, name)
+            value = getattr(obj, f.name)
             help_text = f.metadata.get("help", "") if comments else ""
             if _is_section(hints[name]):
                 if lines and lines[-1] != "":

@@ -24,6 +24,10 @@ method it runs. A method may:
                                  how a stage's weights are written (full weights or adapters).
 
 Hooks default to doing nothing, so a method only writes what it changes.
+
+A method is a *base* (what trains: the model set-up, trainable parameters, saving, routing) or
+an `Addition` (what it adds to training: samples, a loss, weight averaging), which wraps the
+method it is added to (`inner`) and runs the inner hook first in every hook.
 """
 from __future__ import annotations
 
@@ -54,9 +58,19 @@ class TaskContext:
 class Method:
     name = "base"
     joint = False  # True: one stage on the union of all tasks (multitask), not a sequence
+    rewrites_weights = False  # replaces the live weights at the end of a task (an EMA); at most one part may
+    # A method from outside mcit may declare its settings: a dataclass of mcit.methods.setting
+    # fields, set under method.options and read as self.options.<field>; the methods it cannot
+    # be combined with, `refuses = {name: reason}`; and `check_config(cfg)`, a static method
+    # returning why the method section does not suit it, or None (see methods/registry.py).
+    settings: type | None = None
 
     def __init__(self, cfg):
         self.cfg = cfg  # the MethodConfig
+        if self.settings is not None:
+            from .registry import options_of
+
+            self.options = options_of(type(self), cfg)
 
     def setup(self, model: torch.nn.Module, run_cfg) -> torch.nn.Module:
         return model
@@ -125,3 +139,127 @@ class Method:
 
     def load_model(self, model: torch.nn.Module, directory: Path) -> None:
         raise NotImplementedError
+
+
+def add_losses(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+    return b if a is None else a if b is None else a + b
+
+
+class Addition(Method):
+    """What a method adds to the training of another (`inner`: a base, or additions around one).
+
+    Every hook runs the inner method's first, then the addition's own part: subclasses call
+    super() first (extra_loss: `add_losses(super().extra_loss(...), own)`). Setting up the model,
+    the trainable parameters, saving, loading and routing at evaluation are the inner method's.
+
+    State: the inner method's keys as they are, the addition's under its namespace
+    ("ewc/fisher/..."; none for a method named alone, `method.name=ewc`, which keeps the layout
+    of the runs written before methods composed). Subclasses implement own_state_dict,
+    own_json_state, own_task_state_dict and their load_ counterparts.
+    """
+
+    def __init__(self, cfg, inner: Method, namespace: str = ""):
+        super().__init__(cfg)
+        self.inner, self.namespace = inner, namespace
+        self._resumable = True
+
+    @property
+    def joint(self) -> bool:
+        return self.inner.joint
+
+    # An in-task checkpoint resumes exactly only if every part's does.
+    @property
+    def resumable_mid_task(self) -> bool:
+        return self._resumable and self.inner.resumable_mid_task
+
+    @resumable_mid_task.setter
+    def resumable_mid_task(self, value: bool) -> None:
+        self._resumable = value
+
+    def setup(self, model, run_cfg):
+        return self.inner.setup(model, run_cfg)
+
+    def param_groups(self, model, run_cfg):
+        return self.inner.param_groups(model, run_cfg)
+
+    def before_task(self, ctx):
+        self.inner.before_task(ctx)
+
+    def train_samples(self, ctx, samples):
+        return self.inner.train_samples(ctx, samples)
+
+    def extra_loss(self, ctx, batch, outputs):
+        return self.inner.extra_loss(ctx, batch, outputs)
+
+    def after_step(self, ctx):
+        self.inner.after_step(ctx)
+
+    def after_task(self, ctx):
+        self.inner.after_task(ctx)
+
+    def eval_routes(self, model, task, samples):
+        return self.inner.eval_routes(model, task, samples)
+
+    def save_model(self, model, directory):
+        self.inner.save_model(model, directory)
+
+    def load_model(self, model, directory):
+        self.inner.load_model(model, directory)
+
+    # -- state: the inner method's and this addition's, apart --------------------------------
+    def _join(self, inner: dict, own: dict) -> dict:
+        own = {self.namespace + k: v for k, v in own.items()}
+        clash = sorted(set(inner) & set(own))
+        if clash:
+            raise RuntimeError(f"{self.name}: state keys {clash[:3]} clash with the method it is added to")
+        return {**inner, **own}
+
+    def _split(self, state: dict) -> tuple[dict, dict]:
+        """(inner's part, own part without the namespace)."""
+        if not self.namespace:  # named alone: on lora, which keeps no state, so all of it is ours
+            return {}, dict(state)
+        n = len(self.namespace)
+        return ({k: v for k, v in state.items() if not k.startswith(self.namespace)},
+                {k[n:]: v for k, v in state.items() if k.startswith(self.namespace)})
+
+    def state_dict(self):
+        return self._join(self.inner.state_dict(), self.own_state_dict())
+
+    def load_state_dict(self, state):
+        inner, own = self._split(state)
+        self.inner.load_state_dict(inner)
+        self.load_own_state_dict(own)
+
+    def json_state(self):
+        return self._join(self.inner.json_state(), self.own_json_state())
+
+    def load_json_state(self, state):
+        inner, own = self._split(state)
+        self.inner.load_json_state(inner)
+        self.load_own_json_state(own)
+
+    def task_state_dict(self):
+        return self._join(self.inner.task_state_dict(), self.own_task_state_dict())
+
+    def load_task_state_dict(self, ctx, state):
+        inner, own = self._split(state)
+        self.inner.load_task_state_dict(ctx, inner)
+        self.load_own_task_state_dict(ctx, own)
+
+    def own_state_dict(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def load_own_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        pass
+
+    def own_json_state(self) -> dict:
+        return {}
+
+    def load_own_json_state(self, state: dict) -> None:
+        pass
+
+    def own_task_state_dict(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def load_own_task_state_dict(self, ctx: TaskContext, state: dict[str, torch.Tensor]) -> None:
+        pass

@@ -1,4 +1,5 @@
-"""Sequential LoRA with an exponential moving average of the trainable weights.
+"""EMA, an addition: an exponential moving average of the trainable weights (on sequential LoRA
+when named alone, `method.name=ema`).
 
 A shadow copy theta* of the trainable parameters (LoRA adapter and, when it trains, the
 projector) is taken after the first optimizer step of each task; after every later step
@@ -21,9 +22,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ..config import ConfigError
-from .base import TaskContext
-from .lora import SequentialLoRA
+from .base import Addition, TaskContext
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -104,20 +103,21 @@ def unwrap(ctx: TaskContext) -> torch.nn.Module:
     return acc.unwrap_model(ctx.model) if acc is not None else ctx.model
 
 
-class EMALoRA(SequentialLoRA):
+class EMA(Addition):
     name = "ema"
+    rewrites_weights = True  # runs right after the base, so other additions see the averaged weights
 
-    def __init__(self, cfg):
-        super().__init__(cfg)
-        if not 0.0 < cfg.ema_weight <= 1.0:
-            raise ConfigError(f"method.ema_weight={cfg.ema_weight} must be in (0, 1]")
+    def __init__(self, cfg, **kwargs):
+        super().__init__(cfg, **kwargs)  # settings checked at config load (methods/registry.py)
         self.shadow: ParameterShadow | None = None
         self.updates = 0
 
     def before_task(self, ctx: TaskContext) -> None:
+        super().before_task(ctx)
         self.shadow, self.updates = None, 0
 
     def after_step(self, ctx: TaskContext) -> None:
+        super().after_step(ctx)
         if self.shadow is None:
             # Taken after the first step (the spec): theta*_1 = theta_1. Collected here, not in
             # before_task, so the list is exactly what this task's optimizer trains.
@@ -126,12 +126,12 @@ class EMALoRA(SequentialLoRA):
         self.shadow.update(self.cfg.ema_weight)
         self.updates += 1
 
-    def task_state_dict(self) -> dict[str, torch.Tensor]:
+    def own_task_state_dict(self) -> dict[str, torch.Tensor]:
         if self.shadow is None:  # before the task's first step
             return {}
         return {**self.shadow.state_dict(), "updates": torch.tensor(self.updates)}
 
-    def load_task_state_dict(self, ctx: TaskContext, state: dict[str, torch.Tensor]) -> None:
+    def load_own_task_state_dict(self, ctx: TaskContext, state: dict[str, torch.Tensor]) -> None:
         if not state:
             return
         self.shadow = ParameterShadow(trainable_named_parameters(unwrap(ctx)))  # the restored weights
@@ -139,6 +139,7 @@ class EMALoRA(SequentialLoRA):
         self.updates = int(state["updates"])
 
     def after_task(self, ctx: TaskContext) -> None:
+        super().after_task(ctx)
         if self.shadow is None:
             return
         self.shadow.copy_to_live()

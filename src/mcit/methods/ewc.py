@@ -1,8 +1,9 @@
-"""EWC: sequential LoRA plus the elastic weight consolidation penalty
+"""EWC, an addition: the elastic weight consolidation penalty
 
     L = L_task + (lambda / 2) * sum_k F_k (theta_k - theta*_k)^2
 
-over the trainable parameters (LoRA A/B and, when it trains, the projector).
+over the trainable parameters of the method it is added to (on sequential LoRA, named alone:
+LoRA A/B and, when it trains, the projector; on `full`, every language-model weight).
 
 Fisher. Diagonal empirical Fisher, estimated at the end of each task at the task's final
 weights: the mean over `ewc_fisher_samples` training samples of the squared gradient of each
@@ -22,17 +23,16 @@ Across tasks. The Fisher is summed over tasks (each task's importance counts in 
 EWC's sum of per-task penalties) and the anchor theta* is the weights at the end of the most
 recent task (the single-anchor form of online EWC with gamma = 1). Zero penalty on the first
 task. Fisher and anchor are the method's `state_dict`, saved with every stage, so a resumed
-run continues with the same penalty.
+run continues with the same penalty. A parameter an earlier task trained that is frozen now
+(O-LoRA's earlier adapters) is left out of the penalty: it cannot move.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from ..config import ConfigError
 from ..data.encode import IGNORE_INDEX
-from .base import TaskContext
-from .lora import SequentialLoRA
+from .base import Addition, TaskContext, add_losses
 
 
 def answer_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,17 +112,15 @@ def ewc_penalty(params: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], l
     return 0.5 * lam * total
 
 
-class EWC(SequentialLoRA):
-    name = "ewc"
-    # The Fisher batches captured in-task go into an in-task checkpoint (task_state_dict), but only
-    # the main process writes it and each process captured its own rows: with several processes
-    # a cut stage is redone instead (set per task in before_task).
-    resumable_mid_task = True
+class EWC(Addition):
+    """The Fisher batches captured in-task go into an in-task checkpoint (task_state_dict), but only
+    the main process writes it and each process captured its own rows: with several processes a
+    cut stage is redone instead (resumable_mid_task, set per task in before_task)."""
 
-    def __init__(self, cfg):
-        super().__init__(cfg)
-        if cfg.ewc_lambda < 0 or cfg.ewc_fisher_samples < 1:
-            raise ConfigError("method.ewc_lambda must be >= 0 and method.ewc_fisher_samples >= 1")
+    name = "ewc"
+
+    def __init__(self, cfg, **kwargs):
+        super().__init__(cfg, **kwargs)  # settings checked at config load (methods/registry.py)
         self.fisher: dict[str, torch.Tensor] = {}  # summed over finished tasks
         self.anchor: dict[str, torch.Tensor] = {}  # theta* at the end of the last finished task
         self._terms: list | None = None  # (param, F, anchor) for the live model, built per task
@@ -135,18 +133,19 @@ class EWC(SequentialLoRA):
         return ctx.accelerator.unwrap_model(ctx.model) if ctx.accelerator is not None else ctx.model
 
     def before_task(self, ctx: TaskContext) -> None:
+        super().before_task(ctx)  # a per-task base (O-LoRA) adds this task's adapter first
         self._batches, self._rows, self._last = [], 0, None
         self.resumable_mid_task = ctx.accelerator is None or ctx.accelerator.num_processes == 1
         self._terms = None
         if self.fisher:
             params = dict(self._live(ctx).named_parameters())
-            missing = sorted(set(self.fisher) - {n for n, p in params.items() if p.requires_grad})
+            missing = sorted(set(self.fisher) - set(params))
             if missing:
-                raise RuntimeError(f"EWC state names parameters the model does not train: {missing[:5]}")
+                raise RuntimeError(f"EWC state names parameters the model does not have: {missing[:5]}")
             # In the model's parameter order, not the dict's (a state read back from safetensors is
             # sorted by name): the penalty's float sum must not depend on how the state was loaded.
             self._terms = [(p, self.fisher[n].to(p.device), self.anchor[n].to(p.device))
-                           for n, p in params.items() if n in self.fisher]
+                           for n, p in params.items() if n in self.fisher and p.requires_grad]
 
     def _capture(self, batch: dict) -> None:
         """Keep the newest micro-batches, just enough rows for the Fisher."""
@@ -156,6 +155,9 @@ class EWC(SequentialLoRA):
             self._rows -= len(self._batches.pop(0)["input_ids"])
 
     def extra_loss(self, ctx: TaskContext, batch: dict, outputs) -> torch.Tensor | None:
+        return add_losses(super().extra_loss(ctx, batch, outputs), self._penalty(batch))
+
+    def _penalty(self, batch: dict) -> torch.Tensor | None:
         if torch.is_grad_enabled():  # only batches that are trained on
             self._capture(batch)
         if not self._terms or self.cfg.ewc_lambda == 0:
@@ -164,10 +166,10 @@ class EWC(SequentialLoRA):
         self._last = penalty.detach()
         return penalty
 
-    def task_state_dict(self) -> dict[str, torch.Tensor]:
+    def own_task_state_dict(self) -> dict[str, torch.Tensor]:
         return {f"batch/{i}/{k}": v for i, b in enumerate(self._batches) for k, v in b.items()}
 
-    def load_task_state_dict(self, ctx: TaskContext, state: dict[str, torch.Tensor]) -> None:
+    def load_own_task_state_dict(self, ctx: TaskContext, state: dict[str, torch.Tensor]) -> None:
         batches: dict[int, dict] = {}
         for key, value in state.items():
             _, i, field = key.split("/", 2)
@@ -176,6 +178,7 @@ class EWC(SequentialLoRA):
         self._rows = sum(len(b["input_ids"]) for b in self._batches)
 
     def after_task(self, ctx: TaskContext) -> None:
+        super().after_task(ctx)  # an averaging part (ema) first: the Fisher is taken at the stage's weights
         model = self._live(ctx)
         fisher, count = empirical_fisher(model, self._batches, self.cfg.ewc_fisher_samples)
         acc = ctx.accelerator
@@ -183,19 +186,20 @@ class EWC(SequentialLoRA):
             fisher = {n: acc.reduce(f, "mean") for n, f in fisher.items()}
         for n, f in fisher.items():
             self.fisher[n] = self.fisher[n] + f.cpu() if n in self.fisher else f.cpu()
-        self.anchor = {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+        # Updated, not replaced: a parameter frozen now keeps the anchor of the task that trained it.
+        self.anchor.update({n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad})
         self._batches, self._rows, self._terms = [], 0, None
         ctx.log["ewc_fisher_rows"] = count
         ctx.log["ewc_fisher_mean"] = float(torch.cat([f.flatten() for f in self.fisher.values()]).mean())
         if self._last is not None:
             ctx.log["ewc_penalty_last"] = float(self._last)
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
+    def own_state_dict(self) -> dict[str, torch.Tensor]:
         state = {f"fisher/{n}": f for n, f in self.fisher.items()}
         state.update({f"anchor/{n}": a for n, a in self.anchor.items()})
         return state
 
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+    def load_own_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.fisher = {k.split("/", 1)[1]: v for k, v in state.items() if k.startswith("fisher/")}
         self.anchor = {k.split("/", 1)[1]: v for k, v in state.items() if k.startswith("anchor/")}
         if set(self.fisher) != set(self.anchor):

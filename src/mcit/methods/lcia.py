@@ -46,7 +46,6 @@ Design choices:
 from __future__ import annotations
 
 import copy
-import math
 import warnings
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -185,13 +184,10 @@ class InstructionSimilarity:
 
 class LCIA(SequentialLoRA):
     name = "lcia"
+    rewrites_weights = True  # the balanced EMA is written into the live weights at each task's end
 
     def __init__(self, cfg):
-        super().__init__(cfg)
-        if not 0.0 < cfg.lcia_fallback <= 1.0:
-            raise ConfigError(f"method.lcia_fallback={cfg.lcia_fallback} must be in (0, 1]")
-        if cfg.lcia_threshold is not None and not math.isfinite(cfg.lcia_threshold):
-            raise ConfigError(f"method.lcia_threshold={cfg.lcia_threshold} must be a finite number or null")
+        super().__init__(cfg)  # settings checked at config load (methods/registry.py)
         self.similarity = InstructionSimilarity(cfg.lcia_similarity)
         self.threshold: float | None = cfg.lcia_threshold
         self.model = None  # the live PeftModel (setup / load_model), for load_json_state

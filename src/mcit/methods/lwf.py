@@ -1,5 +1,5 @@
-"""LwF: sequential LoRA plus distillation from the previous stage's model on the current
-task's inputs:
+"""LwF, an addition: distillation from the previous stage's model on the current task's inputs
+(on sequential LoRA when named alone, `method.name=lwf`):
 
     L = L_task + lwf_lambda * T^2 * KL(softmax(z_old / T) || softmax(z_new / T))
 
@@ -9,7 +9,8 @@ not count. The T^2 factor keeps the gradient scale independent of T (Hinton et a
 the first task.
 
 The teacher. Only the trainable weights (LoRA A/B, the projector copy) differ between the
-previous stage and the live model; the frozen base is shared. So `before_task` keeps a
+previous stage and the live model; the frozen base is shared. So `before_task` (after the inner
+method's, which may add this task's adapter: O-LoRA's new one starts at B = 0) keeps a
 detached copy of just those tensors, and the teacher pass is the live model run through
 `torch.func.functional_call` with the copies substituted for the trainable parameters, under
 no_grad and in eval mode (no dropout). No second model, no second PEFT adapter (which would
@@ -24,10 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from ..config import ConfigError
 from ..data.encode import IGNORE_INDEX
-from .base import TaskContext
-from .lora import SequentialLoRA
+from .base import Addition, TaskContext, add_losses
 
 
 def distillation_kl(new_logits: torch.Tensor, old_logits: torch.Tensor, labels: torch.Tensor,
@@ -43,13 +42,11 @@ def distillation_kl(new_logits: torch.Tensor, old_logits: torch.Tensor, labels: 
     return temperature ** 2 * kl
 
 
-class LwF(SequentialLoRA):
+class LwF(Addition):
     name = "lwf"
 
-    def __init__(self, cfg):
-        super().__init__(cfg)
-        if cfg.lwf_lambda < 0 or cfg.lwf_temperature <= 0:
-            raise ConfigError("method.lwf_lambda must be >= 0 and method.lwf_temperature > 0")
+    def __init__(self, cfg, **kwargs):
+        super().__init__(cfg, **kwargs)  # settings checked at config load (methods/registry.py)
         self.teacher: dict[str, torch.Tensor] | None = None
         self._last = None
 
@@ -58,6 +55,7 @@ class LwF(SequentialLoRA):
         return ctx.accelerator.unwrap_model(ctx.model) if ctx.accelerator is not None else ctx.model
 
     def before_task(self, ctx: TaskContext) -> None:
+        super().before_task(ctx)
         self._last = None
         if ctx.index == 0:
             self.teacher = None
@@ -75,6 +73,9 @@ class LwF(SequentialLoRA):
             model.train(was_training)
 
     def extra_loss(self, ctx: TaskContext, batch: dict, outputs) -> torch.Tensor | None:
+        return add_losses(super().extra_loss(ctx, batch, outputs), self._distillation(ctx, batch, outputs))
+
+    def _distillation(self, ctx: TaskContext, batch: dict, outputs) -> torch.Tensor | None:
         if self.teacher is None or self.cfg.lwf_lambda == 0:
             return None
         old = self.teacher_logits(self._live(ctx), batch)
@@ -83,6 +84,7 @@ class LwF(SequentialLoRA):
         return self.cfg.lwf_lambda * kl
 
     def after_task(self, ctx: TaskContext) -> None:
+        super().after_task(ctx)
         if self._last is not None:
             ctx.log["lwf_kl_last"] = float(self._last)
         self.teacher = None  # free the copy between tasks

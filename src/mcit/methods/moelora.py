@@ -19,7 +19,6 @@ import torch
 from safetensors.torch import load_file, save
 from torch import nn
 
-from ..config import ConfigError
 from ..io import atomic_write_bytes, atomic_write_text
 from ..models.adapters import is_projector, set_trainable, target_regex
 from ..models.moelora_layer import IMPLS, MoELoRALinear, load_balancing_loss
@@ -88,18 +87,7 @@ class MoELoRA(Method):
     name = "moelora"
 
     def __init__(self, cfg):
-        super().__init__(cfg)
-        # Checked here, before any expensive work (build_method runs first in mcit.train).
-        if cfg.moe_experts < 1 or cfg.lora_r % cfg.moe_experts:
-            raise ConfigError(f"method.lora_r={cfg.lora_r} must be a multiple of method.moe_experts="
-                              f"{cfg.moe_experts} (each expert has rank lora_r / moe_experts)")
-        if cfg.moe_top_k is not None and not 1 <= cfg.moe_top_k <= cfg.moe_experts:
-            raise ConfigError(f"method.moe_top_k={cfg.moe_top_k} must be null or between 1 and "
-                              f"method.moe_experts={cfg.moe_experts}")
-        if cfg.moe_impl not in IMPLS:
-            raise ConfigError(f"method.moe_impl: '{cfg.moe_impl}' is not one of {list(IMPLS)}")
-        if cfg.moe_balance_weight < 0:
-            raise ConfigError(f"method.moe_balance_weight={cfg.moe_balance_weight} must be >= 0")
+        super().__init__(cfg)  # settings checked at config load (methods/registry.py)
         self.layers: dict[str, MoELoRALinear] = {}
 
     def setup(self, model, run_cfg):

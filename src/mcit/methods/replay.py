@@ -1,5 +1,5 @@
-"""Replay: sequential LoRA plus a small buffer of earlier tasks' samples mixed into each new
-task's training data.
+"""Replay, an addition: a small buffer of earlier tasks' samples mixed into each new task's
+training data (on sequential LoRA when named alone, `method.name=replay`).
 
 Per task t: the loop trains on the task's own samples plus round(replay_ratio * n_t) samples
 drawn from the buffer (no step is added: train.py fixes the budget from the task's own data).
@@ -23,10 +23,7 @@ from dataclasses import asdict
 
 from ..config import ConfigError
 from ..data.schema import Sample
-from .base import TaskContext
-from .lora import SequentialLoRA
-
-SELECTIONS = ("reservoir", "balanced")
+from .base import Addition, TaskContext
 
 
 def sample_to_dict(s: Sample) -> dict:
@@ -106,15 +103,11 @@ def balanced_update(buffer: list, new: list, size: int, rng: random.Random) -> l
     return [s for t, n in zip(tasks, shares) for s in groups[t][:n]]
 
 
-class Replay(SequentialLoRA):
+class Replay(Addition):
     name = "replay"
 
-    def __init__(self, cfg):
-        super().__init__(cfg)
-        if cfg.replay_selection not in SELECTIONS:
-            raise ConfigError(f"method.replay_selection: '{cfg.replay_selection}' is not one of {list(SELECTIONS)}")
-        if cfg.replay_size < 0 or cfg.replay_ratio < 0:
-            raise ConfigError("method.replay_size and method.replay_ratio must be >= 0")
+    def __init__(self, cfg, **kwargs):
+        super().__init__(cfg, **kwargs)  # settings checked at config load (methods/registry.py)
         self.seed = 0
         self.buffer: list[Sample] = []
         self.seen = 0  # samples offered to the buffer so far (reservoir's N)
@@ -129,6 +122,7 @@ class Replay(SequentialLoRA):
         return random.Random(f"mcit-replay/{self.seed}/{index}/{purpose}")
 
     def train_samples(self, ctx: TaskContext, samples: list) -> list:
+        samples = super().train_samples(ctx, samples)
         self._current = list(samples)
         k = round(self.cfg.replay_ratio * len(samples))
         mixed = draw(self.buffer, k, self._rng(ctx.index, "mix"))
@@ -137,6 +131,7 @@ class Replay(SequentialLoRA):
         return list(samples) + mixed
 
     def after_task(self, ctx: TaskContext) -> None:
+        super().after_task(ctx)
         self.update_buffer(ctx.index, self._current)
         self._current = []
 
@@ -149,11 +144,11 @@ class Replay(SequentialLoRA):
             self.buffer = balanced_update(self.buffer, samples, size, rng)
             self.seen += len(samples)
 
-    def json_state(self) -> dict:
+    def own_json_state(self) -> dict:
         return {"selection": self.cfg.replay_selection, "size": self.cfg.replay_size, "seen": self.seen,
                 "buffer": [sample_to_dict(s) for s in self.buffer]}
 
-    def load_json_state(self, state: dict) -> None:
+    def load_own_json_state(self, state: dict) -> None:
         if not state:
             return
         if state.get("selection", self.cfg.replay_selection) != self.cfg.replay_selection:
