@@ -15,7 +15,7 @@ from mcit.eval.judge_backends import EmbeddingJudge, JudgeBackend, OpenAIJudge, 
 from mcit.eval.judge_protocol import JudgeError, JudgeItem, build_prompt, gk_task_score, parse_score
 from mcit.metrics import compute_metrics
 from mcit.report.matrix import load_matrix
-from mcit.train import save_jsonl
+from mcit.rundir import save_jsonl
 
 SECRET = "sk-test-DO-NOT-LEAK-4f9c2b"
 

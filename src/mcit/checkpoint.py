@@ -38,10 +38,6 @@ _OLD = ".checkpoint.old"
 _STATE = "state.json"
 
 
-def path_for(stage: Path) -> Path:
-    return Path(stage) / NAME
-
-
 def find(stage: Path) -> Path | None:
     """The stage's complete checkpoint folder, or None."""
     for candidate in (Path(stage) / NAME, Path(stage) / _OLD):

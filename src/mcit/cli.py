@@ -21,7 +21,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from .data.coin_format import DataError
     from .eval.judge_protocol import JudgeError
     from .rundir import RunError
-    from .train import DataCheckFailed
+    from .data.check import DataCheckFailed
 
     return (UserError, ConfigError, DataError, RunError, DataCheckFailed, JudgeError)
 

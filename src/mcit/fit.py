@@ -22,11 +22,11 @@ from .distributed import global_loss_kwargs, mean_over_processes
 from .methods.base import Method, TaskContext
 
 
-def steps_for(tc, n_items: int, world_size: int, task: str | None = None) -> int:
+def steps_for(tc, n_items: int, task: str | None = None) -> int:
     """Optimizer steps for one task: its own budget (task_steps, task_epochs) if it has one,
     else the run's fixed budget, else epochs over the global batch. The global batch is
-    batch_size x grad_accum whatever the number of processes (`world_size`, kept for callers),
-    so a run takes the same steps on 1 or N processes."""
+    batch_size x grad_accum whatever the number of processes, so a run takes the same steps on
+    1 or N processes."""
     if task in tc.task_steps:
         return int(tc.task_steps[task])
     if tc.steps_per_task and task not in tc.task_epochs:
@@ -69,7 +69,7 @@ def train_task(model, method: Method, ctx: TaskContext, items: list[dict], run_c
         collate_fn=lambda b: collate(b, pad_id),
         drop_last=len(items) >= tc.batch_size,
     )
-    total = steps if steps is not None else steps_for(tc, len(items), acc.num_processes, ctx.task)
+    total = steps if steps is not None else steps_for(tc, len(items), ctx.task)
     groups = method.param_groups(model, run_cfg)
     params = [p for g in groups for p in g["params"]]
     optimizer = torch.optim.AdamW(groups, weight_decay=tc.weight_decay)

@@ -6,7 +6,8 @@ Layout::
     <output_dir>/<name>/
         config.yaml          the resolved configuration
         environment.json     versions, platform, device, command line, git commit, time
-        stages/01-<task>/    one folder per training stage; done.json is written last
+        stages/01-<task>/    one folder per training stage: model/, method_state.*, predictions/,
+                             per-step series; done.json is written last (save_stage, mark_stage_done)
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import ConfigError, config_hash, config_to_dict, config_to_yaml, load_config
-from .io import atomic_write_text
+from .io import atomic_write_bytes, atomic_write_text
 
 __all__ = [
     "RunError",
@@ -34,6 +35,10 @@ __all__ = [
     "save_json",
     "save_run_info",
     "stage_dir",
+    "save_stage",
+    "restore_stage",
+    "completed_stages",
+    "save_jsonl",
 ]
 
 CONFIG_FILE = "config.yaml"
@@ -266,3 +271,54 @@ def load_stage_info(stage_dir: str | Path) -> dict[str, Any] | None:
 def is_stage_done(stage_dir: str | Path) -> bool:
     """Whether ``mark_stage_done`` completed for this stage folder."""
     return load_stage_info(stage_dir) is not None
+
+
+# ---------------------------------------------------------------------------------------
+# stages: what a trained stage leaves in its folder, and how a later run reads it back
+
+
+def save_stage(stage: str | Path, method: Any, model: Any, series: dict[str, list] | None = None) -> None:
+    """A trained stage's weights (in the method's format: full weights or adapters), the method's
+    tensor state (safetensors) and JSON state, and its per-step series (``<name>.jsonl``)."""
+    from safetensors.torch import save as save_tensors  # torch: only where weights are written
+
+    stage = Path(stage)
+    method.save_model(model, stage / "model")
+    state = method.state_dict()
+    if state:
+        atomic_write_bytes(stage / "method_state.safetensors",
+                           save_tensors({k: v.contiguous().cpu() for k, v in state.items()}))
+    if method.json_state():
+        save_json(stage / "method_state.json", method.json_state())
+    for name, records in (series or {}).items():
+        save_jsonl(stage / f"{name}.jsonl", records)
+
+
+def restore_stage(method: Any, model: Any, stage: str | Path) -> None:
+    """A saved stage's weights and method state into a freshly set-up model (resume, `mcit emt`)."""
+    from safetensors.torch import load_file
+
+    stage = Path(stage)
+    method.load_model(model, stage / "model")
+    if (stage / "method_state.safetensors").is_file():
+        method.load_state_dict(load_file(str(stage / "method_state.safetensors")))
+    if (stage / "method_state.json").is_file():
+        method.load_json_state(load_json(stage / "method_state.json"))
+
+
+def completed_stages(run_dir: str | Path, names: list[str]) -> list[dict]:
+    """done.json records of the stages finished in order from the first (stops at a gap)."""
+    done = []
+    for t, name in enumerate(names):
+        info = load_stage_info(stage_dir(run_dir, t, name))
+        if info is None:
+            break
+        done.append(info)
+    return done
+
+
+def save_jsonl(path: str | Path, records: list[dict]) -> None:
+    """One JSON object per line, written atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))

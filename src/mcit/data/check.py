@@ -50,7 +50,7 @@ from mcit.data.release import OfficialTruth, eval_file, resolve_instruction_set
 from mcit.data.schema import Sample
 from mcit.data.stream import stream_order
 
-__all__ = ["CheckReport", "Problem", "SplitCounts", "check_release", "check_stream_config"]
+__all__ = ["CheckReport", "DataCheckFailed", "Problem", "SplitCounts", "check_release", "check_stream_config"]
 
 _ID_KEY = {"train": "id", "test": "question_id"}
 _PARSER: dict[str, Callable[[Any, str, Path], Sample]] = {
@@ -344,3 +344,11 @@ def check_stream_config(dc) -> CheckReport:
     report.notes = [Problem.from_error(n, file=n.file) for n in truth.notes]
     report.truth_sources = dict(truth.sources)
     return report
+
+
+class DataCheckFailed(Exception):
+    """A run's data has problems; ``report`` lists every one of them (nothing was trained or written)."""
+
+    def __init__(self, report: CheckReport):
+        super().__init__("the data check found problems; nothing was trained or written\n" + report.format())
+        self.report = report

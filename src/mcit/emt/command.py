@@ -4,7 +4,7 @@ against its own vision encoder.
 The target is a local checkpoint folder (anything ``load_checkpoint`` opens) or a stage folder
 of a run (``<run>/stages/NN-<task>``): the model is then rebuilt as the run built it (the run's
 config.yaml, the base checkpoint named in its environment.json, the method's ``setup`` and the
-stage's saved weights through :func:`mcit.train.restore_stage`). ``00-base`` is the base model.
+stage's saved weights through :func:`mcit.rundir.restore_stage`). ``00-base`` is the base model.
 
 Writes into the output folder: ``emt.json`` (every number with its protocol), ``emt.md`` (the
 table) and ``answers/<dataset>.jsonl`` (every answer with its outcome; with a judge decider
@@ -57,7 +57,7 @@ def load_target(path: Path) -> tuple[Any, Any, dict]:
         return model, processor, {"kind": "checkpoint", "path": str(path)}
 
     from ..config import load_config
-    from ..train import restore_stage
+    from ..rundir import restore_stage
 
     run_dir = path.parent.parent
     cfg = load_config(run_dir / "config.yaml", [])

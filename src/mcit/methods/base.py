@@ -11,6 +11,7 @@ method it runs. A method may:
     after_step(ctx)              after each optimizer step, gradients still present (EMA, LCIA).
     after_task(ctx)              at the end of each task, before the stage is saved.
     train_samples(ctx, samples)  the samples to train on for this task (replay mixes old ones in).
+    plan(tasks)                  the stages: (name, tasks trained), one per task or one joint stage.
     eval_routes(model, task, samples)
                                  at evaluation: which subset of the test samples is answered
                                  under which adapter setting (task id, per-sample routing).
@@ -139,6 +140,11 @@ class Method:
 
     def load_model(self, model: torch.nn.Module, directory: Path) -> None:
         raise NotImplementedError
+
+    def plan(self, tasks: list[str]) -> list[tuple[str, list[str]]]:
+        """The stages of a run over ``tasks``: (stage name, tasks it trains). One stage per task,
+        in order; a joint method (multitask) trains them all in one stage."""
+        return [("multitask", list(tasks))] if self.joint else [(t, [t]) for t in tasks]
 
 
 def add_losses(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:

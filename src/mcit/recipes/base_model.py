@@ -26,8 +26,8 @@ from ..distributed import SingleProcess
 from ..io import atomic_write_text
 from ..methods.base import Method, TaskContext
 from ..fit import train_task
-from .tiny_llava import build_model, build_processor, train_tokenizer
-from .vision_stage import pretrain_vision
+from ..models.tiny_llava import build_model, build_processor, train_tokenizer
+from .vision_encoder import pretrain_vision
 
 
 class _TrainEverything(Method):
