@@ -187,8 +187,9 @@ def _describe_run(run: _Run, checkpoint: Path, resume: bool) -> None:
     save_json(run.run_dir / "baselines.json", {t: {"constant_answer": a, "score": v} for t, (a, v) in baselines.items()})
     run.log(f"run folder: {run.run_dir}")
     run.log("constant-answer baseline: " + "  ".join(f"{t} {v:.1f}" for t, (_, v) in baselines.items()))
+    label = " + ".join([cfg.method.name, *cfg.method.with_])  # the base and what is added to it
     run.log(f"model: {checkpoint}  ({total / 1e6:.2f} M parameters, {trainable / 1e6:.2f} M trainable "
-            f"with '{run.method.name}')")
+            f"with '{label}')")
 
 
 # --------------------------------------------------------------------------------------------
