@@ -171,29 +171,30 @@ def _textvqa_answers(path: Path, given: bool) -> dict[str, tuple[str, ...]]:
     return out
 
 
+def _keyed_answers(path: Path, what: str, answer, why: str) -> dict[str, tuple[str, ...]]:
+    """An official file that is an object keyed by question id whose values hold an "answer":
+    id -> (answer(value["answer"]),); a value ``answer`` refuses (returns None) is an error."""
+    data = _load_json(path, what)
+    if not isinstance(data, dict):
+        raise DataError("must be an object keyed by question id", file=str(path))
+    out = {}
+    for qid, value in data.items():
+        found = answer(value.get("answer")) if isinstance(value, dict) else None
+        if found is None:
+            raise DataError(why, file=str(path), record=qid, field="answer")
+        out[str(qid)] = (found,)
+    return out
+
+
 def _scienceqa_answers(path: Path) -> dict[str, tuple[str, ...]]:
     """problems.json: pid -> {"answer": index into the choices, ...} -> pid -> (letter,)."""
-    data = _load_json(path, "ScienceQA problems file")
-    if not isinstance(data, dict):
-        raise DataError("must be an object keyed by problem id", file=str(path))
-    out = {}
-    for pid, prob in data.items():
-        index = prob.get("answer") if isinstance(prob, dict) else None
-        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(OPTION_LETTERS):
-            raise DataError("must be an option index 0-4", file=str(path), record=pid, field="answer")
-        out[str(pid)] = (OPTION_LETTERS[index],)
-    return out
+    def letter(index):
+        ok = isinstance(index, int) and not isinstance(index, bool) and 0 <= index < len(OPTION_LETTERS)
+        return OPTION_LETTERS[index] if ok else None
+
+    return _keyed_answers(path, "ScienceQA problems file", letter, "must be an option index 0-4")
 
 
 def _gqa_answers(path: Path) -> dict[str, tuple[str, ...]]:
     """testdev_balanced_questions.json: qid -> {"answer": ..., ...} -> qid -> (answer,)."""
-    data = _load_json(path, "GQA questions file")
-    if not isinstance(data, dict):
-        raise DataError("must be an object keyed by question id", file=str(path))
-    out = {}
-    for qid, q in data.items():
-        answer = q.get("answer") if isinstance(q, dict) else None
-        if not isinstance(answer, str):
-            raise DataError("must be a string", file=str(path), record=qid, field="answer")
-        out[str(qid)] = (answer,)
-    return out
+    return _keyed_answers(path, "GQA questions file", lambda a: a if isinstance(a, str) else None, "must be a string")
