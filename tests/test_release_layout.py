@@ -261,3 +261,14 @@ def test_a_bad_judge_setting_stops_the_run_before_training(release, checkpoint, 
     err = capsys.readouterr().err
     assert code == 2 and "judge.rules" in err and "nowhere.json" in err and "Traceback" not in err
     assert not (tmp_path / "j").exists()
+
+
+def test_a_grounding_record_shows_the_judge_its_answer_box(tmp_path):
+    from mcit.data.coin_format import read_test_json
+
+    rec = {"question_id": "g1", "image": "x.png", "text": "Box of: the dog", "answer": "the dog on the left",
+           "answer_bbox": "[0.1, 0.2, 0.3, 0.4]", "size": [10, 10]}
+    _dump(tmp_path / "test.json", [rec, rec | {"question_id": "g2", "answer": "[0.1, 0.2, 0.3, 0.4]"}])
+    first, second = read_test_json(tmp_path / "test.json", "Grounding", tmp_path)
+    assert first.extra["record_answer"] == "[0.1, 0.2, 0.3, 0.4]" and first.answer == "the dog on the left"
+    assert "record_answer" not in second.extra
