@@ -32,6 +32,7 @@ from .eval.judge_backends import check_judge_config
 from .fit import steps_for, train_task
 from .methods import Method, TaskContext, build_method
 from .metrics import compute_metrics
+from .models.folder_check import check_run_models
 from .models.load import load_checkpoint
 from .report.matrix import format_table, save_matrix
 from .rundir import (RunError, completed_stages, create_run_dir, load_json, mark_stage_done, restore_stage,
@@ -130,6 +131,7 @@ def _check_settings(cfg, acc) -> None:
     if cfg.eval.scoring not in SCORING_MODES:
         raise ConfigError(f"eval.scoring: '{cfg.eval.scoring}' is not one of {list(SCORING_MODES)}")
     check_judge_config(cfg.judge)  # a bad judge setting stops the run now, not after training
+    check_run_models(cfg)  # model.name and a local judge's folder, before anything is built or written
 
 
 def _read_stream(cfg, acc) -> Stream:

@@ -53,7 +53,7 @@ def load_target(path: Path) -> tuple[Any, Any, dict]:
         if not (path / "config.json").is_file():
             raise ConfigError(f"{path} is neither a checkpoint folder (no config.json) nor a run's stage folder "
                               "(<run>/stages/NN-<task>)")
-        model, processor = load_checkpoint(path)
+        model, processor = load_checkpoint(path, label="emt")  # the folder is checked before it loads
         return model, processor, {"kind": "checkpoint", "path": str(path)}
 
     from ..config import load_config
@@ -70,7 +70,7 @@ def load_target(path: Path) -> tuple[Any, Any, dict]:
                        "rebuild it (the same config under the same MCIT_CACHE) or evaluate a checkpoint folder")
     info = {"kind": "run-stage", "path": str(path), "run": str(run_dir), "base_checkpoint": str(base),
             "method": cfg.method.name, "stage": path.name}
-    model, processor = load_checkpoint(base, cfg.model.dtype)
+    model, processor = load_checkpoint(base, cfg.model.dtype, label="emt: the run's base checkpoint")
     if (path / "model").is_dir():
         method = build_method(cfg.method)
         model = method.setup(model, cfg)

@@ -245,11 +245,14 @@ class LocalLMJudge(_TextJudge):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from ..models.folder_check import CAUSAL_LM, check_model_folder
+
         super().__init__(protocol)
         folder = Path(path).expanduser()
         if not folder.is_dir():
             raise ConfigError(f"judge.model: {folder} is not a folder (the local backend needs a Hugging "
                               "Face causal-LM folder)")
+        check_model_folder(folder, CAUSAL_LM, "judge.model")  # every problem named before anything loads
         self.model = str(folder.resolve())
         self.batch_size, self.max_new_tokens = max(1, batch_size), max_new_tokens
         self._decoding = _decoding(sampling, repetition_penalty)
