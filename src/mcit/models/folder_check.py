@@ -86,6 +86,8 @@ def model_folder_problems(folder: Path, kind: str) -> list[str]:
                 "written by save_pretrained)"]
     if not folder.is_dir():
         return ["not a local checkpoint folder (it is a file)"]
+    if not (folder / CONFIG).is_file() and (folder / "adapter_config.json").is_file():
+        return [f"a PEFT adapter (adapter_config.json, no {CONFIG}), not a checkpoint: give its base model"]
     problems: list[str] = []
     config = _config(folder, problems)
     problems += _remote_code(folder)
@@ -128,9 +130,7 @@ def _json_object(path: Path, problems: list[str]) -> dict | None:
 
 def _config(folder: Path, problems: list[str]) -> dict | None:
     if not (folder / CONFIG).is_file():
-        hint = " (adapter_config.json is there: this is a PEFT adapter, give its base model)" \
-            if (folder / "adapter_config.json").is_file() else ""
-        problems.append(f"{CONFIG}: missing, so this is not a Hugging Face checkpoint folder{hint}")
+        problems.append(f"{CONFIG}: missing, so this is not a Hugging Face checkpoint folder")
         return None
     return _json_object(folder / CONFIG, problems)
 
