@@ -312,6 +312,18 @@ def test_emt_on_a_run_stage_whose_base_checkpoint_is_damaged(pristine, tmp_path)
     assert not (run / "stages" / "00-base" / "emt").exists()
 
 
+def test_emt_checks_the_checkpoint_before_building_a_local_judge(pristine, tmp_path, monkeypatch):
+    def no_judge_yet(*args, **kwargs):
+        raise AssertionError("the judge was built before the checkpoint was checked")
+
+    monkeypatch.setattr("mcit.emt.command.build_judge_decider", no_judge_yet)
+    folder = tmp_path / "model"
+    shutil.copytree(pristine["mllm"], folder)
+    truncate(folder)
+    assert_rejected([*emt(folder, tmp_path / "out"), "--decider", "local", f"judge.model={pristine['lm']}"],
+                    mentions=["emt", str(folder), WEIGHTS, "truncated"], watch=[tmp_path], code=2)
+
+
 def test_both_bad_folders_of_a_run_are_reported_at_once(pristine, cache):
     mllm, lm = cache / "mllm", cache / "lm"
     shutil.copytree(pristine["mllm"], mllm)

@@ -12,6 +12,7 @@ table) and ``answers/<dataset>.jsonl`` (every answer with its outcome; with a ju
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -25,9 +26,11 @@ from .datasets import load_dataset
 from .decide import JUDGE_UNPARSABLE
 from .evaluate import JUDGE_DECIDERS, ask, check_decider, encoder_baseline, parse_specs, prepare, protocol
 from ..eval.judge import CACHE_FILE, JudgeCache
+from ..eval.judge_backends import check_judge_config
 from .judge_decider import JudgeDecider, build_judge_decider
 
-__all__ = ["default_out", "format_table", "is_run_stage", "load_target", "run_emt"]
+__all__ = ["check_target", "default_out", "format_table", "is_run_stage", "load_target", "run_emt",
+           "target_checkpoint"]
 
 
 def is_run_stage(path: Path) -> bool:
@@ -39,11 +42,9 @@ def default_out(target: Path) -> Path:
     return target / "emt" if is_run_stage(target) else Path("emt") / (target.resolve().name or "model")
 
 
-def load_target(path: Path) -> tuple[Any, Any, dict]:
-    """(model, processor, description) for a checkpoint folder or a run's stage folder."""
-    from ..methods import build_method
-    from ..models.load import load_checkpoint
-
+def target_checkpoint(path: Path) -> tuple[Path, str, Any]:
+    """(checkpoint folder, the name its errors go by, the run's config or None) behind a target:
+    the folder itself, or a run stage's base checkpoint (environment.json). Loads nothing."""
     path = Path(path)
     if not is_run_stage(path):
         if (path / "config.yaml").is_file() and (path / "stages").is_dir():
@@ -53,11 +54,9 @@ def load_target(path: Path) -> tuple[Any, Any, dict]:
         if not (path / "config.json").is_file():
             raise ConfigError(f"{path} is neither a checkpoint folder (no config.json) nor a run's stage folder "
                               "(<run>/stages/NN-<task>)")
-        model, processor = load_checkpoint(path, label="emt")  # the folder is checked before it loads
-        return model, processor, {"kind": "checkpoint", "path": str(path)}
+        return path, "emt", None
 
     from ..config import load_config
-    from ..rundir import restore_stage
 
     run_dir = path.parent.parent
     cfg = load_config(run_dir / "config.yaml", [])
@@ -68,9 +67,31 @@ def load_target(path: Path) -> tuple[Any, Any, dict]:
     if not (base / "config.json").is_file():
         raise RunError(f"the run's base checkpoint {base} (from environment.json) is not there any more; "
                        "rebuild it (the same config under the same MCIT_CACHE) or evaluate a checkpoint folder")
-    info = {"kind": "run-stage", "path": str(path), "run": str(run_dir), "base_checkpoint": str(base),
+    return base, "emt: the run's base checkpoint", cfg
+
+
+def check_target(path: Path) -> None:
+    """The checkpoint behind a target checked (every problem at once) without loading anything."""
+    from ..models.folder_check import MLLM, check_model_folder
+
+    folder, label, _ = target_checkpoint(path)
+    check_model_folder(folder, MLLM, label)
+
+
+def load_target(path: Path) -> tuple[Any, Any, dict]:
+    """(model, processor, description) for a checkpoint folder or a run's stage folder."""
+    from ..methods import build_method
+    from ..models.load import load_checkpoint
+    from ..rundir import restore_stage
+
+    path = Path(path)
+    base, label, cfg = target_checkpoint(path)
+    if cfg is None:
+        model, processor = load_checkpoint(path, label=label)  # the folder is checked before it loads
+        return model, processor, {"kind": "checkpoint", "path": str(path)}
+    info = {"kind": "run-stage", "path": str(path), "run": str(path.parent.parent), "base_checkpoint": str(base),
             "method": cfg.method.name, "stage": path.name}
-    model, processor = load_checkpoint(base, cfg.model.dtype, label="emt: the run's base checkpoint")
+    model, processor = load_checkpoint(base, cfg.model.dtype, label=label)
     if (path / "model").is_dir():
         method = build_method(cfg.method)
         model = method.setup(model, cfg)
@@ -97,9 +118,9 @@ def run_emt(target: str | Path, specs: list[str], *, limit: int | None = 100, pr
     if decider in JUDGE_DECIDERS:
         if judge_cfg is None:
             raise ConfigError(f"the {decider} decider needs judge settings (judge.model=...)")
-        judge = build_judge_decider(judge_cfg, decider)  # bad judge settings stop us before the MLLM loads
-    else:
-        judge = None
+        check_judge_config(dataclasses.replace(judge_cfg, backend=decider))  # settings first, then folders
+    check_target(Path(target))  # a damaged checkpoint is refused before any model (a local judge's too) loads
+    judge = build_judge_decider(judge_cfg, decider) if decider in JUDGE_DECIDERS else None
     try:
         return _run(Path(target), parsed, judge, limit=limit, probe_train=probe_train, out=out, decider=decider,
                     batch_size=batch_size, max_new_tokens=max_new_tokens, seed=seed, log=log)
