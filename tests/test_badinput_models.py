@@ -8,6 +8,7 @@ import random
 import shutil
 import struct
 
+import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
@@ -190,7 +191,7 @@ def peft_adapter_folder(folder):
     for path in folder.iterdir():
         path.unlink()
     (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 8}))
-    save_file({"w": __import__("numpy").zeros(2, dtype="float32")}, str(folder / "adapter_model.safetensors"))
+    save_file({"w": np.zeros(2, dtype=np.float32)}, str(folder / "adapter_model.safetensors"))
 
 
 def several_problems(folder):
