@@ -31,9 +31,11 @@ def _make_release(root: Path) -> tuple[Path, Path]:
         prefix = task[:3].lower()
         for i in range(N):
             _png(images / task / f"{i}.png", (40 * t, 60 * i, 100))
+        # answers of the kind each task's scorer expects: a letter, a box, a phrase
+        answer = {"ScienceQA": "B", "Grounding": format_bbox([0.1, 0.2, 0.5, 0.6])}.get(task)
         train = [
             Sample(f"{prefix}-t{i}", task, f"{task}/{i}.png", f"Question {i}?\nAnswer briefly.",
-                   (f"answer {i}",))
+                   (answer or f"answer {i}",))
             for i in range(N)
         ]
         if task == "Grounding":
@@ -47,7 +49,7 @@ def _make_release(root: Path) -> tuple[Path, Path]:
         else:
             test = [
                 Sample(f"{prefix}-q{i}", task, f"{task}/{i}.png", f"Question {i}?\nAnswer briefly.",
-                       (f"answer {i}",))
+                       (answer or f"answer {i}",))
                 for i in range(N)
             ]
         (release / task).mkdir(parents=True)
@@ -215,7 +217,9 @@ def test_problems_the_readers_let_through_and_several_per_record(tmp_path):
     assert no_id.index == 1 and str(no_id).startswith("TextVQA/train.json, record #1, field 'id'")
     assert "escapes" in _find(ps, "TextVQA/train.json", "tex-t2", "image").message
     assert "gpt" in _find(ps, "TextVQA/train.json", "tex-t2", "conversations").message
-    assert "object" in _find(ps, "TextVQA/train.json", None, None).message
+    whole_file = [p for p in ps if (p.file, p.record, p.field) == ("TextVQA/train.json", None, None)]
+    assert [p.index for p in whole_file] == [3, None]  # the list item, then the file: all 4 records are bad
+    assert "object" in whole_file[0].message and "no usable record" in whole_file[1].message
     assert "empty" in _find(ps, "TextVQA/test.json", "tex-q0", "text").message
     assert (report.counts["TextVQA"]["train"].records, report.counts["TextVQA"]["train"].bad) == (4, 4)
     assert report.counts["TextVQA"]["test"].bad == 1
@@ -246,10 +250,13 @@ def test_format_caps_the_listing_but_keeps_every_problem(tmp_path):
     _dump(path / "test.json", recs)
     _dump(path / "train.json", [])
     report = check_release(release, images, ["GQA"])
-    assert len(report.problems) == 30
+    # 30 missing images, then the empty train file and the test file without a usable record
+    assert len(report.problems) == 32
+    assert "holds no records" in report.problems[0].message and report.problems[0].file == "GQA/train.json"
+    assert "no usable record (all 30" in report.problems[-1].message
     text = report.format(max_problems=5)
-    assert "... and 25 more" in text
-    assert sum(line.startswith("  GQA/test.json") for line in text.splitlines()) == 5
+    assert "... and 27 more" in text
+    assert sum(line.startswith("  GQA/test.json") for line in text.splitlines()) == 4
     assert report.counts["GQA"]["train"].records == 0
 
 

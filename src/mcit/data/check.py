@@ -26,11 +26,14 @@ Checking only reads: nothing is written anywhere.
 
 from __future__ import annotations
 
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image  # noqa: F401  (tests count the files opened through it)
 
 from mcit.config import ConfigError
 from mcit.data.coin_format import (
@@ -42,11 +45,13 @@ from mcit.data.coin_format import (
     _parse_test_record,
     _parse_train_record,
     _record_id,
+    parse_bbox,
     read_test_json,
     resolve_image,
 )
+from mcit.data.images import decode_problem
 from mcit.data.benchmark import load_benchmark
-from mcit.data.release import OfficialTruth, eval_file, resolve_instruction_set
+from mcit.data.release import OPTION_LETTERS, OfficialTruth, eval_file, resolve_instruction_set
 from mcit.data.schema import Sample
 from mcit.data.stream import stream_order
 
@@ -112,6 +117,8 @@ class CheckReport:
     problems: list[Problem] = field(default_factory=list)
     notes: list[Problem] = field(default_factory=list)  # answers replaced by the official files'
     truth_sources: dict[str, str] = field(default_factory=dict)  # task -> official ground-truth file
+    images: int = 0  # distinct image files decoded
+    seconds: float = 0.0  # how long the check took
 
     @property
     def ok(self) -> bool:
@@ -128,6 +135,8 @@ class CheckReport:
             for split, c in splits.items():
                 records = "-" if c.records is None else str(c.records)
                 lines.append(f"{task:<{width}}  {split:<5}  {records:>7}  {c.bad:>5}")
+        records = sum(c.records or 0 for splits in self.counts.values() for c in splits.values())
+        lines.append(f"checked {records} records and decoded {self.images} distinct images in {self.seconds:.1f} s")
         for task, source in self.truth_sources.items():
             lines.append(f"{task}: ground truth from {source}")
         if self.notes:
@@ -153,16 +162,26 @@ class CheckReport:
 # ---------------------------------------------------------------------------------------
 
 
-class _ImageChecker:
-    """Opens each distinct image file once; remembers the verdict (None = fine)."""
+@dataclass
+class _ImageRef:
+    """A record's image, to be decoded once all files are read (each distinct file once)."""
 
-    def __init__(self, image_root: Path, check_files: bool) -> None:
+    path: Path
+    rel: str
+
+
+class _ImageChecker:
+    """Collects the distinct image files the records use, then decodes them all in a thread pool
+    (Pillow's decoders release the GIL) and remembers each verdict (None = fine)."""
+
+    def __init__(self, image_root: Path, check_files: bool, max_pixels: int | None = None) -> None:
         self.image_root = image_root
         self.check_files = check_files
+        self.max_pixels = max_pixels
         self._verdicts: dict[Path, str | None] = {}
 
-    def problem(self, rec: dict) -> DataError | None:
-        """The first problem with the record's image, or None (also when it has none)."""
+    def problem(self, rec: dict) -> DataError | _ImageRef | None:
+        """The image's path problem, or a reference to decode later, or None (no image)."""
         try:
             rel = _image(rec, self.image_root)  # type and confinement to the root
         except DataError as err:
@@ -170,25 +189,23 @@ class _ImageChecker:
         if rel is None or not self.check_files:
             return None
         path = resolve_image(self.image_root, rel)
-        if path not in self._verdicts:
-            self._verdicts[path] = self._verify(path)
-        verdict = self._verdicts[path]
-        return None if verdict is None else DataError(f"{verdict}: {rel!r}", field="image")
+        self._verdicts.setdefault(path, None)
+        return _ImageRef(path, rel)
 
-    @staticmethod
-    def _verify(path: Path) -> str | None:
-        if not path.exists():
-            return "image file not found"
-        if not path.is_file():
-            return "image path is not a file"
-        try:
-            with Image.open(path) as im:
-                im.verify()
-        except UnidentifiedImageError:
-            return "not a readable image (unknown format or not an image)"
-        except Exception as exc:  # Pillow raises many kinds (OSError, SyntaxError, ...)
-            return f"not a readable image ({type(exc).__name__}: {exc})"
-        return None
+    def decode_all(self) -> int:
+        """Decode every collected file (each once); the number of files decoded."""
+        paths = list(self._verdicts)
+        workers = max(1, min(8, os.cpu_count() or 1, len(paths)))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            verdicts = pool.map(lambda p: decode_problem(p, self.max_pixels), paths)
+            self._verdicts = dict(zip(paths, verdicts))
+        return len(paths)
+
+    def resolve(self, found: DataError | _ImageRef | None) -> DataError | None:
+        if not isinstance(found, _ImageRef):
+            return found
+        verdict = self._verdicts[found.path]
+        return None if verdict is None else DataError(f"{verdict}: {found.rel!r}", field="image")
 
 
 def _empty_text_problem(sample: Sample, rec: dict, split: str) -> DataError | None:
@@ -219,20 +236,69 @@ def _usable_id(rec: Any, key: str) -> str | None:
         return None
 
 
-def _check_file(path: Path, task: str, split: str, images: _ImageChecker,
-                problems: list[Problem]) -> SplitCounts:
+def _box_problem(text: str) -> str | None:
+    """Why ``text`` is not a box the bbox scorer can use: "[x1, y1, x2, y2]" in [0, 1], x1 <= x2,
+    y1 <= y2 (an inverted or out-of-range reference makes every prediction wrong), or None."""
+    try:
+        x1, y1, x2, y2 = parse_bbox(text)
+    except ValueError as exc:
+        return str(exc)
+    if not all(0.0 <= v <= 1.0 for v in (x1, y1, x2, y2)):
+        return f"box {text!r} has a coordinate outside [0, 1] (boxes are normalized to the image)"
+    if x1 > x2 or y1 > y2:
+        return f"box {text!r} has {'x1 > x2' if x1 > x2 else 'y1 > y2'} (the corners are [x1, y1, x2, y2])"
+    return None
+
+
+def _answer_kind_problem(sample: Sample, rec: dict, split: str, scorer: str | None) -> DataError | None:
+    """An answer of the wrong kind for the task's scorer: a Grounding answer (train target or
+    test reference) that is not a box, a multiple-choice test answer that is not an option letter."""
+    if scorer == "bbox":
+        if split == "train":
+            for k, (_, gpt) in enumerate(sample.conversation):
+                why = _box_problem(gpt.strip())
+                if why:
+                    where = "" if k == 0 else f" of pair {k + 1}"
+                    return DataError(f"the gpt turn{where} must be a box: {why}", field="conversations")
+            return None
+        key = "answer_bbox" if rec.get("answer_bbox") is not None else _answer_key(rec)
+        why = _box_problem(rec["answer_bbox"] if key == "answer_bbox" else sample.answer)
+        return DataError(why, field=key) if why else None
+    if scorer == "letter" and split == "test":
+        bad = [a for a in sample.answers if a.strip().upper() not in OPTION_LETTERS or len(a.strip()) != 1]
+        if bad:
+            return DataError(f"answer {bad[0]!r} is not an option letter ({', '.join(OPTION_LETTERS)}), which "
+                             "the letter scorer compares predictions with", field=_answer_key(rec))
+    return None
+
+
+def _answer_key(rec: dict) -> str:
+    return next((k for k in ("answers", "answer") if rec.get(k) is not None), "answer_bbox")
+
+
+@dataclass
+class _FileCheck:
+    """One file's records after the structural checks; image verdicts are resolved later."""
+
+    label: str
+    records: int | None = None
+    entries: list[tuple[int, str | None, list]] = field(default_factory=list)  # (index, id, found)
+
+
+def _read_file(path: Path, task: str, split: str, scorer: str | None, images: _ImageChecker,
+               problems: list[Problem]) -> _FileCheck:
     label = _label(path)
     try:
         records = _load_list(path)
     except DataError as err:
         problems.append(Problem.from_error(err, file=label))
-        return SplitCounts()
+        return _FileCheck(label)
 
     id_key, parse = _ID_KEY[split], _PARSER[split]
     first_seen: dict[str, int] = {}
-    bad = 0
+    result = _FileCheck(label, records=len(records))
     for index, rec in enumerate(records):
-        found: list[DataError | None] = []
+        found: list[DataError | _ImageRef | None] = []
         rid = _usable_id(rec, id_key)
         if isinstance(rec, dict):
             # the structure without the image, so that an image problem hides no other one
@@ -242,7 +308,8 @@ def _check_file(path: Path, task: str, split: str, images: _ImageChecker,
             except DataError as err:
                 found.append(err)
             else:
-                found.append(_empty_text_problem(sample, rec, split))
+                found.append(_empty_text_problem(sample, rec, split)
+                             or _answer_kind_problem(sample, rec, split, scorer))
             found.append(images.problem(rec))
         else:
             try:
@@ -255,26 +322,49 @@ def _check_file(path: Path, task: str, split: str, images: _ImageChecker,
                     f"duplicate id (first used by record #{first_seen[rid]})", field=id_key))
             else:
                 first_seen[rid] = index
-        found = [e for e in found if e is not None]
-        if found:
+        result.entries.append((index, rid, found))
+    return result
+
+
+_NOTHING_TO = {"train": "nothing to train on", "test": "nothing to evaluate"}
+
+
+def _finish_file(check: _FileCheck, split: str, images: _ImageChecker,
+                 problems: list[Problem]) -> SplitCounts:
+    """The file's problems (image verdicts now known) appended in record order; its counts."""
+    if check.records is None:
+        return SplitCounts()
+    bad = 0
+    for index, rid, found in check.entries:
+        errors = [e for e in map(images.resolve, found) if e is not None]
+        if errors:
             bad += 1
-            for err in found:
-                problem = Problem.from_error(err, file=label, index=index)
-                if problem.record is None and rid is not None:
-                    problem.record = rid
-                problems.append(problem)
-    return SplitCounts(records=len(records), bad=bad)
+        for err in errors:
+            problem = Problem.from_error(err, file=check.label, index=index)
+            if problem.record is None and rid is not None:
+                problem.record = rid
+            problems.append(problem)
+    if check.records == 0:
+        problems.append(Problem(check.label, None, None, f"holds no records: the task has {_NOTHING_TO[split]}"))
+    elif bad == check.records:
+        problems.append(Problem(check.label, None, None,
+                                f"no usable record (all {bad} have problems): the task has {_NOTHING_TO[split]}"))
+    return SplitCounts(records=check.records, bad=bad)
 
 
 def check_release(release_dir: Path, image_root: Path, tasks: list[str],
-                  eval_files: dict[str, str] | None = None) -> CheckReport:
+                  eval_files: dict[str, str] | None = None, *, scorers: dict[str, str] | None = None,
+                  max_image_pixels: int | None = None) -> CheckReport:
     """Check ``<release_dir>/<Task>/train.json`` and each task's evaluation file (``eval_files``,
     default ``test.json``) for every task, and their images.
 
-    ``release_dir`` is the instruction set's folder. Never raises on bad data: every problem
-    becomes a :class:`Problem` in the returned report.
+    ``release_dir`` is the instruction set's folder. ``scorers`` (task -> scorer name) adds the
+    checks of answer kinds (boxes for ``bbox``, option letters for ``letter``); every image is
+    decoded in full and refused above ``max_image_pixels`` (default: data.max_image_pixels's).
+    Never raises on bad data: every problem becomes a :class:`Problem` in the returned report.
     """
-    eval_files = eval_files or {}
+    started = time.monotonic()
+    eval_files, scorers = eval_files or {}, scorers or {}
     release_dir, image_root = Path(release_dir), Path(image_root)
     report = CheckReport(release_dir, image_root)
     problems = report.problems
@@ -289,19 +379,30 @@ def check_release(release_dir: Path, image_root: Path, tasks: list[str],
             report.counts[task] = {split: SplitCounts() for split in SPLITS}
         return report
 
-    images = _ImageChecker(image_root, check_files=root_ok)
+    images = _ImageChecker(image_root, check_files=root_ok, max_pixels=max_image_pixels)
+    read: dict[str, dict[str, _FileCheck] | Problem] = {}
+    structural: list[Problem] = []  # problems found while reading: files that cannot be read
     for task in tasks:
         task_dir = release_dir / task
         if not task_dir.is_dir():
-            problems.append(Problem(f"{task}/", None, None,
-                                    f"task folder not found in {release_dir}"))
-            report.counts[task] = {split: SplitCounts() for split in SPLITS}
+            read[task] = Problem(f"{task}/", None, None, f"task folder not found in {release_dir}")
             continue
         names = {"train": "train.json", "test": eval_files.get(task, "test.json")}
-        report.counts[task] = {
-            split: _check_file(task_dir / names[split], task, split, images, problems)
-            for split in SPLITS
-        }
+        read[task] = {split: _read_file(task_dir / names[split], task, split, scorers.get(task), images, structural)
+                      for split in SPLITS}
+    report.images = images.decode_all()
+    by_file = {p.file: p for p in structural}
+    for task, files in read.items():
+        if isinstance(files, Problem):
+            problems.append(files)
+            report.counts[task] = {split: SplitCounts() for split in SPLITS}
+            continue
+        report.counts[task] = {}
+        for split, check in files.items():
+            if check.label in by_file:
+                problems.append(by_file[check.label])
+            report.counts[task][split] = _finish_file(check, split, images, problems)
+    report.seconds = time.monotonic() - started
     return report
 
 
@@ -325,14 +426,19 @@ def check_stream_config(dc) -> CheckReport:
     tasks = stream_order(dc, 0, bench)  # the set of tasks; their order does not matter here
     release = resolve_instruction_set(Path(dc.root), dc.instruction_set, tasks)
     eval_files = {t: eval_file(bench.spec(t), dc.eval_files) for t in tasks}
-    report = check_release(release, Path(dc.image_root), tasks, eval_files)
-    if not bench.official_ground_truth:
-        return report
-    try:
-        truth = OfficialTruth.read(dc, Path(dc.image_root), tasks)
-    except DataError as err:
-        report.problems.append(Problem.from_error(err, file=err.file or "official ground truth"))
-        return report
+    started = time.monotonic()
+    truth, truth_error = OfficialTruth(), None
+    if bench.official_ground_truth:
+        try:
+            truth = OfficialTruth.read(dc, Path(dc.image_root), tasks)
+        except DataError as err:
+            truth_error = Problem.from_error(err, file=err.file or "official ground truth")
+    # a task scored against an official file is not held to its records' own answers
+    scorers = {t: bench.spec(t).scorer for t in tasks if t not in truth.answers}
+    report = check_release(release, Path(dc.image_root), tasks, eval_files, scorers=scorers,
+                           max_image_pixels=dc.max_image_pixels)
+    if truth_error is not None:
+        report.problems.append(truth_error)
     for task in truth.answers:
         label = f"{task}/{eval_files[task]}"
         if any(p.file == label for p in report.problems):
@@ -343,6 +449,7 @@ def check_stream_config(dc) -> CheckReport:
             report.problems.append(Problem.from_error(err, file=label))
     report.notes = [Problem.from_error(n, file=n.file) for n in truth.notes]
     report.truth_sources = dict(truth.sources)
+    report.seconds = time.monotonic() - started
     return report
 
 
