@@ -6,6 +6,7 @@ The release is a tiny coin-mini generation in CoIN's layout (records ``<Task>_<s
 ``images/<Task>/<split>_<i>.png``), copied for every case and damaged in one place."""
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -21,6 +22,12 @@ from PIL import Image
 from mcit.data import coin_mini
 
 EVAL_ON_TEST = ("TextVQA", "VizWiz", "VQAv2")  # coin-mini writes test.json where CoIN has val.json
+
+
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    """Runs, and the data check's list of images known to be fine, use a fresh cache per case."""
+    monkeypatch.setenv("MCIT_CACHE", str(tmp_path / "cache"))
 
 
 @pytest.fixture(scope="module")
@@ -102,9 +109,16 @@ def _image_file(rel: str, data: bytes | Callable[[Path], None]) -> Callable[[Pat
     return damage
 
 
+@functools.lru_cache(maxsize=1)
+def _huge_png_bytes() -> bytes:
+    # 108 M pixels at 1 bit each: 13.5 MB in memory once, a few KB on disk; the check reads its header only
+    buf = io.BytesIO()
+    Image.new("1", (12000, 9000), 1).save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def _huge_png(path: Path) -> None:
-    # 108 M pixels at 1 bit each: 13.5 MB in memory, a few KB on disk; the check reads its header only
-    Image.new("1", (12000, 9000), 1).save(path, format="PNG")
+    path.write_bytes(_huge_png_bytes())
 
 
 def _both(*damages: Callable[[Path], None]) -> Callable[[Path], None]:
@@ -266,8 +280,7 @@ RUN_CASES = [
 
 
 @pytest.mark.parametrize("task, damage, mentions", RUN_CASES)
-def test_run_refuses_before_writing(release, tmp_path, monkeypatch, task, damage, mentions):
-    monkeypatch.setenv("MCIT_CACHE", str(tmp_path / "cache"))
+def test_run_refuses_before_writing(release, tmp_path, task, damage, mentions):
     runs = tmp_path / "runs"
     (runs / "earlier").mkdir(parents=True)
     (runs / "earlier" / "metrics.json").write_text('{"kept": true}\n')
@@ -286,8 +299,7 @@ def _foreign(tmp_path: Path) -> Path:
     return root
 
 
-def test_run_refuses_a_foreign_coin_mini_root(tmp_path, monkeypatch):
-    monkeypatch.setenv("MCIT_CACHE", str(tmp_path / "cache"))
+def test_run_refuses_a_foreign_coin_mini_root(tmp_path):
     root = _foreign(tmp_path)
     before = sorted(p.relative_to(root) for p in root.rglob("*"))
     assert_rejected(["run", "data.benchmark=coin-mini", f"data.root={root}", "data.tasks=[GQA]",

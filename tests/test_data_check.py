@@ -1,8 +1,10 @@
 """Whole-release validation (mcit.data.check): every problem of every file, reported at once."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,12 @@ from mcit.data.schema import Sample
 
 TASKS = ["ScienceQA", "TextVQA", "Grounding"]
 N = 3  # records per split and task in the clean fixture
+
+
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    """check_stream_config remembers the images that decoded fine in mcit's cache: a fresh one per test."""
+    monkeypatch.setenv("MCIT_CACHE", str(tmp_path / "cache"))
 
 
 def _png(path: Path, color: tuple[int, int, int]) -> None:
@@ -279,3 +287,38 @@ def test_check_stream_config(tmp_path):
         check_stream_config(DataConfig(benchmark="coin", root=str(tmp_path)))
     with pytest.raises(ConfigError):
         check_stream_config(DataConfig(benchmark="coin-mini"))
+
+
+def test_a_later_check_decodes_only_the_images_that_changed(tmp_path, monkeypatch):
+    release, images = _make_release(tmp_path)
+    dc = DataConfig(benchmark="coin", root=str(tmp_path), image_root=str(images), tasks=TASKS,
+                    eval_files={"TextVQA": "test.json"}, textvqa_answers="record")
+    first = check_stream_config(dc)
+    assert first.ok and (first.images, first.images_unchanged) == (3 * N, 0)
+    assert "decoded 9 distinct images in" in first.format()
+
+    opened: list[str] = []
+    real_open = Image.open
+    monkeypatch.setattr(check_mod.Image, "open", lambda fp, *a, **k: opened.append(str(fp)) or real_open(fp, *a, **k))
+    second = check_stream_config(dc)
+    assert second.ok and (second.images, second.images_unchanged) == (0, 3 * N) and opened == []
+    assert "decoded 0 distinct images (9 more unchanged since an earlier check)" in second.format()
+
+    cut = images / "TextVQA" / "1.png"  # a different size: decoded again, and refused
+    cut.write_bytes(cut.read_bytes()[:-30])
+    third = check_stream_config(dc)
+    assert (third.images, third.images_unchanged) == (1, 3 * N - 1) and opened == [str(cut)]
+    assert [(p.record, p.field) for p in third.problems] == [("tex-t1", "image"), ("tex-q1", "image")]
+
+    same_size = images / "Grounding" / "2.png"  # same size, new time: decoded again
+    data = bytearray(same_size.read_bytes())
+    data[40:60] = bytes(20)
+    same_size.write_bytes(bytes(data))
+    os.utime(same_size, ns=(same_size.stat().st_atime_ns, same_size.stat().st_mtime_ns + 10**9))
+    fourth = check_stream_config(dc)
+    assert fourth.images == 2 and {p.record for p in fourth.problems} == {"tex-t1", "tex-q1", "gro-t2", "gro-q2"}
+
+    # a lower limit than the one the remembered images passed: every image is looked at again
+    lower = check_stream_config(dataclasses.replace(dc, max_image_pixels=16 * 12 - 1))
+    assert lower.images == 3 * N and sum(p.field == "image" for p in lower.problems) == 2 * 3 * N
+    assert "16 x 12 = 192 pixels, above data.max_image_pixels=191" in lower.problems[0].message

@@ -7,25 +7,35 @@ returns a :class:`CheckReport` (counts per task and split, plus the full problem
 
 What is checked, per file (``<release>/<Task>/{train,test}.json``):
 
-* the task folder and the file exist, the file is UTF-8 JSON holding a list;
+* the task folder and the file exist, the file is UTF-8 JSON holding a list, and it holds at
+  least one usable record (an empty file leaves the task nothing to train on or evaluate);
 * each record's structure, with the readers' own record parsers (``_parse_train_record`` and
   ``_parse_test_record``), so "valid" here means exactly "the readers accept it". They stop at
   the first structural problem of a record, so a record shows at most one structural problem;
   the image is checked separately, so an image problem is reported next to it;
 * non-empty question and answer texts (the readers accept empty strings);
-* the image path stays inside the image root (:func:`resolve_image`), the file exists and
-  Pillow can open and ``verify()`` it (each distinct file is opened once per check);
+* answers of the kind the task's scorer needs (given ``scorers``): ``bbox`` tasks' training
+  targets and test references are boxes "[x1, y1, x2, y2]" in [0, 1] with x1 <= x2, y1 <= y2;
+  ``letter`` tasks' test answers are option letters A-E;
+* the image path stays inside the image root (:func:`resolve_image`), the file exists, is at
+  most ``data.max_image_pixels`` pixels (read from its header, so a bomb is never decoded) and
+  decodes to its last byte (``verify()`` alone lets a truncated JPEG through). Each distinct file
+  is decoded once per check, in a thread pool; :func:`check_stream_config` (what ``mcit data
+  check`` and every run use) remembers the files that decoded fine in mcit's cache, so a later
+  check decodes only the files that changed;
 * ids are unique within the file.
 
 Private helpers reused from ``coin_format``: ``_label`` (how a file is named), ``_load_list``
 (reading and JSON errors with line and column), ``_image`` (image field type + confinement),
 ``_record_id`` (id rules) and ``_parse_train_record`` / ``_parse_test_record`` (record
 structure, answers, answer_bbox, size).
-Checking only reads: nothing is written anywhere.
+The data is only read; the one file written is that list of images known to be fine.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -49,13 +59,15 @@ from mcit.data.coin_format import (
     read_test_json,
     resolve_image,
 )
-from mcit.data.images import decode_problem
+from mcit.data.images import inspect_image, pixel_limit
+from mcit.io import atomic_write_text
 from mcit.data.benchmark import load_benchmark
 from mcit.data.release import OPTION_LETTERS, OfficialTruth, eval_file, resolve_instruction_set
 from mcit.data.schema import Sample
-from mcit.data.stream import stream_order
+from mcit.data.stream import cache_dir, stream_order
 
-__all__ = ["CheckReport", "DataCheckFailed", "Problem", "SplitCounts", "check_release", "check_stream_config"]
+__all__ = ["CheckReport", "DataCheckFailed", "Problem", "SplitCounts", "check_release", "check_stream_config",
+           "images_checked_file"]
 
 _ID_KEY = {"train": "id", "test": "question_id"}
 _PARSER: dict[str, Callable[[Any, str, Path], Sample]] = {
@@ -118,6 +130,7 @@ class CheckReport:
     notes: list[Problem] = field(default_factory=list)  # answers replaced by the official files'
     truth_sources: dict[str, str] = field(default_factory=dict)  # task -> official ground-truth file
     images: int = 0  # distinct image files decoded
+    images_unchanged: int = 0  # distinct image files not decoded again: fine at an earlier check, unchanged
     seconds: float = 0.0  # how long the check took
 
     @property
@@ -136,7 +149,9 @@ class CheckReport:
                 records = "-" if c.records is None else str(c.records)
                 lines.append(f"{task:<{width}}  {split:<5}  {records:>7}  {c.bad:>5}")
         records = sum(c.records or 0 for splits in self.counts.values() for c in splits.values())
-        lines.append(f"checked {records} records and decoded {self.images} distinct images in {self.seconds:.1f} s")
+        unchanged = f" ({self.images_unchanged} more unchanged since an earlier check)" if self.images_unchanged else ""
+        lines.append(f"checked {records} records and decoded {self.images} distinct images{unchanged} "
+                     f"in {self.seconds:.1f} s")
         for task, source in self.truth_sources.items():
             lines.append(f"{task}: ground truth from {source}")
         if self.notes:
@@ -172,12 +187,19 @@ class _ImageRef:
 
 class _ImageChecker:
     """Collects the distinct image files the records use, then decodes them all in a thread pool
-    (Pillow's decoders release the GIL) and remembers each verdict (None = fine)."""
+    (Pillow's decoders release the GIL) and remembers each verdict (None = fine).
 
-    def __init__(self, image_root: Path, check_files: bool, max_pixels: int | None = None) -> None:
+    With ``remembered`` (a JSON file), the files that decoded fine are recorded there by size and
+    modification time, and a later check decodes only what changed since: every run starts with a
+    data check, and decoding a whole release each time would cost minutes."""
+
+    def __init__(self, image_root: Path, check_files: bool, max_pixels: int | None = None,
+                 remembered: Path | None = None) -> None:
         self.image_root = image_root
         self.check_files = check_files
-        self.max_pixels = max_pixels
+        self.max_pixels = pixel_limit() if max_pixels is None else max_pixels
+        self.remembered = remembered
+        self.reused = 0
         self._verdicts: dict[Path, str | None] = {}
 
     def problem(self, rec: dict) -> DataError | _ImageRef | None:
@@ -193,19 +215,59 @@ class _ImageChecker:
         return _ImageRef(path, rel)
 
     def decode_all(self) -> int:
-        """Decode every collected file (each once); the number of files decoded."""
-        paths = list(self._verdicts)
-        workers = max(1, min(8, os.cpu_count() or 1, len(paths)))
+        """Decode every collected file that is not known to be fine (each once); the number decoded."""
+        known = self._load_remembered()
+        stamps = {p: _stamp(p) for p in self._verdicts}
+        todo = [p for p in self._verdicts if not self._still_fine(known.get(str(p)), stamps[p])]
+        self.reused = len(self._verdicts) - len(todo)
+        workers = max(1, min(8, os.cpu_count() or 1, len(todo)))
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            verdicts = pool.map(lambda p: decode_problem(p, self.max_pixels), paths)
-            self._verdicts = dict(zip(paths, verdicts))
-        return len(paths)
+            for path, (verdict, pixels) in zip(todo, pool.map(lambda p: inspect_image(p, self.max_pixels), todo)):
+                self._verdicts[path] = verdict
+                if verdict is None and stamps[path]:
+                    known[str(path)] = [*stamps[path], pixels]
+                else:
+                    known.pop(str(path), None)
+        if todo:
+            self._save_remembered(known)
+        return len(todo)
+
+    def _still_fine(self, entry, stamp: list[int] | None) -> bool:
+        """The file decoded fine when it had this size and time, and is within today's pixel limit."""
+        return (stamp is not None and isinstance(entry, list) and len(entry) == 3 and entry[:2] == stamp
+                and isinstance(entry[2], int) and entry[2] <= self.max_pixels)
+
+    def _load_remembered(self) -> dict[str, list]:
+        if self.remembered is None:
+            return {}
+        try:
+            table = json.loads(self.remembered.read_text("utf-8"))
+        except (OSError, ValueError):
+            return {}  # none yet, or unreadable: decode everything
+        return table if isinstance(table, dict) else {}
+
+    def _save_remembered(self, table: dict[str, list]) -> None:
+        if self.remembered is None:
+            return
+        try:
+            atomic_write_text(self.remembered, json.dumps(table, separators=(",", ":")))
+        except OSError:
+            pass  # a read-only cache only costs the next check its time
 
     def resolve(self, found: DataError | _ImageRef | None) -> DataError | None:
         if not isinstance(found, _ImageRef):
             return found
         verdict = self._verdicts[found.path]
         return None if verdict is None else DataError(f"{verdict}: {found.rel!r}", field="image")
+
+
+def _stamp(path: Path) -> list[int] | None:
+    """[size, modification time in ns] of a file, or None."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
 
 
 def _empty_text_problem(sample: Sample, rec: dict, split: str) -> DataError | None:
@@ -354,13 +416,15 @@ def _finish_file(check: _FileCheck, split: str, images: _ImageChecker,
 
 def check_release(release_dir: Path, image_root: Path, tasks: list[str],
                   eval_files: dict[str, str] | None = None, *, scorers: dict[str, str] | None = None,
-                  max_image_pixels: int | None = None) -> CheckReport:
+                  max_image_pixels: int | None = None, remember: Path | None = None) -> CheckReport:
     """Check ``<release_dir>/<Task>/train.json`` and each task's evaluation file (``eval_files``,
     default ``test.json``) for every task, and their images.
 
     ``release_dir`` is the instruction set's folder. ``scorers`` (task -> scorer name) adds the
     checks of answer kinds (boxes for ``bbox``, option letters for ``letter``); every image is
-    decoded in full and refused above ``max_image_pixels`` (default: data.max_image_pixels's).
+    decoded in full and refused above ``max_image_pixels`` (default: data.max_image_pixels's);
+    with ``remember`` (a JSON file), images that decoded fine and have not changed since (size,
+    modification time) are not decoded again.
     Never raises on bad data: every problem becomes a :class:`Problem` in the returned report.
     """
     started = time.monotonic()
@@ -379,7 +443,7 @@ def check_release(release_dir: Path, image_root: Path, tasks: list[str],
             report.counts[task] = {split: SplitCounts() for split in SPLITS}
         return report
 
-    images = _ImageChecker(image_root, check_files=root_ok, max_pixels=max_image_pixels)
+    images = _ImageChecker(image_root, check_files=root_ok, max_pixels=max_image_pixels, remembered=remember)
     read: dict[str, dict[str, _FileCheck] | Problem] = {}
     structural: list[Problem] = []  # problems found while reading: files that cannot be read
     for task in tasks:
@@ -391,6 +455,7 @@ def check_release(release_dir: Path, image_root: Path, tasks: list[str],
         read[task] = {split: _read_file(task_dir / names[split], task, split, scorers.get(task), images, structural)
                       for split in SPLITS}
     report.images = images.decode_all()
+    report.images_unchanged = images.reused
     by_file = {p.file: p for p in structural}
     for task, files in read.items():
         if isinstance(files, Problem):
@@ -436,7 +501,7 @@ def check_stream_config(dc) -> CheckReport:
     # a task scored against an official file is not held to its records' own answers
     scorers = {t: bench.spec(t).scorer for t in tasks if t not in truth.answers}
     report = check_release(release, Path(dc.image_root), tasks, eval_files, scorers=scorers,
-                           max_image_pixels=dc.max_image_pixels)
+                           max_image_pixels=dc.max_image_pixels, remember=images_checked_file(Path(dc.image_root)))
     if truth_error is not None:
         report.problems.append(truth_error)
     for task in truth.answers:
@@ -451,6 +516,12 @@ def check_stream_config(dc) -> CheckReport:
     report.truth_sources = dict(truth.sources)
     report.seconds = time.monotonic() - started
     return report
+
+
+def images_checked_file(image_root: Path) -> Path:
+    """Where the checks of an image root remember the files that decoded fine (in mcit's cache)."""
+    key = hashlib.sha256(str(Path(image_root).resolve()).encode("utf-8")).hexdigest()[:16]
+    return cache_dir() / "image-checks" / f"{key}.json"
 
 
 class DataCheckFailed(Exception):

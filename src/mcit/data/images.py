@@ -19,7 +19,7 @@ from PIL import Image, UnidentifiedImageError
 from ..config import DataConfig
 from .coin_format import DataError
 
-__all__ = ["DEFAULT_MAX_PIXELS", "decode_problem", "open_image", "pixel_limit", "set_pixel_limit"]
+__all__ = ["DEFAULT_MAX_PIXELS", "decode_problem", "inspect_image", "open_image", "pixel_limit", "set_pixel_limit"]
 
 DEFAULT_MAX_PIXELS: int = DataConfig().max_image_pixels  # one default: the config field's
 _limit = DEFAULT_MAX_PIXELS
@@ -45,11 +45,13 @@ def _too_large(size: tuple[int, int], max_pixels: int) -> str | None:
             "(raise the limit if the image is genuine)")
 
 
-def _decode(path: Path, max_pixels: int, fast: bool) -> Image.Image:
-    """The image at ``path``, decoded to its last byte; raises on a damaged file or one too large.
-    ``fast`` decodes a JPEG at 1/8 scale (all its data is still read, so truncation is caught)."""
+def _decode(path: Path, max_pixels: int, fast: bool) -> tuple[Image.Image, int]:
+    """(the image at ``path`` decoded to its last byte, its pixel count); raises on a damaged file
+    or one too large. ``fast`` decodes a JPEG at 1/8 scale (all its data is still read, so
+    truncation is caught; the image's size is then the reduced one, the count is not)."""
     im = Image.open(path)
     try:
+        pixels = im.width * im.height
         why = _too_large(im.size, max_pixels)
         if why:
             raise _TooLarge(why)
@@ -59,7 +61,7 @@ def _decode(path: Path, max_pixels: int, fast: bool) -> Image.Image:
     except BaseException:
         im.close()
         raise
-    return im
+    return im, pixels
 
 
 class _TooLarge(Exception):
@@ -69,20 +71,26 @@ class _TooLarge(Exception):
 def decode_problem(path: Path, max_pixels: int | None = None) -> str | None:
     """Why the file at ``path`` is not a usable image (not found, unreadable, damaged, too large),
     or None. Decodes it fully, keeping nothing."""
+    return inspect_image(path, max_pixels)[0]
+
+
+def inspect_image(path: Path, max_pixels: int | None = None) -> tuple[str | None, int | None]:
+    """(:func:`decode_problem`'s answer, the image's pixel count when it decoded)."""
     path = Path(path)
     if not path.exists():
-        return "image file not found"
+        return "image file not found", None
     if not path.is_file():
-        return "image path is not a file"
+        return "image path is not a file", None
     try:
-        _decode(path, _limit if max_pixels is None else max_pixels, fast=True).close()
+        im, pixels = _decode(path, _limit if max_pixels is None else max_pixels, fast=True)
+        im.close()
     except _TooLarge as exc:
-        return str(exc)
+        return str(exc), None
     except UnidentifiedImageError:
-        return "not a readable image (unknown format or not an image)"
+        return "not a readable image (unknown format or not an image)", None
     except Exception as exc:  # Pillow raises many kinds (OSError, SyntaxError, ValueError, DecompressionBombError)
-        return f"not a readable image ({type(exc).__name__}: {exc})"
-    return None
+        return f"not a readable image ({type(exc).__name__}: {exc})", None
+    return None, pixels
 
 
 def open_image(path: Path, max_pixels: int | None = None, *, label: str | None = None) -> Image.Image:
@@ -90,7 +98,7 @@ def open_image(path: Path, max_pixels: int | None = None, *, label: str | None =
     when it is missing, damaged or above the pixel limit."""
     path = Path(path)
     try:
-        with _decode(path, _limit if max_pixels is None else max_pixels, fast=False) as im:
+        with _decode(path, _limit if max_pixels is None else max_pixels, fast=False)[0] as im:
             return im.convert("RGB")
     except _TooLarge as exc:
         reason = str(exc)
