@@ -12,7 +12,8 @@ from PIL import Image
 
 from mcit.config import ConfigError, DataConfig
 from mcit.data import check as check_mod
-from mcit.data.check import Problem, check_release, check_stream_config
+from mcit.data import coin_mini
+from mcit.data.check import Problem, check_data, check_release, check_stream_config
 from mcit.data.coin_format import format_bbox, write_test_json, write_train_json
 from mcit.data.schema import Sample
 
@@ -322,3 +323,28 @@ def test_a_later_check_decodes_only_the_images_that_changed(tmp_path, monkeypatc
     lower = check_stream_config(dataclasses.replace(dc, max_image_pixels=16 * 12 - 1))
     assert lower.images == 3 * N and sum(p.field == "image" for p in lower.problems) == 2 * 3 * N
     assert "16 x 12 = 192 pixels, above data.max_image_pixels=191" in lower.problems[0].message
+
+
+def test_check_data_checks_a_generated_benchmark_like_one_on_disk(tmp_path):
+    root = tmp_path / "mini"
+    coin_mini.generate(root, seed=0, train_per_task=2, test_per_task=2, pretrain_size=0, image_size=32,
+                       progress=False)
+    dc = DataConfig(benchmark="coin-mini", root=str(root), tasks=["Grounding", "ScienceQA"], train_per_task=2,
+                    test_per_task=2, pretrain_size=0, image_size=32)
+    assert check_data(dc, seed=0).ok
+    path = root / "Original" / "Grounding" / "train.json"
+    recs = _load(path)
+    recs[1]["conversations"][1]["value"] = "[0.50, 0.20, 0.40, 0.60]"
+    _dump(path, recs)
+    report = check_data(dc, seed=0)
+    assert [str(p) for p in report.problems] == [
+        "Grounding/train.json, record 'Grounding_train_1', field 'conversations': the gpt turn must be a box: "
+        "box '[0.50, 0.20, 0.40, 0.60]' has x1 > x2 (the corners are [x1, y1, x2, y2])"]
+
+    foreign = tmp_path / "photos"
+    (foreign / "album").mkdir(parents=True)
+    with pytest.raises(ConfigError, match=r"data.root=.*photos holds other content, not a coin-mini generation"):
+        check_data(dataclasses.replace(dc, root=str(foreign)), seed=0)
+    with pytest.raises(ConfigError, match="has not been generated yet"):
+        check_data(dataclasses.replace(dc, root=str(tmp_path / "empty")), seed=0)
+    assert not (tmp_path / "empty").exists()

@@ -64,10 +64,10 @@ from mcit.io import atomic_write_text
 from mcit.data.benchmark import load_benchmark
 from mcit.data.release import OPTION_LETTERS, OfficialTruth, eval_file, resolve_instruction_set
 from mcit.data.schema import Sample
-from mcit.data.stream import cache_dir, stream_order
+from mcit.data.stream import cache_dir, coin_mini_root, stream_order
 
-__all__ = ["CheckReport", "DataCheckFailed", "Problem", "SplitCounts", "check_release", "check_stream_config",
-           "images_checked_file"]
+__all__ = ["CheckReport", "DataCheckFailed", "Problem", "SplitCounts", "check_data", "check_release",
+           "check_stream_config", "images_checked_file"]
 
 _ID_KEY = {"train": "id", "test": "question_id"}
 _PARSER: dict[str, Callable[[Any, str, Path], Sample]] = {
@@ -326,11 +326,10 @@ def _answer_kind_problem(sample: Sample, rec: dict, split: str, scorer: str | No
         key = "answer_bbox" if rec.get("answer_bbox") is not None else _answer_key(rec)
         why = _box_problem(rec["answer_bbox"] if key == "answer_bbox" else sample.answer)
         return DataError(why, field=key) if why else None
-    if scorer == "letter" and split == "test":
-        bad = [a for a in sample.answers if a.strip().upper() not in OPTION_LETTERS or len(a.strip()) != 1]
-        if bad:
-            return DataError(f"answer {bad[0]!r} is not an option letter ({', '.join(OPTION_LETTERS)}), which "
-                             "the letter scorer compares predictions with", field=_answer_key(rec))
+    answer = sample.answer.strip()  # the letter scorer compares predictions with the first answer only
+    if scorer == "letter" and split == "test" and (len(answer) != 1 or answer.upper() not in OPTION_LETTERS):
+        return DataError(f"answer {sample.answer!r} is not an option letter ({', '.join(OPTION_LETTERS)}), which "
+                         "the letter scorer compares predictions with", field=_answer_key(rec))
     return None
 
 
@@ -516,6 +515,27 @@ def check_stream_config(dc) -> CheckReport:
     report.truth_sources = dict(truth.sources)
     report.seconds = time.monotonic() - started
     return report
+
+
+def check_data(dc, seed: int) -> CheckReport:
+    """What ``mcit data check`` checks: the data on disk (:func:`check_stream_config`) or, for a
+    generated benchmark, what mcit generated for this config (``seed``: the run's data seed), with
+    the same checks. A generated benchmark not there yet, or a ``data.root`` holding something
+    else, is a ConfigError."""
+    bench = load_benchmark(dc.benchmark)
+    if not bench.generator:
+        return check_stream_config(dc)
+    root = coin_mini_root(dc, seed)
+    if not (root / "meta.json").is_file():
+        if root.exists() and (not root.is_dir() or any(root.iterdir())):
+            raise ConfigError(f"data.root={root} holds other content, not a {dc.benchmark} generation (no "
+                              "meta.json); `mcit run` generates it into an empty or missing folder")
+        raise ConfigError(f"{dc.benchmark} has not been generated yet at {root}; `mcit run` generates it")
+    image_root = Path(dc.image_root) if dc.image_root else root / "images"
+    tasks = stream_order(dc, seed, bench)
+    return check_release(resolve_instruction_set(root, dc.instruction_set, tasks), image_root, tasks,
+                         scorers={t: bench.spec(t).scorer for t in tasks}, max_image_pixels=dc.max_image_pixels,
+                         remember=images_checked_file(image_root))
 
 
 def images_checked_file(image_root: Path) -> Path:
