@@ -1,9 +1,11 @@
 """What decoding every image costs the data check: ``verify()`` only (what the check did before, which
-lets a truncated JPEG through), a full decode one file after another, and ``check_release`` (a full
-decode of each distinct image once, in a thread pool), on a release of photo-sized JPEGs.
+lets a truncated JPEG through), a full decode one file after another, ``check_release`` (a full
+decode of each distinct image once, in a thread pool), and ``check_release`` again with the list of
+images that decoded fine, on a release of photo-sized JPEGs.
 
 Prints one JSON object: per-image milliseconds of each (wall clock), the ratios to verify(), and the
-share of the pool run spent outside image decoding.
+cost of a second check that finds every image unchanged (what a run's start-up check pays once the
+images have been checked).
 
     python bench/data_check_images.py                   # 300 JPEGs of 640 x 480 (COCO-sized)
     python bench/data_check_images.py --images 2000 --side 1024
@@ -78,13 +80,22 @@ def main() -> None:
 
         pool = _timed(pooled)
         assert report.ok and report.images == args.images, report.format()
+        remembered = Path(tmp) / "checked.json"
+        check_release(release, images, ["VQAv2"], remember=remembered)
+
+        def again():
+            nonlocal report
+            report = check_release(release, images, ["VQAv2"], remember=remembered)
+
+        unchanged = _timed(again)
+        assert report.ok and report.images == 0 and report.images_unchanged == args.images
     n = args.images
     print(json.dumps({
         "images": n, "size": [w, h], "records": 2 * n,
         "ms_per_image": {"verify_only": 1e3 * verify / n, "decode_serial": 1e3 * serial / n,
-                         "check_release_pool": 1e3 * pool / n},
+                         "check_release_pool": 1e3 * pool / n, "check_release_unchanged": 1e3 * unchanged / n},
         "ratio_to_verify": {"decode_serial": serial / verify, "check_release_pool": pool / verify},
-        "pool_vs_serial": pool / serial,
+        "pool_vs_serial": pool / serial, "unchanged_vs_pool": unchanged / pool,
     }, indent=1))
 
 
