@@ -342,18 +342,17 @@ class _FileCheck:
     """One file's records after the structural checks; image verdicts are resolved later."""
 
     label: str
-    records: int | None = None
+    records: int | None = None  # None: the file could not be read at all
+    unreadable: Problem | None = None  # why
     entries: list[tuple[int, str | None, list]] = field(default_factory=list)  # (index, id, found)
 
 
-def _read_file(path: Path, task: str, split: str, scorer: str | None, images: _ImageChecker,
-               problems: list[Problem]) -> _FileCheck:
+def _read_file(path: Path, task: str, split: str, scorer: str | None, images: _ImageChecker) -> _FileCheck:
     label = _label(path)
     try:
         records = _load_list(path)
     except DataError as err:
-        problems.append(Problem.from_error(err, file=label))
-        return _FileCheck(label)
+        return _FileCheck(label, unreadable=Problem.from_error(err, file=label))
 
     id_key, parse = _ID_KEY[split], _PARSER[split]
     first_seen: dict[str, int] = {}
@@ -393,7 +392,8 @@ _NOTHING_TO = {"train": "nothing to train on", "test": "nothing to evaluate"}
 def _finish_file(check: _FileCheck, split: str, images: _ImageChecker,
                  problems: list[Problem]) -> SplitCounts:
     """The file's problems (image verdicts now known) appended in record order; its counts."""
-    if check.records is None:
+    if check.unreadable is not None:
+        problems.append(check.unreadable)
         return SplitCounts()
     bad = 0
     for index, rid, found in check.entries:
@@ -443,29 +443,23 @@ def check_release(release_dir: Path, image_root: Path, tasks: list[str],
         return report
 
     images = _ImageChecker(image_root, check_files=root_ok, max_pixels=max_image_pixels, remembered=remember)
-    read: dict[str, dict[str, _FileCheck] | Problem] = {}
-    structural: list[Problem] = []  # problems found while reading: files that cannot be read
+    read: dict[str, dict[str, _FileCheck] | Problem] = {}  # every file read before any image is decoded
     for task in tasks:
         task_dir = release_dir / task
         if not task_dir.is_dir():
             read[task] = Problem(f"{task}/", None, None, f"task folder not found in {release_dir}")
             continue
         names = {"train": "train.json", "test": eval_files.get(task, "test.json")}
-        read[task] = {split: _read_file(task_dir / names[split], task, split, scorers.get(task), images, structural)
+        read[task] = {split: _read_file(task_dir / names[split], task, split, scorers.get(task), images)
                       for split in SPLITS}
     report.images = images.decode_all()
     report.images_unchanged = images.reused
-    by_file = {p.file: p for p in structural}
     for task, files in read.items():
         if isinstance(files, Problem):
             problems.append(files)
             report.counts[task] = {split: SplitCounts() for split in SPLITS}
             continue
-        report.counts[task] = {}
-        for split, check in files.items():
-            if check.label in by_file:
-                problems.append(by_file[check.label])
-            report.counts[task][split] = _finish_file(check, split, images, problems)
+        report.counts[task] = {split: _finish_file(check, split, images, problems) for split, check in files.items()}
     report.seconds = time.monotonic() - started
     return report
 
