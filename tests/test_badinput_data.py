@@ -263,6 +263,16 @@ def test_a_lower_pixel_limit_is_named(release):
                        [release])
 
 
+@pytest.mark.parametrize("value, words", [
+    pytest.param("0", ["must be >= 1"], id="pixel-limit-zero"),
+    pytest.param("-5", ["must be >= 1"], id="pixel-limit-negative"),
+    pytest.param("lots", ["lots"], id="pixel-limit-not-a-number"),
+])
+def test_a_bad_pixel_limit_is_a_config_error(release, value, words):
+    assert_rejected(["data", "check", *_data_args(release, "GQA"), f"data.max_image_pixels={value}"],
+                    mentions=["data.max_image_pixels", *words], watch=[release], code=2)
+
+
 # --------------------------------------------------------------------------------------------
 # `mcit run` refuses the same data before anything is trained or written
 
