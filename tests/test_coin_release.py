@@ -13,6 +13,12 @@ from mcit.data import coin_mini
 TASKS = "data.tasks=[ImageNet,VQAv2]"
 
 
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    """The data check remembers the images that decoded fine in mcit's cache: a fresh one per test."""
+    monkeypatch.setenv("MCIT_CACHE", str(tmp_path / "cache"))
+
+
 @pytest.fixture(scope="module")
 def release(tmp_path_factory):
     root = tmp_path_factory.mktemp("coin") / "CoIN"

@@ -1,8 +1,10 @@
 """Whole-release validation (mcit.data.check): every problem of every file, reported at once."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -10,12 +12,19 @@ from PIL import Image
 
 from mcit.config import ConfigError, DataConfig
 from mcit.data import check as check_mod
-from mcit.data.check import Problem, check_release, check_stream_config
+from mcit.data import coin_mini
+from mcit.data.check import Problem, check_data, check_release, check_stream_config
 from mcit.data.coin_format import format_bbox, write_test_json, write_train_json
 from mcit.data.schema import Sample
 
 TASKS = ["ScienceQA", "TextVQA", "Grounding"]
 N = 3  # records per split and task in the clean fixture
+
+
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    """check_stream_config remembers the images that decoded fine in mcit's cache: a fresh one per test."""
+    monkeypatch.setenv("MCIT_CACHE", str(tmp_path / "cache"))
 
 
 def _png(path: Path, color: tuple[int, int, int]) -> None:
@@ -31,9 +40,11 @@ def _make_release(root: Path) -> tuple[Path, Path]:
         prefix = task[:3].lower()
         for i in range(N):
             _png(images / task / f"{i}.png", (40 * t, 60 * i, 100))
+        # answers of the kind each task's scorer expects: a letter, a box, a phrase
+        answer = {"ScienceQA": "B", "Grounding": format_bbox([0.1, 0.2, 0.5, 0.6])}.get(task)
         train = [
             Sample(f"{prefix}-t{i}", task, f"{task}/{i}.png", f"Question {i}?\nAnswer briefly.",
-                   (f"answer {i}",))
+                   (answer or f"answer {i}",))
             for i in range(N)
         ]
         if task == "Grounding":
@@ -47,7 +58,7 @@ def _make_release(root: Path) -> tuple[Path, Path]:
         else:
             test = [
                 Sample(f"{prefix}-q{i}", task, f"{task}/{i}.png", f"Question {i}?\nAnswer briefly.",
-                       (f"answer {i}",))
+                       (answer or f"answer {i}",))
                 for i in range(N)
             ]
         (release / task).mkdir(parents=True)
@@ -215,7 +226,9 @@ def test_problems_the_readers_let_through_and_several_per_record(tmp_path):
     assert no_id.index == 1 and str(no_id).startswith("TextVQA/train.json, record #1, field 'id'")
     assert "escapes" in _find(ps, "TextVQA/train.json", "tex-t2", "image").message
     assert "gpt" in _find(ps, "TextVQA/train.json", "tex-t2", "conversations").message
-    assert "object" in _find(ps, "TextVQA/train.json", None, None).message
+    whole_file = [p for p in ps if (p.file, p.record, p.field) == ("TextVQA/train.json", None, None)]
+    assert [p.index for p in whole_file] == [3, None]  # the list item, then the file: all 4 records are bad
+    assert "object" in whole_file[0].message and "no usable record" in whole_file[1].message
     assert "empty" in _find(ps, "TextVQA/test.json", "tex-q0", "text").message
     assert (report.counts["TextVQA"]["train"].records, report.counts["TextVQA"]["train"].bad) == (4, 4)
     assert report.counts["TextVQA"]["test"].bad == 1
@@ -246,10 +259,13 @@ def test_format_caps_the_listing_but_keeps_every_problem(tmp_path):
     _dump(path / "test.json", recs)
     _dump(path / "train.json", [])
     report = check_release(release, images, ["GQA"])
-    assert len(report.problems) == 30
+    # 30 missing images, then the empty train file and the test file without a usable record
+    assert len(report.problems) == 32
+    assert "holds no records" in report.problems[0].message and report.problems[0].file == "GQA/train.json"
+    assert "no usable record (all 30" in report.problems[-1].message
     text = report.format(max_problems=5)
-    assert "... and 25 more" in text
-    assert sum(line.startswith("  GQA/test.json") for line in text.splitlines()) == 5
+    assert "... and 27 more" in text
+    assert sum(line.startswith("  GQA/test.json") for line in text.splitlines()) == 4
     assert report.counts["GQA"]["train"].records == 0
 
 
@@ -272,3 +288,63 @@ def test_check_stream_config(tmp_path):
         check_stream_config(DataConfig(benchmark="coin", root=str(tmp_path)))
     with pytest.raises(ConfigError):
         check_stream_config(DataConfig(benchmark="coin-mini"))
+
+
+def test_a_later_check_decodes_only_the_images_that_changed(tmp_path, monkeypatch):
+    release, images = _make_release(tmp_path)
+    dc = DataConfig(benchmark="coin", root=str(tmp_path), image_root=str(images), tasks=TASKS,
+                    eval_files={"TextVQA": "test.json"}, textvqa_answers="record")
+    first = check_stream_config(dc)
+    assert first.ok and (first.images, first.images_unchanged) == (3 * N, 0)
+    assert "decoded 9 distinct images in" in first.format()
+
+    opened: list[str] = []
+    real_open = Image.open
+    monkeypatch.setattr(check_mod.Image, "open", lambda fp, *a, **k: opened.append(str(fp)) or real_open(fp, *a, **k))
+    second = check_stream_config(dc)
+    assert second.ok and (second.images, second.images_unchanged) == (0, 3 * N) and opened == []
+    assert "decoded 0 distinct images (9 more unchanged since an earlier check)" in second.format()
+
+    cut = images / "TextVQA" / "1.png"  # a different size: decoded again, and refused
+    cut.write_bytes(cut.read_bytes()[:-30])
+    third = check_stream_config(dc)
+    assert (third.images, third.images_unchanged) == (1, 3 * N - 1) and opened == [str(cut)]
+    assert [(p.record, p.field) for p in third.problems] == [("tex-t1", "image"), ("tex-q1", "image")]
+
+    same_size = images / "Grounding" / "2.png"  # same size, new time: decoded again
+    data = bytearray(same_size.read_bytes())
+    data[40:60] = bytes(20)
+    same_size.write_bytes(bytes(data))
+    os.utime(same_size, ns=(same_size.stat().st_atime_ns, same_size.stat().st_mtime_ns + 10**9))
+    fourth = check_stream_config(dc)
+    assert fourth.images == 2 and {p.record for p in fourth.problems} == {"tex-t1", "tex-q1", "gro-t2", "gro-q2"}
+
+    # a lower limit than the one the remembered images passed: every image is looked at again
+    lower = check_stream_config(dataclasses.replace(dc, max_image_pixels=16 * 12 - 1))
+    assert lower.images == 3 * N and sum(p.field == "image" for p in lower.problems) == 2 * 3 * N
+    assert "16 x 12 = 192 pixels, above data.max_image_pixels=191" in lower.problems[0].message
+
+
+def test_check_data_checks_a_generated_benchmark_like_one_on_disk(tmp_path):
+    root = tmp_path / "mini"
+    coin_mini.generate(root, seed=0, train_per_task=2, test_per_task=2, pretrain_size=0, image_size=32,
+                       progress=False)
+    dc = DataConfig(benchmark="coin-mini", root=str(root), tasks=["Grounding", "ScienceQA"], train_per_task=2,
+                    test_per_task=2, pretrain_size=0, image_size=32)
+    assert check_data(dc, seed=0).ok
+    path = root / "Original" / "Grounding" / "train.json"
+    recs = _load(path)
+    recs[1]["conversations"][1]["value"] = "[0.50, 0.20, 0.40, 0.60]"
+    _dump(path, recs)
+    report = check_data(dc, seed=0)
+    assert [str(p) for p in report.problems] == [
+        "Grounding/train.json, record 'Grounding_train_1', field 'conversations': the gpt turn must be a box: "
+        "box '[0.50, 0.20, 0.40, 0.60]' has x1 > x2 (the corners are [x1, y1, x2, y2])"]
+
+    foreign = tmp_path / "photos"
+    (foreign / "album").mkdir(parents=True)
+    with pytest.raises(ConfigError, match=r"data.root=.*photos holds other content, not a coin-mini generation"):
+        check_data(dataclasses.replace(dc, root=str(foreign)), seed=0)
+    with pytest.raises(ConfigError, match="has not been generated yet"):
+        check_data(dataclasses.replace(dc, root=str(tmp_path / "empty")), seed=0)
+    assert not (tmp_path / "empty").exists()

@@ -63,6 +63,12 @@ def as_release(src, dst):
     return dst
 
 
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    """The data check remembers the images that decoded fine in mcit's cache: a fresh one per test."""
+    monkeypatch.setenv("MCIT_CACHE", str(tmp_path / "cache"))
+
+
 @pytest.fixture(scope="module")
 def release(tmp_path_factory):
     base = tmp_path_factory.mktemp("release")

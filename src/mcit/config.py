@@ -120,6 +120,10 @@ class DataConfig:
         aliases=("pretrain_samples", "n_pretrain"))
     image_size: int = _field(64, "side of the square images fed to the vision tower, in pixels",
                              aliases=("resolution", "img_size"))
+    max_image_pixels: int = _field(
+        40_000_000, "largest image (width x height, in pixels) the data check and the image loader accept: 40 M takes "
+        "any ordinary photo (a 7000 x 5000 camera image is 35 M) and refuses a bomb decoded again at every epoch",
+        aliases=("max_pixels", "image_pixel_limit"), check=lambda v: None if v >= 1 else "must be >= 1")
 
 
 @dataclass

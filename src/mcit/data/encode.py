@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from ..config import ConfigError
+from .images import open_image
 from .schema import Sample
 
 IGNORE_INDEX = -100  # label value that the loss skips (transformers' convention)
@@ -22,8 +23,7 @@ def load_image(image_root: Path | None, rel: str | Image.Image | None) -> Image.
         return None
     if isinstance(rel, Image.Image):
         return rel.convert("RGB")
-    with Image.open(Path(image_root) / rel) as im:
-        return im.convert("RGB")
+    return open_image(Path(image_root) / rel, label=rel)  # damaged or too large: a DataError naming it
 
 
 def _user_message(text: str, with_image: bool) -> dict:

@@ -10,6 +10,7 @@ from pathlib import Path
 from . import coin_mini
 from .benchmark import Benchmark, TaskSpec, load_benchmark
 from .coin_format import read_test_json, read_train_json
+from .images import set_pixel_limit
 from .release import OfficialTruth, eval_file, resolve_instruction_set
 from .schema import Sample
 from ..config import ConfigError, config_hash
@@ -43,10 +44,20 @@ def coin_mini_root(dc, seed: int) -> Path:
 
 
 def generate_coin_mini(dc, seed: int, show_progress: bool = True) -> Path:
-    """coin-mini as ``dc`` sizes it, generated at :func:`coin_mini_root` (a no-op when there)."""
-    return coin_mini.generate(coin_mini_root(dc, seed), seed=seed, train_per_task=dc.train_per_task,
-                              test_per_task=dc.test_per_task, pretrain_size=dc.pretrain_size,
-                              image_size=dc.image_size, progress=show_progress)
+    """coin-mini as ``dc`` sizes it, generated at :func:`coin_mini_root` (a no-op when there).
+
+    A ``data.root`` holding anything else (a foreign folder, another coin-mini) is a ConfigError;
+    generation never touches it."""
+    root = coin_mini_root(dc, seed)
+    try:
+        return coin_mini.generate(root, seed=seed, train_per_task=dc.train_per_task,
+                                  test_per_task=dc.test_per_task, pretrain_size=dc.pretrain_size,
+                                  image_size=dc.image_size, progress=show_progress)
+    except FileExistsError as exc:
+        where = "data.root" if dc.root else "the coin-mini cache folder"
+        raise ConfigError(f"{where}: {exc} (coin-mini generates into an empty or missing folder)") from None
+    except (TypeError, ValueError) as exc:  # a size the generator refuses
+        raise ConfigError(f"data (coin-mini): {exc}") from None
 
 
 NAMED_ORDERS = ("coin", "reverse", "random")
@@ -93,6 +104,7 @@ def build_stream(dc, seed: int, show_progress: bool = True) -> Stream:
     another file (CoIN: TextVQA's ten answers; ScienceQA's problems and GQA's questions when
     given, see :mod:`mcit.data.release`)."""
     bench = load_benchmark(dc.benchmark)
+    set_pixel_limit(dc.max_image_pixels)  # the loaders refuse what the data check refuses
     root, image_root = data_folders(dc, bench, seed, show_progress)
     tasks = stream_order(dc, seed, bench)
     release = resolve_instruction_set(root, dc.instruction_set, tasks)
