@@ -32,6 +32,7 @@ def redact_url(url: str) -> str:
 
     >>> redact_url("https://me:s3cret@host:8443/v1?api_key=abc&model=x")
     'https://***@host:8443/v1?api_key=***&model=x'
+
     A string that is not a URL is returned unchanged (it carries no URL credentials).
     """
     try:
