@@ -487,7 +487,7 @@ def check_endpoint(cfg) -> None:
                           "e.g. http://127.0.0.1:8000/v1")
     if parts.scheme == "http" and not is_loopback(host) and _api_key(cfg):
         raise ConfigError(f"judge.base_url: refusing to send the API key from {_key_source(cfg)} over plain http "
-                          f"to {host}; use an https:// URL, or a loopback address (127.0.0.1, localhost) for a "
+                          f"to {host} ({shown}); use an https:// URL, or a loopback address (127.0.0.1, localhost) for a "
                           "server on this machine")
 
 
