@@ -136,6 +136,8 @@ SETTING_CASES = [
                  id="base-url-not-http"),
     pytest.param("http://127.0.0.1:port/v1", {}, ["judge.base_url", "not a valid URL"], id="base-url-bad-port"),
     pytest.param("127.0.0.1:8000/v1", {}, ["judge.base_url", "http:// or https://"], id="base-url-without-scheme"),
+    pytest.param("http://127.0.0.1:8000/v 1", {}, ["judge.base_url", "spaces or control characters"],
+                 id="base-url-with-space"),
     pytest.param(f"http://user:{CANARY}@judge.example.com/v1", {}, ["judge.base_url", "***@judge.example.com"],
                  id="credentials-in-url-userinfo-over-http"),
     pytest.param(f"http://judge.example.com/v1?api_key={CANARY}", {}, ["judge.base_url", "api_key=***"],

@@ -116,7 +116,11 @@ def public_url(url: str) -> str:
     except ValueError:
         return redact_url(url)
     host = parts.hostname or ""
-    netloc = host + (f":{parts.port}" if parts.port else "")
+    host = f"[{host}]" if ":" in host else host  # IPv6
+    try:
+        netloc = host + (f":{parts.port}" if parts.port else "")
+    except ValueError:  # a port that is no number
+        netloc = host
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
@@ -205,6 +209,10 @@ class OpenAIJudge(_TextJudge):
             response = self._client.post(f"{self.base_url}/chat/completions", json=body)
         except self._httpx.TransportError as exc:  # refused, reset, timed out
             return True, None, type(exc).__name__
+        except self._httpx.InvalidURL as exc:  # no request can succeed: stop, without echoing the URL
+            with self._lock:
+                self._stop = self._stop or f"judge.base_url: {public_url(self.base_url)} is not a usable URL ({exc})"
+            return False, None, "invalid URL"
         status = response.status_code
         if status == 200:
             return (False, *self._content(response))
@@ -482,6 +490,8 @@ def check_endpoint(cfg) -> None:
         parts.port  # noqa: B018 - a non-numeric port raises here, not at the first request
     except ValueError as exc:
         raise ConfigError(f"judge.base_url: {shown} is not a valid URL ({exc})") from None
+    if any(c.isspace() or not c.isprintable() for c in cfg.base_url):
+        raise ConfigError(f"judge.base_url: {shown!r} contains spaces or control characters")
     if parts.scheme not in ("http", "https") or not host:
         raise ConfigError(f"judge.base_url: {shown} is not an http:// or https:// URL with a host, "
                           "e.g. http://127.0.0.1:8000/v1")
