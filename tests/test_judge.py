@@ -405,7 +405,7 @@ def test_judge_run_over_the_failed_share_writes_a_flagged_view_and_raises(tmp_pa
     run = _fake_run(tmp_path)
     logs: list[str] = []
     # the default threshold 0.05 is below one unparsable reply in 16 samples (0.0625)
-    with pytest.raises(JudgeInvalid, match=r"1 of 16 judged samples \(6%\) have no score \(1 unparsable reply\), "
+    with pytest.raises(JudgeInvalid, match=r"1 of 16 judged samples \(6%\) have no score \(1 unparsable\), "
                                            r"more than judge.max_failed_share=0.05") as caught:
         judge_run(run, JudgeConfig(), log=logs.append, backend=_ExactJudge())
     saved = json.loads((run / "metrics_gk.json").read_text())

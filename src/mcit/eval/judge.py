@@ -473,7 +473,8 @@ def _validity(cells: list[_Cell], max_share: float) -> dict[str, Any]:
     out: dict[str, Any] = {"valid": share <= max_share, "failed_share": share, "max_failed_share": max_share,
                            "failures": dict(sorted(kinds.items(), key=lambda kv: -kv[1])), "reason": None}
     if not out["valid"]:
-        detail = ", ".join(f"{n} {kind}" for kind, n in out["failures"].items())
+        detail = ", ".join(f"{n} unparsable" if kind == UNPARSABLE else f"{n} failed: {kind}"
+                           for kind, n in out["failures"].items())
         out["reason"] = (f"{bad} of {samples} judged samples ({share:.0%}) have no score ({detail}), more than "
                          f"judge.max_failed_share={max_share:g}")
     return out
