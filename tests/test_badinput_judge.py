@@ -159,6 +159,27 @@ def test_unsafe_key_or_url_setting(run, tmp_path, monkeypatch, url, env, mention
     assert_nothing_leaked(tmp_path, err)
 
 
+@pytest.mark.parametrize("value", [pytest.param(CANARY, id="api-key-env-holds-the-key-itself"),
+                                   pytest.param("MY KEY", id="api-key-env-with-space")])
+def test_api_key_env_that_is_no_variable_name(run, tmp_path, endpoints, value):
+    endpoint = endpoints("good")
+    err = assert_rejected(judge_argv(run, endpoint.url, f"judge.api_key_env={value}"),
+                          mentions=["judge.api_key_env", "NAME of an environment variable", "not shown"],
+                          watch=[tmp_path], code=2)
+    assert endpoint.requests == [] and value not in err
+    assert_nothing_leaked(tmp_path, err)
+
+
+def test_mcit_run_with_the_key_pasted_as_api_key_env_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("MCIT_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "victim.jsonl").write_text("{}\n")
+    err = assert_rejected(["run", *SMALL, f"judge.api_key_env={CANARY}", f"output_dir={tmp_path / 'runs'}", "name=k"],
+                          mentions=["judge.api_key_env", "not shown"], watch=[tmp_path], code=2)
+    assert not (tmp_path / "runs" / "k" / "config.yaml").exists()
+    assert_nothing_leaked(tmp_path, err)
+
+
 @pytest.mark.parametrize("value, rule", [pytest.param("1.5", "must be in [0, 1]", id="max-failed-share-above-1"),
                                          pytest.param("-0.1", "must be in [0, 1]", id="max-failed-share-negative"),
                                          pytest.param("lots", "judge.max_failed_share", id="max-failed-share-text")])

@@ -19,6 +19,7 @@ import functools
 import ipaddress
 import json
 import os
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +38,7 @@ __all__ = ["EmbeddingJudge", "JudgeBackend", "LocalLMJudge", "OpenAIJudge", "Ver
            "public_url"]
 
 FALLBACK_KEY_ENV = "OPENAI_API_KEY"
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -467,7 +469,18 @@ def _api_key(cfg) -> str | None:
 
 
 def _key_source(cfg) -> str:
-    return f"${cfg.api_key_env}" if os.environ.get(cfg.api_key_env or "") else f"${FALLBACK_KEY_ENV}"
+    """The variable the key is read from (named in messages; the key itself never is)."""
+    return cfg.api_key_env if os.environ.get(cfg.api_key_env or "") or not cfg.allow_openai_api_key_env \
+        else FALLBACK_KEY_ENV
+
+
+def check_key_env(cfg) -> None:
+    """judge.api_key_env names a variable; a value that cannot be one is likely the key itself, pasted
+    in the wrong place: refused without showing it (it would otherwise reach config.yaml and messages)."""
+    if not isinstance(cfg.api_key_env, str) or not _ENV_NAME.fullmatch(cfg.api_key_env):
+        raise ConfigError("judge.api_key_env must be the NAME of an environment variable (letters, digits and _, "
+                          "e.g. MCIT_JUDGE_API_KEY), not the key itself; the value given is not shown. Put the key "
+                          "in that variable")
 
 
 def is_loopback(host: str) -> bool:
@@ -496,7 +509,7 @@ def check_endpoint(cfg) -> None:
         raise ConfigError(f"judge.base_url: {shown} is not an http:// or https:// URL with a host, "
                           "e.g. http://127.0.0.1:8000/v1")
     if parts.scheme == "http" and not is_loopback(host) and _api_key(cfg):
-        raise ConfigError(f"judge.base_url: refusing to send the API key from {_key_source(cfg)} over plain http "
+        raise ConfigError(f"judge.base_url: refusing to send the API key from ${_key_source(cfg)} over plain http "
                           f"to {host} ({shown}); use an https:// URL, or a loopback address (127.0.0.1, localhost) for a "
                           "server on this machine")
 
@@ -504,6 +517,7 @@ def check_endpoint(cfg) -> None:
 def check_judge_config(cfg):
     """Check the judge settings (and read protocol coin's rules) without building anything, so a
     run stops on a bad judge setting before it trains. Returns the protocol (None: no LLM judge)."""
+    check_key_env(cfg)
     if cfg.backend not in BACKENDS:
         raise ConfigError(f"judge.backend: {cfg.backend!r} is not one of {list(BACKENDS)}")
     if cfg.backend in ("none", "embedding"):
@@ -537,4 +551,4 @@ def build_backend(cfg) -> JudgeBackend | None:
     return OpenAIJudge(cfg.base_url, cfg.model, _api_key(cfg), timeout=cfg.timeout, max_retries=cfg.max_retries,
                        retry_backoff=cfg.retry_backoff, concurrency=cfg.concurrency, temperature=cfg.temperature,
                        top_p=cfg.top_p, max_tokens=cfg.max_tokens, repetition_penalty=penalty,
-                       key_env=cfg.api_key_env, protocol=protocol)
+                       key_env=_key_source(cfg), protocol=protocol)
