@@ -159,6 +159,16 @@ def test_unsafe_key_or_url_setting(run, tmp_path, monkeypatch, url, env, mention
     assert_nothing_leaked(tmp_path, err)
 
 
+@pytest.mark.parametrize("target", [pytest.param("victim.jsonl", id="cache-setting-names-a-foreign-file"),
+                                    pytest.param(".", id="cache-setting-names-a-folder")])
+def test_cache_setting_that_is_no_judge_cache(run, tmp_path, endpoints, target):
+    """A crafted config.yaml (or a typo) pointing judge.cache at another file: never appended to."""
+    endpoint = endpoints("good")
+    path = tmp_path / "outside" / target
+    assert_rejected(judge_argv(run, endpoint.url, f"judge.cache={path}"), mentions=[str(path), "judge.cache"], watch=[tmp_path], code=2)
+    assert endpoint.requests == []
+
+
 @pytest.mark.parametrize("value", [pytest.param(CANARY, id="api-key-env-holds-the-key-itself"),
                                    pytest.param("MY KEY", id="api-key-env-with-space")])
 def test_api_key_env_that_is_no_variable_name(run, tmp_path, endpoints, value):

@@ -100,14 +100,19 @@ class JudgeCache:
         return hashlib.sha256(raw.encode("utf-8")).hexdigest()
 
     def _load(self) -> None:
-        if not self.path.is_file():
+        if not self.path.exists():
             return
+        if not self.path.is_file():
+            raise JudgeError(f"{self.path}: the judge cache (judge.cache) must be a file, and this is not one")
         for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
             try:
                 entry = json.loads(line)
                 self._entries[entry["key"]] = entry
             except (ValueError, KeyError, TypeError):
                 self.skipped_lines += 1
+        if self.skipped_lines and not self._entries:  # e.g. judge.cache pointing at some other file
+            raise JudgeError(f"{self.path}: not a judge cache (none of its {self.skipped_lines} lines is a cache "
+                             "entry); refused to append to it: point judge.cache at a judge cache or a new file")
 
     def __len__(self) -> int:
         return len(self._entries)
