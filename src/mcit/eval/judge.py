@@ -426,7 +426,9 @@ def judge_run(run_dir: str | Path, judge_cfg, log: Callable[[str], None] = print
 
     Returns the content of ``metrics_gk.json``, or None when ``judge_cfg.backend`` is "none".
     ``backend`` replaces the configured one (tests). Raises :class:`JudgeError` (bad run folder
-    or prediction file, a fatal endpoint answer) or ``ConfigError`` (bad ``judge.*`` setting).
+    or prediction file, a fatal endpoint answer), ``ConfigError`` (bad ``judge.*`` setting), or,
+    after writing the GK files, :class:`JudgeInvalid` (more than ``judge.max_failed_share`` of the
+    samples failed or were unparsable; its ``record`` is the metrics_gk.json content).
     """
     if backend is None and judge_cfg.backend == "none":
         return None
