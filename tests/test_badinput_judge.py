@@ -12,26 +12,18 @@ stages/*/judge/*.jsonl, the judge cache) and still exits 2.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import pytest
 from badinput import assert_rejected, invoke
 from faulty_endpoint import FaultyEndpoint
+from test_end_to_end import SMALL  # the tiny model and data: 2 tasks x 6 test samples, judge.backend=none
 
 from mcit.cli import main
 
 CANARY = "sk-canary-7Hq2-never-anywhere"
 TASKS = ("ImageNet", "VQAv2")
-SMALL = [  # tests/test_end_to_end.py's tiny model and data, 2 tasks x 6 test samples
-    "data.tasks=[ImageNet,VQAv2]", "data.train_per_task=24", "data.test_per_task=6", "data.pretrain_size=24",
-    "data.image_size=32", "model.hidden_size=32", "model.num_layers=1", "model.num_heads=2",
-    "model.intermediate_size=64", "model.vision_hidden_size=32", "model.vision_layers=1", "model.vocab_size=400",
-    "model.vision_steps=2", "model.vision_images=16", "model.vision_batch_size=8",
-    "model.base_steps=3", "model.base_batch_size=8", "train.steps_per_task=3", "train.batch_size=8",
-    "train.grad_accum=2", "eval.batch_size=4", "eval.max_new_tokens=4",
-]
 # 30 judged samples: base row 2 x 6, after ImageNet 1 x 6, after VQAv2 2 x 6
 SAMPLES = 30
 FAST = ["judge.max_retries=1", "judge.retry_backoff=0", "judge.timeout=0.5", "judge.concurrency=4"]
