@@ -361,7 +361,8 @@ def test_judge_run_writes_the_gk_matrix_and_metrics(tmp_path):
     run = _fake_run(tmp_path)
     before = _snapshot(run)
     logs: list[str] = []
-    record = judge_run(run, JudgeConfig(), log=logs.append, backend=_ExactJudge())
+    # one unparsable reply in 16 samples (6.25%): valid under a 10% threshold
+    record = judge_run(run, JudgeConfig(max_failed_share=0.1), log=logs.append, backend=_ExactJudge())
 
     # By hand: base GQA 0/4, base Grounding 0/2; after GQA: 3/4 -> 75; after Grounding: GQA 1/4
     # (one unparsable, counted as 0) -> 25, Grounding: exact box 1/2 -> 50.
@@ -380,7 +381,8 @@ def test_judge_run_writes_the_gk_matrix_and_metrics(tmp_path):
     assert (saved["samples"], saved["unparsable"], saved["failed"]) == (16, 1, 0)
     cell = next(c for c in saved["cells"] if c["stage"] == "02-Grounding" and c["task"] == "GQA")
     assert cell == {"stage": "02-Grounding", "task": "GQA", "score": 25.0, "score_official": 25, "samples": 4,
-                    "unparsable": 1, "failed": 0}
+                    "unparsable": 1, "failed": 0, "failures": {"unparsable reply": 1}}
+    assert saved["valid"] is True and saved["reason"] is None and saved["failed_share"] == 1 / 16
     assert saved["protocol"] is None and saved["official_matrix"] is None  # a judge without a protocol
     assert not (run / "matrix_gk_official.json").exists()  # written for protocol coin only
     assert record == saved
@@ -397,11 +399,29 @@ def test_judge_run_writes_the_gk_matrix_and_metrics(tmp_path):
     assert any("General Knowledge matrix" in line for line in logs)
 
 
+def test_judge_run_over_the_failed_share_writes_a_flagged_view_and_raises(tmp_path):
+    from mcit.eval.judge import JudgeInvalid
+
+    run = _fake_run(tmp_path)
+    logs: list[str] = []
+    # the default threshold 0.05 is below one unparsable reply in 16 samples (0.0625)
+    with pytest.raises(JudgeInvalid, match=r"1 of 16 judged samples \(6%\) have no score \(1 unparsable\), "
+                                           r"more than judge.max_failed_share=0.05") as caught:
+        judge_run(run, JudgeConfig(), log=logs.append, backend=_ExactJudge())
+    saved = json.loads((run / "metrics_gk.json").read_text())
+    assert saved == caught.value.record
+    assert saved["valid"] is False and saved["failures"] == {"unparsable reply": 1}
+    assert saved["failed_share"] == 1 / 16 and saved["max_failed_share"] == 0.05
+    assert saved["MFT"] == pytest.approx(62.5)  # the numbers are kept, as for a valid view
+    assert (run / "matrix_gk.md").read_text().startswith("> **INVALID General Knowledge view**: 1 of 16")
+    assert any("INVALID view" in line for line in logs)
+
+
 def test_judge_run_rescoring_asks_nothing_new(tmp_path):
     run = _fake_run(tmp_path)
-    judge_run(run, JudgeConfig(), log=lambda s: None, backend=_ExactJudge())
+    judge_run(run, JudgeConfig(max_failed_share=0.1), log=lambda s: None, backend=_ExactJudge())
     second = _ExactJudge()
-    record = judge_run(run, JudgeConfig(), log=lambda s: None, backend=second)
+    record = judge_run(run, JudgeConfig(max_failed_share=0.1), log=lambda s: None, backend=second)
     assert second.calls == 0 and record["cache"] == {"path": str(run / "judge_cache.jsonl"), "hits": 16, "new": 0}
 
 

@@ -28,7 +28,7 @@ from typing import Any, Iterator, Literal, Mapping, Sequence, Union
 
 import yaml
 
-from .fields import setting
+from .fields import Range, setting
 # The method section: the union of the registered methods' declared settings (mcit.methods.registry).
 from .methods.registry import MethodConfig
 
@@ -241,8 +241,16 @@ class JudgeConfig:
     base_url: str = _field("http://127.0.0.1:8000/v1", "openai: endpoint base URL ({base_url}/chat/completions)",
                            aliases=("url", "endpoint", "api_base"))
     api_key_env: str = _field(
-        "MCIT_JUDGE_API_KEY", "openai: environment variable holding the API key (else OPENAI_API_KEY); "
-        "the key itself is never written to a config or any file", aliases=("api_key", "key_env"))
+        "MCIT_JUDGE_API_KEY", "openai: environment variable holding the API key; the key itself is never "
+        "written to a config or any file, and never sent over plain http to a host other than this machine",
+        aliases=("api_key", "key_env"))
+    allow_openai_api_key_env: bool = _field(
+        False, "openai: when judge.api_key_env's variable is unset, send $OPENAI_API_KEY instead (off: a key "
+        "meant for another service never reaches judge.base_url)", aliases=("use_openai_api_key", "openai_key_fallback"))
+    max_failed_share: float = _field(
+        0.05, "largest share of judged samples whose request failed (after retries) or whose reply was unparsable "
+        "for the GK view to count as valid; above it the numbers are kept but marked invalid and the command exits 2",
+        aliases=("max_failures", "failure_threshold"), check=Range(0, 1))
     timeout: float = _field(60.0, "openai: seconds per request", aliases=("request_timeout",))
     max_retries: int = _field(4, "openai: retries after 429, 5xx or connection errors",
                               aliases=("retries",))

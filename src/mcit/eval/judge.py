@@ -17,12 +17,23 @@ touching them::
 
 The cache is keyed by (backend, model, request): scoring the same run again asks nothing, and a
 reply given under one protocol is never reused for another.
+
+A run folder is read as untrusted input: every ``done.json`` must parse, a task name must be a
+plain file-name component (from the run's ``data.tasks`` when it lists them) that matches its stage
+folder, and every file read or written is checked to resolve inside the run folder.
+
+Faults: when more than ``judge.max_failed_share`` of the samples got no reply (after retries) or an
+unparsable one, the GK view is *invalid*: the files above are still written, numbers included (the
+failed samples count 0), but ``metrics_gk.json`` says ``"valid": false`` with the counts per kind
+and the reason, ``matrix_gk.md`` (and ``matrix_gk_official.md``) start with a warning, and
+:class:`JudgeInvalid` is raised (the CLI exits 2). A judge that gave no reply at all writes nothing.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -30,15 +41,18 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..data.schema import Sample
+import yaml
+
 from ..io import atomic_write_text
 from ..metrics import compute_metrics
 from ..report.matrix import format_table, save_matrix
-from ..rundir import load_stage_info, save_json
+from ..rundir import save_json, stage_dir
 from .judge_backends import JudgeBackend, Verdict, build_backend
 from .judge_protocol import JudgeError, JudgeItem, gk_task_score, gk_task_score_official
 from .scorers import parse_box
 
-__all__ = ["CachedJudge", "JudgeCache", "JudgeError", "judge_run", "read_predictions"]
+__all__ = ["CachedJudge", "JudgeCache", "JudgeError", "JudgeInvalid", "check_task_name", "judge_run",
+           "read_predictions"]
 
 CACHE_FILE = "judge_cache.jsonl"
 MATRIX_NAME = "matrix_gk"
@@ -51,6 +65,16 @@ SCORE_RULES = {
 }
 METRICS_FILE = "metrics_gk.json"
 CHUNK = 256  # samples judged between two cache appends: an interruption loses at most this many
+UNPARSABLE = "unparsable reply"  # the failure kind of a reply the protocol could not read a score from
+
+
+class JudgeInvalid(JudgeError):
+    """The GK view was written but is invalid (too many failed or unparsable judgements);
+    ``record`` is its metrics_gk.json content."""
+
+    def __init__(self, message: str, record: dict):
+        super().__init__(message)
+        self.record = record
 
 
 # ------------------------------------------------------------------------------------ cache
@@ -76,14 +100,19 @@ class JudgeCache:
         return hashlib.sha256(raw.encode("utf-8")).hexdigest()
 
     def _load(self) -> None:
-        if not self.path.is_file():
+        if not self.path.exists():
             return
+        if not self.path.is_file():
+            raise JudgeError(f"{self.path}: the judge cache (judge.cache) must be a file, and this is not one")
         for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
             try:
                 entry = json.loads(line)
                 self._entries[entry["key"]] = entry
             except (ValueError, KeyError, TypeError):
                 self.skipped_lines += 1
+        if self.skipped_lines and not self._entries:  # e.g. judge.cache pointing at some other file
+            raise JudgeError(f"{self.path}: not a judge cache (none of its {self.skipped_lines} lines is a cache "
+                             "entry); refused to append to it: point judge.cache at a judge cache or a new file")
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -190,11 +219,31 @@ class _Cell:
         unparsable = sum(v.reply is not None and v.score is None for v in self.verdicts)
         return {"samples": len(self.verdicts), "unparsable": unparsable, "failed": failed}
 
+    def failure_kinds(self) -> dict[str, int]:
+        """How many samples failed in each way ("HTTP 500", "ReadTimeout", "unparsable reply", ...)."""
+        kinds: dict[str, int] = {}
+        for v in self.verdicts:
+            if v.score is None:
+                kind = UNPARSABLE if v.reply is not None else _failure_kind(v.error)
+                kinds[kind] = kinds.get(kind, 0) + 1
+        return kinds
+
+
+def _failure_kind(error: str | None) -> str:
+    # "HTTP 500 (gave up after 3 attempts)" -> "HTTP 500": the kind, not the retry count
+    return (error or "no reply").split(" (gave up", 1)[0]
+
 
 def read_predictions(path: Path) -> list[dict]:
     """The records of a predictions JSONL file, checked for the fields the judge needs."""
     records = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise JudgeError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise JudgeError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -240,18 +289,88 @@ def _item(rec: dict, task: str) -> JudgeItem:
                      references=answers, grounding=_is_box_task(rec, answer), text=rec.get("record_text", rec["text"]))
 
 
+# ------------------------------------------------------------------------------------ names and paths
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def check_task_name(task: Any, where: str, allowed: Sequence[str] | None = None) -> str:
+    """``task`` if it can name files (``<task>.jsonl``): a non-empty string that is one plain path
+    component (no '/', '\\', '..', NUL or other control character), and one of ``allowed`` when
+    given. ``where`` names the file and field the name came from."""
+    if not isinstance(task, str) or not task.strip():
+        raise JudgeError(f"{where}: the task name must be a non-empty string, got {json.dumps(task)[:80]}")
+    shown = json.dumps(task)[:80]
+    if "/" in task or "\\" in task or task in (".", "..") or ".." in task or _CONTROL.search(task):
+        raise JudgeError(f"{where}: task name {shown} is not a plain file name (no '/', '\\', '..' or control "
+                         "characters): refused, it would lead outside the run folder")
+    if allowed is not None and task not in allowed:
+        raise JudgeError(f"{where}: task {shown} is not one of the run's tasks {list(allowed)} (config.yaml data.tasks)")
+    return task
+
+
+def _inside(run_dir: Path, path: Path) -> Path:
+    """``path`` after checking that it resolves (symbolic links followed) inside ``run_dir``."""
+    if not path.resolve().is_relative_to(run_dir.resolve()):
+        raise JudgeError(f"{path} leads outside the run folder {run_dir} (a symbolic link?): refused, the judge "
+                         "reads and writes only inside the run folder")
+    return path
+
+
+def _config_tasks(run_dir: Path) -> list[str] | None:
+    """The task list of the run's config.yaml (data.tasks), or None when it names none (all tasks of
+    the benchmark's order) or the file is absent. Read with yaml alone: only this key matters here."""
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return None
+    try:
+        data = yaml.safe_load(_inside(run_dir, path).read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError, OSError) as exc:
+        raise JudgeError(f"{path}: cannot be read as YAML ({type(exc).__name__})") from None
+    tasks = data.get("data", {}).get("tasks") if isinstance(data, dict) and isinstance(data.get("data"), dict) else None
+    if tasks is None:
+        return None
+    if not (isinstance(tasks, list) and all(isinstance(t, str) for t in tasks)):
+        raise JudgeError(f"{path}: data.tasks must be a list of task names")
+    return tasks
+
+
+def _read_done(path: Path) -> dict:
+    """A stage's done.json, which must parse: a truncated one is an error, not a stage to skip."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise JudgeError(f"{path}: not valid JSON ({type(exc).__name__}: truncated or damaged); the stage's "
+                         "record is needed to judge it") from None
+    if not isinstance(record, dict):
+        raise JudgeError(f"{path}: expected a JSON object, got {type(record).__name__}")
+    return record
+
+
 def _completed_stages(run_dir: Path) -> list[tuple[Path, str]]:
-    """(stage folder, task) of the stages finished in order from the first (stops at a gap)."""
+    """(stage folder, task) of the stages finished in order from the first (stops at a gap).
+    Every name is checked: see :func:`check_task_name`; a stage folder must be the one the run
+    names for its task (``stages/NN-<task>``)."""
     stages = run_dir / "stages"
     if not stages.is_dir():
         raise JudgeError(f"{run_dir} is not a run folder: it has no stages/ folder")
+    _inside(run_dir, stages)
+    allowed = _config_tasks(run_dir)
     out: list[tuple[Path, str]] = []
     while True:
         found = sorted(stages.glob(f"{len(out) + 1:02d}-*"))
-        info = load_stage_info(found[0]) if len(found) == 1 else None
-        if info is None or not isinstance(info.get("task"), str):
+        if len(found) > 1:
+            raise JudgeError(f"{stages}: {len(found)} folders for stage {len(out) + 1}: "
+                             f"{[f.name for f in found]}; a run has one")
+        done = found[0] / "done.json" if found else None
+        if done is None or not done.exists():
             return out
-        out.append((found[0], info["task"]))
+        record = _read_done(_inside(run_dir, done))
+        task = check_task_name(record.get("task"), f"{done} (field 'task')", allowed)
+        expected = stage_dir(run_dir, len(out), task)
+        if found[0].name != expected.name:
+            raise JudgeError(f"{done}: task {task!r} belongs in stage folder {expected.name}, not {found[0].name}")
+        out.append((found[0], task))
 
 
 def _cells(run_dir: Path, stages: list[tuple[Path, str]]) -> list[_Cell]:
@@ -261,6 +380,9 @@ def _cells(run_dir: Path, stages: list[tuple[Path, str]]) -> list[_Cell]:
     for row, folder in rows:
         for i, task in enumerate(tasks):
             path = folder / "predictions" / f"{task}.jsonl"
+            if path.exists():
+                _inside(run_dir, path)
+                _inside(run_dir, folder / "judge" / f"{task}.jsonl")  # where its judgements will go
             if not path.is_file():
                 if 0 <= row and i <= row:  # the lower triangle is what the metrics need
                     raise JudgeError(f"{path} is missing: stage {folder.name} has no predictions for {task}")
@@ -304,7 +426,9 @@ def judge_run(run_dir: str | Path, judge_cfg, log: Callable[[str], None] = print
 
     Returns the content of ``metrics_gk.json``, or None when ``judge_cfg.backend`` is "none".
     ``backend`` replaces the configured one (tests). Raises :class:`JudgeError` (bad run folder
-    or prediction file, a fatal endpoint answer) or ``ConfigError`` (bad ``judge.*`` setting).
+    or prediction file, a fatal endpoint answer), ``ConfigError`` (bad ``judge.*`` setting), or,
+    after writing the GK files, :class:`JudgeInvalid` (more than ``judge.max_failed_share`` of the
+    samples failed or were unparsable; its ``record`` is the metrics_gk.json content).
     """
     if backend is None and judge_cfg.backend == "none":
         return None
@@ -315,6 +439,7 @@ def judge_run(run_dir: str | Path, judge_cfg, log: Callable[[str], None] = print
         raise JudgeError(f"{run_dir} has no completed stage (stages/01-<task>/done.json): nothing to judge")
     tasks = [task for _, task in stages]
     cells = _cells(run_dir, stages)  # every file is read and checked before the judge is loaded
+    _check_outputs(run_dir, judge_cfg)
     inner = backend or build_backend(judge_cfg)
     cache = JudgeCache(Path(judge_cfg.cache) if judge_cfg.cache else run_dir / CACHE_FILE)
     judge = CachedJudge(inner, cache)
@@ -326,7 +451,40 @@ def judge_run(run_dir: str | Path, judge_cfg, log: Callable[[str], None] = print
         getattr(inner, "close", lambda: None)()
     _check_replies(verdicts, inner)
     _distribute(cells, verdicts)
-    return _save(run_dir, cells, tasks, judge, _protocol(inner), cache, started, log)
+    validity = _validity(cells, judge_cfg.max_failed_share)
+    record = _save(run_dir, cells, tasks, judge, _protocol(inner), cache, started, log, validity)
+    if not validity["valid"]:
+        raise JudgeInvalid(f"the GK view in {run_dir / METRICS_FILE} is invalid: {validity['reason']}; its numbers "
+                           "are kept but marked invalid", record)
+    return record
+
+
+def _check_outputs(run_dir: Path, judge_cfg) -> None:
+    """The files judge_run writes at the top of the run folder must not lead out of it."""
+    names = [METRICS_FILE] + [f"{m}.{e}" for m in (MATRIX_NAME, OFFICIAL_MATRIX_NAME) for e in MATRIX_EXTENSIONS]
+    if not judge_cfg.cache:  # a cache the user names is theirs to place
+        names.append(CACHE_FILE)
+    for name in names:
+        _inside(run_dir, run_dir / name)
+
+
+def _validity(cells: list[_Cell], max_share: float) -> dict[str, Any]:
+    """Whether the GK view can be trusted: the share of samples without a score (failed requests
+    and unparsable replies) is at most ``max_share`` (judge.max_failed_share)."""
+    kinds: dict[str, int] = {}
+    for c in cells:
+        for kind, n in c.failure_kinds().items():
+            kinds[kind] = kinds.get(kind, 0) + n
+    samples, bad = sum(len(c.verdicts) for c in cells), sum(kinds.values())
+    share = bad / samples if samples else 0.0
+    out: dict[str, Any] = {"valid": share <= max_share, "failed_share": share, "max_failed_share": max_share,
+                           "failures": dict(sorted(kinds.items(), key=lambda kv: -kv[1])), "reason": None}
+    if not out["valid"]:
+        detail = ", ".join(f"{n} unparsable" if kind == UNPARSABLE else f"{n} failed: {kind}"
+                           for kind, n in out["failures"].items())
+        out["reason"] = (f"{bad} of {samples} judged samples ({share:.0%}) have no score ({detail}), more than "
+                         f"judge.max_failed_share={max_share:g}")
+    return out
 
 
 def _protocol(inner: JudgeBackend) -> str | None:
@@ -356,17 +514,20 @@ def _distribute(cells: list[_Cell], verdicts: list[Verdict]) -> None:
 
 
 def _save(run_dir: Path, cells: list[_Cell], tasks: list[str], judge: CachedJudge, protocol: str | None,
-          cache: JudgeCache, started: float, log: Callable[[str], None]) -> dict:
+          cache: JudgeCache, started: float, log: Callable[[str], None], validity: dict[str, Any]) -> dict:
     for c in cells:
         _write_samples(c)
     matrix, zero_shot = _matrix(cells, tasks)
     metrics = compute_metrics(matrix, zero_shot)
     save_matrix(run_dir, MATRIX_NAME, tasks, matrix, zero_shot, metrics)
     _save_official_matrix(run_dir, cells, tasks, write=protocol == "coin")
+    if not validity["valid"]:
+        _mark_invalid(run_dir, validity["reason"], official=protocol == "coin")
     per_cell = [{"stage": c.stage.name, "task": c.task, "score": c.value, "score_official": c.official,
-                 **c.counts()} for c in cells]
+                 **c.counts(), "failures": c.failure_kinds()} for c in cells]
     totals = {k: sum(p[k] for p in per_cell) for k in ("samples", "unparsable", "failed")}
-    record = {"view": "general_knowledge", "protocol": protocol, "judge": judge.describe(), **metrics, **totals,
+    record = {"view": "general_knowledge", **validity, "protocol": protocol, "judge": judge.describe(), **metrics,
+              **totals,
               "score_rules": SCORE_RULES,
               "official_matrix": f"{OFFICIAL_MATRIX_NAME}.json" if protocol == "coin" else None,
               "cache": {"path": str(cache.path), "hits": judge.hits, "new": judge.calls},
@@ -377,7 +538,17 @@ def _save(run_dir: Path, cells: list[_Cell], tasks: list[str], judge: CachedJudg
                            f"protocol {protocol})"))
     log(f"GK judge: {totals['samples']} samples, {totals['unparsable']} unparsable, {totals['failed']} failed, "
         f"{judge.hits} from the cache; wrote {run_dir / METRICS_FILE}")
+    if not validity["valid"]:
+        log(f"GK judge: INVALID view: {validity['reason']}")
     return record
+
+
+def _mark_invalid(run_dir: Path, reason: str, official: bool) -> None:
+    """A warning at the top of the Markdown matrices: the first thing a reader of an invalid view sees."""
+    warning = f"> **INVALID General Knowledge view**: {reason}. The numbers below are not to be reported.\n\n"
+    for name in (MATRIX_NAME, OFFICIAL_MATRIX_NAME) if official else (MATRIX_NAME,):
+        path = run_dir / f"{name}.md"
+        atomic_write_text(path, warning + path.read_text(encoding="utf-8"))
 
 
 def _save_official_matrix(run_dir: Path, cells: list[_Cell], tasks: list[str], write: bool) -> None:

@@ -16,8 +16,10 @@ backends build their requests and read the replies through a protocol
 from __future__ import annotations
 
 import functools
+import ipaddress
 import json
 import os
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +29,7 @@ from typing import Any, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 from ..config import ConfigError
+from ..secrets import redact_url
 from .judge_protocol import (BACKENDS, COIN_SAMPLING, JudgeError, JudgeItem, McitProtocol, build_prompt,
                              build_protocol)
 from .scorers import box_iou, normalize_answer, parse_box
@@ -35,6 +38,7 @@ __all__ = ["EmbeddingJudge", "JudgeBackend", "LocalLMJudge", "OpenAIJudge", "Ver
            "public_url"]
 
 FALLBACK_KEY_ENV = "OPENAI_API_KEY"
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -109,9 +113,16 @@ class _TextJudge(JudgeBackend):
 
 def public_url(url: str) -> str:
     """``url`` without user:password@ or a query string, safe to log and save."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return redact_url(url)
     host = parts.hostname or ""
-    netloc = host + (f":{parts.port}" if parts.port else "")
+    host = f"[{host}]" if ":" in host else host  # IPv6
+    try:
+        netloc = host + (f":{parts.port}" if parts.port else "")
+    except ValueError:  # a port that is no number
+        netloc = host
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
@@ -200,21 +211,35 @@ class OpenAIJudge(_TextJudge):
             response = self._client.post(f"{self.base_url}/chat/completions", json=body)
         except self._httpx.TransportError as exc:  # refused, reset, timed out
             return True, None, type(exc).__name__
+        except self._httpx.InvalidURL as exc:  # no request can succeed: stop, without echoing the URL
+            with self._lock:
+                self._stop = self._stop or f"judge.base_url: {public_url(self.base_url)} is not a usable URL ({exc})"
+            return False, None, "invalid URL"
         status = response.status_code
         if status == 200:
             return (False, *self._content(response))
         if status in self._FATAL_STATUS:
             self._fatal(status)
             return False, None, f"HTTP {status}"
+        if 300 <= status < 400:  # not followed: the request (and its key) only ever goes to judge.base_url
+            self._fatal_redirect(status, response.headers.get("location", ""))
+            return False, None, f"HTTP {status}"
         return status in self._RETRY_STATUS or status >= 500, None, f"HTTP {status}"
 
     def _fatal(self, status: int) -> None:
-        hint = (f"check ${self._key_env} (or ${FALLBACK_KEY_ENV})" if status in (401, 403)
+        hint = (f"check ${self._key_env}" if status in (401, 403)
                 else "check judge.base_url and judge.model")
         with self._lock:
             self._stop = self._stop or (f"{self._FATAL_STATUS[status]} (HTTP {status} from "
                                         f"{public_url(self.base_url)}/chat/completions, model "
                                         f"{self.model!r}); {hint}")
+
+    def _fatal_redirect(self, status: int, location: str) -> None:
+        target = public_url(location) if location else "no Location given"
+        with self._lock:
+            self._stop = self._stop or (
+                f"{public_url(self.base_url)}/chat/completions redirects (HTTP {status}) to {target}; redirects "
+                "are not followed, so the API key is never sent elsewhere: set judge.base_url to the final address")
 
     @staticmethod
     def _content(response) -> Reply:
@@ -439,12 +464,63 @@ def _option_text(question: str, answer: str) -> str | None:
 
 
 def _api_key(cfg) -> str | None:
-    return os.environ.get(cfg.api_key_env) or os.environ.get(FALLBACK_KEY_ENV) or None
+    """The key from $judge.api_key_env; $OPENAI_API_KEY only when judge.allow_openai_api_key_env opts in."""
+    key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
+    if not key and cfg.allow_openai_api_key_env:
+        key = os.environ.get(FALLBACK_KEY_ENV)
+    return key or None
+
+
+def _key_source(cfg) -> str:
+    """The variable the key is read from (named in messages; the key itself never is)."""
+    return cfg.api_key_env if os.environ.get(cfg.api_key_env or "") or not cfg.allow_openai_api_key_env \
+        else FALLBACK_KEY_ENV
+
+
+def check_key_env(cfg) -> None:
+    """judge.api_key_env names a variable; a value that cannot be one is likely the key itself, pasted
+    in the wrong place: refused without showing it (it would otherwise reach config.yaml and messages)."""
+    if not isinstance(cfg.api_key_env, str) or not _ENV_NAME.fullmatch(cfg.api_key_env):
+        raise ConfigError("judge.api_key_env must be the NAME of an environment variable (letters, digits and _, "
+                          "e.g. MCIT_JUDGE_API_KEY), not the key itself; the value given is not shown. Put the key "
+                          "in that variable")
+
+
+def is_loopback(host: str) -> bool:
+    """True for this machine's own addresses (localhost, 127.0.0.0/8, ::1)."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_endpoint(cfg) -> None:
+    """judge.base_url must be an http(s) URL with a host, and a key is never sent over plain http
+    to another machine (anyone on the path would read it). Messages show the URL redacted."""
+    shown = redact_url(cfg.base_url)
+    try:
+        parts = urlsplit(cfg.base_url)
+        host = parts.hostname or ""
+        parts.port  # noqa: B018 - a non-numeric port raises here, not at the first request
+    except ValueError as exc:
+        raise ConfigError(f"judge.base_url: {shown} is not a valid URL ({exc})") from None
+    if any(c.isspace() or not c.isprintable() for c in cfg.base_url):
+        raise ConfigError(f"judge.base_url: {shown!r} contains spaces or control characters")
+    if parts.scheme not in ("http", "https") or not host:
+        raise ConfigError(f"judge.base_url: {shown} is not an http:// or https:// URL with a host, "
+                          "e.g. http://127.0.0.1:8000/v1")
+    if parts.scheme == "http" and not is_loopback(host) and _api_key(cfg):
+        raise ConfigError(f"judge.base_url: refusing to send the API key from ${_key_source(cfg)} over plain http "
+                          f"to {host} ({shown}); use an https:// URL, or a loopback address (127.0.0.1, localhost) for a "
+                          "server on this machine")
 
 
 def check_judge_config(cfg):
     """Check the judge settings (and read protocol coin's rules) without building anything, so a
     run stops on a bad judge setting before it trains. Returns the protocol (None: no LLM judge)."""
+    check_key_env(cfg)
     if cfg.backend not in BACKENDS:
         raise ConfigError(f"judge.backend: {cfg.backend!r} is not one of {list(BACKENDS)}")
     if cfg.backend in ("none", "embedding"):
@@ -457,6 +533,8 @@ def check_judge_config(cfg):
         raise ConfigError(f"judge.model: the {cfg.backend} backend needs {what}")
     if cfg.backend == "openai" and not cfg.base_url:
         raise ConfigError("judge.base_url: the openai backend needs the endpoint's base URL, e.g. http://127.0.0.1:8000/v1")
+    if cfg.backend == "openai":
+        check_endpoint(cfg)
     return build_protocol(cfg)
 
 
@@ -476,4 +554,4 @@ def build_backend(cfg) -> JudgeBackend | None:
     return OpenAIJudge(cfg.base_url, cfg.model, _api_key(cfg), timeout=cfg.timeout, max_retries=cfg.max_retries,
                        retry_backoff=cfg.retry_backoff, concurrency=cfg.concurrency, temperature=cfg.temperature,
                        top_p=cfg.top_p, max_tokens=cfg.max_tokens, repetition_penalty=penalty,
-                       key_env=cfg.api_key_env, protocol=protocol)
+                       key_env=_key_source(cfg), protocol=protocol)

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import csv
+import html
 import io
 import json
 import math
@@ -85,7 +86,10 @@ def _to_csv(tasks: list[str], cells: list[list[float | None]], zero_shot: list[f
 
 
 def _md_escape(text: str) -> str:
-    return text.replace("|", "\\|")
+    # Names come from run folders and configs: a pipe would break the table, a newline the row,
+    # and HTML would be rendered by Markdown viewers.
+    text = html.escape(" ".join(str(text).split()), quote=False)
+    return text.replace("\\", "\\\\").replace("|", "\\|")
 
 
 def _to_markdown(
