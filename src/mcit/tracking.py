@@ -83,10 +83,17 @@ class RunTrackers:
         acc.project_configuration.set_directories(str(run_dir))
         acc.project_configuration.logging_dir = str(run_dir / "trackers")
         acc.log_with = filter_trackers(list(cfg.log.report_to), acc.logging_dir)
-        acc.init_trackers(PROJECT, config=hyperparameters(cfg), init_kwargs={
-            "mlflow": {"run_name": run_dir.name},
-            "wandb": {"name": run_dir.name, "dir": str(run_dir / "trackers")},
-        })
+        try:
+            acc.init_trackers(PROJECT, config=hyperparameters(cfg), init_kwargs={
+                "mlflow": {"run_name": run_dir.name},
+                "wandb": {"name": run_dir.name, "dir": str(run_dir / "trackers")},
+            })
+        except Exception as exc:  # the tracker's own settings (an MLflow URI, a W&B login): say so in one line
+            from .config import ConfigError
+
+            first = (str(exc).strip().splitlines() or [""])[0]
+            raise ConfigError(f"log.report_to: a tracker of {list(cfg.log.report_to)} could not start: "
+                              f"{type(exc).__name__}: {first}") from None
         for tracker in acc.trackers:
             if tracker.name == "wandb":  # W&B steps must only grow: each series gets its own x axis
                 tracker.tracker.define_metric("train/*", step_metric="train/step")
