@@ -49,3 +49,17 @@ def test_bad_tracker_in_a_config_file(runs, tmp_path):
     config.write_text("log:\n  report_to: [wandb2]\n")
     assert_rejected(["run", str(config), *SMALL, f"output_dir={runs}"], ["log.report_to", "did you mean 'wandb'"],
                     watch=[runs, config], code=2)
+
+
+def test_tracker_that_cannot_start_is_one_line(runs, monkeypatch):
+    """A tracker failing at start (an MLflow URI it refuses, a W&B login) stops the run with its reason."""
+    import accelerate.tracking
+
+    def refuse(self):
+        raise RuntimeError("cannot write the event file: disk full\nsecond line")
+
+    monkeypatch.setattr(accelerate.tracking.TensorBoardTracker, "start", refuse)
+    err = assert_rejected(["run", *SMALL, f"output_dir={runs}", "name=r", "log.report_to=[tensorboard]"],
+                          ["log.report_to", "could not start", "RuntimeError: cannot write the event file: disk full"],
+                          watch=[runs], code=2)
+    assert "second line" not in err
