@@ -29,6 +29,7 @@ from typing import Any, Iterator, Literal, Mapping, Sequence, Union
 import yaml
 
 from .fields import Range, setting
+from .tracking import unknown_trackers
 # The method section: the union of the registered methods' declared settings (mcit.methods.registry).
 from .methods.registry import MethodConfig
 
@@ -38,6 +39,7 @@ __all__ = [
     "EmtConfig",
     "EvalConfig",
     "JudgeConfig",
+    "LogConfig",
     "MethodConfig",
     "ModelConfig",
     "RunConfig",
@@ -290,6 +292,25 @@ class EmtConfig:
 
 
 @dataclass
+class LogConfig:
+    """What a run shows while it runs: progress lines in a log, per-step records, trackers."""
+
+    every_steps: int = _field(
+        100, "where there is no terminal (output to a file), a progress line every N steps of a long phase "
+        "(training steps, evaluation batches, judged samples); 0 = by time only", aliases=("log_every", "log_steps"),
+        check=Range(0))
+    every_seconds: float = _field(
+        60.0, "where there is no terminal, also a progress line every S seconds (whichever of the two comes "
+        "first); 0 = by steps only", aliases=("log_seconds",),
+        check=Range(0))
+    report_to: list[str] = _field(
+        [], "experiment trackers (through Accelerate) that get the per-step scalars, each stage's matrix row, the "
+        "final metrics and the config: tensorboard, mlflow, wandb (pip install 'mcit[tensorboard]' etc.), "
+        "also aim, comet_ml, clearml, dvclive, swanlab, trackio; [] = none", aliases=("trackers", "log_with"),
+        check=unknown_trackers)
+
+
+@dataclass
 class RunConfig:
     """One continual instruction tuning run."""
 
@@ -304,6 +325,7 @@ class RunConfig:
     eval: EvalConfig = _section(EvalConfig, "evaluation after each stage")
     judge: JudgeConfig = _section(JudgeConfig, "General Knowledge view: judge scores of the saved predictions")
     emt: EmtConfig = _section(EmtConfig, "EMT tracking: the model as an image classifier during fine-tuning")
+    log: LogConfig = _section(LogConfig, "progress lines, per-step training records, experiment trackers")
 
     @property
     def data_seed(self) -> int:

@@ -13,13 +13,14 @@ from pathlib import Path
 import torch
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from . import checkpoint as ckpt
 from .data.encode import collate
 from .distributed import global_loss_kwargs, mean_over_processes
 from .methods.base import Method, TaskContext
+from .progress import Progress
+from .tracking import TrainLog
 
 
 def steps_for(tc, n_items: int, task: str | None = None) -> int:
@@ -47,12 +48,14 @@ def _batches(loader: DataLoader):
 
 def train_task(model, method: Method, ctx: TaskContext, items: list[dict], run_cfg, pad_id: int,
                seed: int, desc: str, steps: int | None = None, on_step=None,
-               checkpoint: Path | None = None, resume_from: Path | None = None) -> dict:
+               checkpoint: Path | None = None, resume_from: Path | None = None,
+               train_log: TrainLog | None = None) -> dict:
     """Train `model` on encoded `items` for one task (`steps` optimizer steps, default: the
     task's budget); returns loss statistics. `on_step(step)`, if given, runs after each
     optimizer step (1-based; EMT tracking evaluates there). With `checkpoint` (the stage
     folder) an in-task checkpoint is saved every train.checkpoint_every steps; `resume_from`
-    (a checkpoint folder) continues from the step it was saved at."""
+    (a checkpoint folder) continues from the step it was saved at. ``train_log`` gets one record
+    per optimizer step (loss, its task and method parts, learning rate, gradient norm)."""
     tc = run_cfg.train
     acc = ctx.accelerator
     if acc.num_processes > 1 and not getattr(acc, "split_batches", False):
@@ -89,10 +92,11 @@ def train_task(model, method: Method, ctx: TaskContext, items: list[dict], run_c
             next(batches)
         ckpt.restore_rng(resume_from, state, acc.process_index)  # after the replay, as at the save
     every = tc.checkpoint_every if checkpoint is not None else 0
-    # disable=None: bars on a terminal, none in redirected logs (no carriage-return spam).
-    bar = tqdm(range(start, total), initial=start, total=total, desc=desc,
-               disable=None if acc.is_main_process else True, leave=False)
-    for step in bar:
+    if train_log is not None:
+        train_log.begin(start)
+    progress = Progress(desc, total, initial=start, enabled=acc.is_main_process,
+                        samples_per_unit=tc.batch_size * tc.grad_accum)
+    for step in range(start, total):
         step_loss = step_extra = 0.0
         for micro in range(tc.grad_accum):
             batch = next(batches)
@@ -107,8 +111,9 @@ def train_task(model, method: Method, ctx: TaskContext, items: list[dict], run_c
                     loss = loss + extra
                 acc.backward(loss / tc.grad_accum)
             step_loss += mean_over_processes(acc, out.loss.detach().float()) / tc.grad_accum
-        if tc.max_grad_norm:
-            acc.clip_grad_norm_(params, tc.max_grad_norm)
+        # The norm before clipping, kept as a tensor: read only when the log is written.
+        grad_norm = acc.clip_grad_norm_(params, tc.max_grad_norm) if tc.max_grad_norm else None
+        lr = optimizer.param_groups[0]["lr"]  # the rate this step uses (the scheduler moves it after)
         optimizer.step()
         scheduler.step()
         ctx.step = step + 1
@@ -118,14 +123,21 @@ def train_task(model, method: Method, ctx: TaskContext, items: list[dict], run_c
         optimizer.zero_grad(set_to_none=True)
         losses.append(step_loss)
         extras.append(step_extra)
+        if train_log is not None:
+            train_log.add(ctx.step, step_loss, step_extra, lr, grad_norm)
         if on_step is not None:
             on_step(ctx.step)
         if every and ctx.step % every == 0:
+            if train_log is not None:  # the log reaches the checkpoint's step: a resume continues it
+                train_log.flush()
             ckpt.save(checkpoint, acc, model=acc.unwrap_model(model), method=method, ctx=ctx, optimizer=optimizer,
                       scheduler=scheduler, step=ctx.step, batches=ctx.step * tc.grad_accum, losses=losses,
                       extras=extras)
-        if step % 10 == 0:
-            bar.set_postfix(loss=f"{sum(losses[-10:]) / len(losses[-10:]):.3f}")
+        recent = losses[-10:]
+        progress.update(loss=sum(recent) / len(recent), lr=lr)
+    progress.close(loss=sum(losses[-10:]) / max(1, len(losses[-10:])))
+    if train_log is not None:
+        train_log.flush()
     _release(acc, optimizer, scheduler, loader)
     model.eval()
     k = max(1, len(losses) // 10)

@@ -34,24 +34,31 @@ from .methods import Method, TaskContext, build_method
 from .metrics import compute_metrics
 from .models.folder_check import check_run_models
 from .models.load import load_checkpoint
-from .report.matrix import format_table, save_matrix
+from .progress import configure as configure_progress
+from .report.curves import save_loss_curve
+from .report.matrix import format_table, load_matrix, save_matrix
 from .rundir import (RunError, completed_stages, create_run_dir, load_json, mark_stage_done, restore_stage,
                      save_json, save_jsonl, save_run_info, save_stage, stage_dir)
+from .tracking import TRAIN_LOG, RunTrackers, TrainLog, check_installed
 
 
 def run_stream(cfg, log=print, resume: bool = False) -> dict:
     run = _set_up(cfg, log, resume)
-    if run.done:
-        _resume(run)
-    elif cfg.eval.zero_shot:
-        _zero_shot(run)
-    if run.tracker:  # a resumed run drops the EMT points of the stage it redoes
-        run.tracker.begin(run.writing, [info["train"]["steps"] for info in run.done])
-    for t, (name, trained) in enumerate(run.stages):
-        if t >= len(run.done):
-            ctx, stats = _train_stage(run, t, name, trained)
-            _save_and_evaluate_stage(run, t, name, trained, ctx, stats)
-    return _finish(run)
+    try:
+        if run.done:
+            _resume(run)
+        elif cfg.eval.zero_shot:
+            _zero_shot(run)
+        if run.tracker:  # a resumed run drops the EMT points of the stage it redoes
+            run.tracker.begin(run.writing, [info["train"]["steps"] for info in run.done])
+        for t, (name, trained) in enumerate(run.stages):
+            if t >= len(run.done):
+                ctx, stats = _train_stage(run, t, name, trained)
+                _save_and_evaluate_stage(run, t, name, trained, ctx, stats)
+        return _finish(run)
+    finally:
+        if run.trackers:  # also when a stage fails: what was logged is kept
+            run.trackers.finish()
 
 
 @dataclass
@@ -74,6 +81,7 @@ class _Run:
     done: list[dict] = field(default_factory=list)  # done.json of the stages already completed
     matrix: list[list[float | None]] = field(default_factory=list)  # row per stage, column per task
     zero_shot: list[float] | None = None
+    trackers: RunTrackers | None = None  # log.report_to (TensorBoard, MLflow, W&B, ...)
 
     @property
     def main(self) -> bool:
@@ -98,6 +106,8 @@ def _set_up(cfg, log, resume: bool) -> _Run:
     # (and the LR schedule steps once per optimizer step whatever the process count).
     acc = Accelerator(cpu=not torch.cuda.is_available(), dataloader_config=DataLoaderConfiguration(split_batches=True))
     _check_settings(cfg, acc)
+    check_installed(cfg.log.report_to)  # a tracker's missing package stops the run now
+    configure_progress(cfg.log.every_steps, cfg.log.every_seconds)
     set_seed(cfg.seed)
     if not acc.is_main_process:  # one voice: only the main process prints
         log = lambda *args, **kwargs: None  # noqa: E731
@@ -119,6 +129,8 @@ def _set_up(cfg, log, resume: bool) -> _Run:
         run.started -= run.done[-1].get("elapsed_seconds") or 0.0
     if run.main:
         _describe_run(run, checkpoint, resume)
+    if cfg.log.report_to:
+        run.trackers = RunTrackers(acc, cfg, run_dir)
     return run
 
 
@@ -223,6 +235,8 @@ def _zero_shot(run: _Run) -> None:
     run.zero_shot = [_evaluate(run, task, "base", out) for task in run.stream.tasks]
     if run.main:
         save_json(run.run_dir / "zero_shot.json", dict(zip(run.stream.tasks, run.zero_shot)))
+    if run.trackers:
+        run.trackers.log_row("if", 0, dict(zip(run.stream.tasks, run.zero_shot)))
     run.log("base model: " + "  ".join(f"{t} {v:.1f}" for t, v in zip(run.stream.tasks, run.zero_shot)))
 
 
@@ -236,9 +250,7 @@ def _train_stage(run: _Run, t: int, name: str, trained: list[str]) -> tuple[Task
     method.before_task(ctx)
     samples = method.train_samples(ctx, _training_data(run, trained))
     items = [encode_for_training(run.processor, s, stream.image_root, cfg.train.max_length) for s in samples]
-    # The budget comes from the tasks' own data, so methods that add samples (replay) get the
-    # same number of steps; a stage training several tasks gets the sum of their budgets.
-    steps = sum(steps_for(cfg.train, len(stream.train[task]), task) for task in trained)
+    steps = _stage_steps(run, trained)
     # A method that added an adapter or moved requires_grad: DDP must register the new set.
     run.model, run.wrapped = rewrap_if_changed(acc, run.model, run.wrapped)
     ctx.model = run.model
@@ -249,11 +261,23 @@ def _train_stage(run: _Run, t: int, name: str, trained: list[str]) -> tuple[Task
     in_task = cfg.train.checkpoint_every > 0 and run.tracker is None and method.resumable_mid_task
     stage = stage_dir(run.run_dir, t, name)
     resume_from = _in_task_checkpoint(stage, acc, run.log) if in_task and run.resume else None
+    # Per-step records: the stage's train_log.jsonl and the trackers, at the run's step count.
+    train_log = TrainLog(run.writing and stage / TRAIN_LOG, run.trackers,
+                         step_offset=sum(_stage_steps(run, tasks) for _, tasks in run.stages[:t]),
+                         flush_every=cfg.log.every_steps or 100)
     stats = train_task(run.model, method, ctx, items, cfg, _pad_id(run),
                        seed=cfg.seed * 1000 + t, desc=f"stage {t + 1}/{len(run.stages)} {name}", steps=steps,
-                       on_step=on_step, checkpoint=stage if in_task else None, resume_from=resume_from)
+                       on_step=on_step, checkpoint=stage if in_task else None, resume_from=resume_from,
+                       train_log=train_log)
     method.after_task(ctx)
     return ctx, stats
+
+
+def _stage_steps(run: _Run, trained: list[str]) -> int:
+    """A stage's optimizer steps. The budget comes from the tasks' own data, so methods that add
+    samples (replay) get the same number of steps; a stage training several tasks gets the sum
+    of their budgets."""
+    return sum(steps_for(run.cfg.train, len(run.stream.train[task]), task) for task in trained)
 
 
 def _training_data(run: _Run, trained: list[str]) -> list:
@@ -284,6 +308,8 @@ def _save_and_evaluate_stage(run: _Run, t: int, name: str, trained: list[str], c
         run.matrix[t][i] = _evaluate(run, tasks[i], f"stage {t + 1}", run.writing and stage)
     if run.main:
         row = {tasks[i]: run.matrix[t][i] for i in evaluated}
+        if run.trackers:
+            run.trackers.log_row("if", t + 1, row)
         mark_stage_done(stage, {"task": name, "train": stats, "scores": row, "method_log": ctx.log,
                                 "elapsed_seconds": time.time() - run.started})
         ckpt.remove(stage)  # the stage is complete: its in-task checkpoint is not needed any more
@@ -339,6 +365,10 @@ def _finish(run: _Run) -> dict:
         if run.main:
             run.tracker.save_plot()
     result = _finish_sequence(run) if _sequential(run) else _finish_joint(run)
+    if run.main:
+        title = f"{run.run_dir.name}: {' + '.join([run.cfg.method.name, *run.cfg.method.with_])}"
+        save_loss_curve(run.run_dir, [(name, stage_dir(run.run_dir, t, name)) for t, name in enumerate(run.names)],
+                        title)
     run.acc.wait_for_everyone()
     return result
 
@@ -358,7 +388,25 @@ def _finish_sequence(run: _Run) -> dict:
         from .eval.judge import judge_run  # General Knowledge view from the saved predictions
 
         result["metrics_gk"] = judge_run(run.run_dir, cfg.judge, log=run.log)  # None when judge.backend=none
+        if run.trackers:
+            _track_results(run, metrics, result["metrics_gk"])
     return result
+
+
+def _track_results(run: _Run, metrics: dict, metrics_gk: dict | None) -> None:
+    """The trackers get the final metrics of both views and the judge's matrix row by row
+    (the instruction-following rows were logged as each stage ended)."""
+    stages = len(run.stages)
+    run.trackers.log_metrics("if", stages, metrics)
+    gk = run.run_dir / "matrix_gk.json"
+    if metrics_gk is None or not gk.is_file():
+        return
+    tasks, matrix, zero_shot, _ = load_matrix(gk)
+    if zero_shot is not None:
+        run.trackers.log_row("gk", 0, dict(zip(tasks, zero_shot)))
+    for t, row in enumerate(matrix):
+        run.trackers.log_row("gk", t + 1, dict(zip(tasks, row)))
+    run.trackers.log_metrics("gk", stages, metrics_gk)
 
 
 def _finish_joint(run: _Run) -> dict:
@@ -373,4 +421,6 @@ def _finish_joint(run: _Run) -> dict:
                                                  "multitask_mean": mean, "seconds": result["seconds"]})
         run.log("multitask (upper bound): " + "  ".join(f"{t} {v:.1f}" for t, v in zip(tasks, row))
                 + f"  | mean {mean:.2f}")
+    if run.trackers:
+        run.trackers.log_metrics("if", len(run.stages), {"multitask_mean": mean})
     return result

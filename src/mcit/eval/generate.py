@@ -4,10 +4,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from ..data.encode import chat_prompt, load_image, tokenizer_of
 from ..data.schema import Sample
+from ..progress import track
 
 
 def prompt_batch(processor, samples: list[Sample], image_root: Path | None) -> dict:
@@ -36,7 +36,7 @@ def generate_answers(model, processor, samples: list[Sample], image_root: Path |
     answers: list[str] = []
     starts = range(0, len(samples), batch_size)
     try:
-        for start in tqdm(starts, desc=desc, disable=None if show_progress else True, leave=False):
+        for start in track(starts, desc, len(starts), unit="batch", enabled=show_progress):
             chunk = samples[start:start + batch_size]
             enc = {k: v.to(device) for k, v in prompt_batch(processor, chunk, image_root).items()}
             out = model.generate(

@@ -45,6 +45,7 @@ import yaml
 
 from ..io import atomic_write_text
 from ..metrics import compute_metrics
+from ..progress import reporter
 from ..report.matrix import format_table, save_matrix
 from ..rundir import save_json, stage_dir
 from .judge_backends import JudgeBackend, Verdict, build_backend
@@ -501,10 +502,7 @@ def _check_replies(verdicts: list[Verdict], inner: JudgeBackend) -> None:
 
 
 def _progress(log: Callable[[str], None]) -> Callable[[int, int], None]:
-    def report(done: int, total: int) -> None:
-        if total > CHUNK:  # a handful of lines for long judgings, silence for short ones
-            log(f"GK judge: {done}/{total} new samples judged")
-    return report
+    return reporter("GK judge: new samples judged", "sample", log)  # lines at the run's log.every_*
 
 
 def _distribute(cells: list[_Cell], verdicts: list[Verdict]) -> None:

@@ -62,12 +62,15 @@ def ensure_base_model(run_cfg, data_root: Path, cache_dir: Path, accelerator: Ac
             log(f"model.name=tiny-llava on data.benchmark={dc.benchmark}: its base model learns from coin-mini, "
                 f"generated at {coin_mini_root(world, run_cfg.data_seed)} (the release has no alignment data for it)")
             data_root = generate_coin_mini(world, run_cfg.data_seed)
-        _train_base(run_cfg, data_root, target, accelerator)
+        log(f"building the base model (once: cached afterwards in {target} for every run with these model and "
+            f"data settings): 1/2 vision encoder, {mc.vision_steps} steps; 2/2 alignment, {mc.base_steps} steps")
+        _train_base(run_cfg, data_root, target, accelerator, log)
+        log(f"base model cached in {target}")
     accelerator.wait_for_everyone()
     return target
 
 
-def _train_base(run_cfg, data_root: Path, target: Path, accelerator: Accelerator) -> None:
+def _train_base(run_cfg, data_root: Path, target: Path, accelerator: Accelerator, log=print) -> None:
     mc, dc = run_cfg.model, run_cfg.data
     image_root = data_root / "images"
     pretrain = read_train_json(data_root / "pretrain.json", "pretrain", image_root)
@@ -81,6 +84,7 @@ def _train_base(run_cfg, data_root: Path, target: Path, accelerator: Accelerator
     processor = build_processor(tokenizer, dc.image_size, mc.patch_size)
     model = build_model(mc, processor, dc.image_size)
     # LLaVA's recipe: a vision encoder pretrained on its own, then frozen during alignment.
+    log(f"base model 1/2: vision encoder pretraining ({mc.vision_steps} steps, {mc.vision_images} images)")
     vision = pretrain_vision(model, processor.image_processor,
                              coin_mini.vision_items(run_cfg.data_seed, mc.vision_images, dc.image_size),
                              steps=mc.vision_steps, batch_size=mc.vision_batch_size, lr=mc.base_lr,
@@ -97,8 +101,9 @@ def _train_base(run_cfg, data_root: Path, target: Path, accelerator: Accelerator
         accelerator = SingleProcess(accelerator.device)
     model = accelerator.prepare_model(model)
     ctx = TaskContext(task="pretrain", index=-1, tasks=[], model=model, accelerator=accelerator)
+    log(f"base model 2/2: alignment ({mc.base_steps} steps, {len(items)} captioning samples)")
     stats = train_task(model, _TrainEverything(None), ctx, items, stage_cfg,
-                       tokenizer.pad_token_id, seed=run_cfg.data_seed, desc="base model")
+                       tokenizer.pad_token_id, seed=run_cfg.data_seed, desc="base model, alignment")
 
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -15,8 +15,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
+
+from ..progress import Progress
 
 
 def patch_features(model, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -50,7 +51,8 @@ def pretrain_vision(model, image_processor, items: list[tuple[Image.Image, dict[
 
     vision.train()
     losses = []
-    for _ in tqdm(range(steps), desc="vision encoder", disable=None if show_progress else True, leave=False):
+    progress = Progress("base model, vision encoder", steps, enabled=show_progress, samples_per_unit=batch_size)
+    for _ in range(steps):
         idx = torch.randint(len(items), (batch_size,), generator=gen)
         feats = patch_features(model, pixels[idx])
         # one cross-entropy per attribute, over the images that carry it
@@ -62,6 +64,8 @@ def pretrain_vision(model, image_processor, items: list[tuple[Image.Image, dict[
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())
+        progress.update(loss=losses[-1])
+    progress.close(loss=losses[-1])
     k = max(1, steps // 10)
     return {"steps": steps, "images": len(items), "attributes": {a: len(n) for a, n in classes.items()},
             "loss_first": sum(losses[:k]) / k, "loss_last": sum(losses[-k:]) / k}
