@@ -154,7 +154,7 @@ def _to_png(
     data = np.array([[np.nan if v is None else v for v in r] for r in rows], dtype=float)
     n_rows, n_cols = data.shape
 
-    fig = Figure(figsize=(1.2 + 0.9 * n_cols, 1.0 + 0.6 * n_rows), dpi=100)
+    fig = Figure(figsize=(max(5.0, 1.2 + 0.9 * n_cols), 1.4 + 0.6 * n_rows), dpi=100)  # wide enough for the title
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     image = ax.imshow(np.ma.masked_invalid(data), cmap="viridis", vmin=0.0, vmax=100.0, aspect="auto")
