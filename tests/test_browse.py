@@ -1,7 +1,9 @@
 """Looking at runs: `mcit ls`, `mcit show`, `mcit diff` on real run folders made by a tiny `mcit run`,
 `mcit config show`, `mcit --version`, suggestions for a mistyped verb, and the heatmaps' titles."""
+import base64
 import json
 import shutil
+from html.parser import HTMLParser
 
 import pytest
 
@@ -174,3 +176,99 @@ def test_version():
 def test_mistyped_verb_gets_a_suggestion():
     assert_rejected(["rnu"], mentions=["invalid choice: 'rnu'", "did you mean 'run'?"])
     assert_rejected(["shwo", "x"], mentions=["did you mean 'show'?"])
+
+
+# ------------------------------------------------------------------------------------- HTML report
+
+
+class _Tags(HTMLParser):
+    """Every start tag with its attributes, and the page's text."""
+
+    def __init__(self):
+        super().__init__()
+        self.tags, self.text = [], []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def _parse(html):
+    parser = _Tags()
+    parser.feed(html)
+    return parser
+
+
+def _assert_self_contained(page):
+    images = [a for t, a in page.tags if t == "img"]
+    for attrs in images:
+        assert attrs["src"].startswith("data:image/png;base64,")
+        assert base64.b64decode(attrs["src"].split(",", 1)[1]).startswith(b"\x89PNG\r\n\x1a\n")
+    assert not [t for t, _ in page.tags if t in ("script", "link", "iframe", "object")]
+    assert not [a for _, a in page.tags for k in ("src", "href") if k in a and not a[k].startswith("data:")]
+    return images
+
+
+def test_run_report_is_one_self_contained_page(runs, tmp_path):
+    out = tmp_path / "r.html"
+    code, stdout, _ = invoke(["report", str(runs / "a"), "-o", str(out)])
+    assert code == 0 and stdout.strip() == f"wrote {out}"
+    page = _parse(out.read_text())
+    images = _assert_self_contained(page)
+    pngs = sorted(p.stem for p in (runs / "a").glob("*.png"))
+    assert {"matrix", "matrix_gk"} <= set(pngs) and sorted(a["alt"] for a in images) == pngs  # both heatmaps
+    text = "".join(page.text)
+    metrics = _json(runs / "a" / "metrics.json")
+    assert "Accuracy matrix: instruction following" in text and "Accuracy matrix: general knowledge" in text
+    assert f"{metrics['MFN']:.2f}" in text and "environment.json" in text and "data.train_per_task: 400 -> 24" in text
+
+
+def test_report_escapes_what_the_model_answered(runs, tmp_path):
+    run = _copy(runs, tmp_path, "b")
+    path = run / "stages" / "02-VQAv2" / "predictions" / "VQAv2.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    records[0].update(prediction="<script>document.title='pwned'</script><b>x", score=0.0)
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    code, _, _ = invoke(["report", str(run)])
+    html = (run / "report.html").read_text()  # the default place
+    assert code == 0 and "<script" not in html and "<b>x" not in html
+    assert "&lt;script&gt;document.title=&#x27;pwned&#x27;&lt;/script&gt;&lt;b&gt;x" in html
+    assert "<script>document.title='pwned'</script><b>x" in "".join(_parse(html).text)  # shown as text
+
+
+def test_compare_report_has_mean_std_table_and_error_bar_charts(runs, tmp_path):
+    from mcit.compare import _read_run, _summarise
+    from mcit.rundir import save_json
+
+    folder = tmp_path / "cmp"
+    for name in ("a", "b"):
+        shutil.copytree(runs / name, folder / "runs" / f"lora-seed{ord(name) - ord('a')}")
+    table = {"lora": _summarise([_read_run(folder / "runs" / f"lora-seed{s}") for s in (0, 1)])}
+    save_json(folder / "compare.json", {"methods": ["lora"], "seeds": [0, 1], "table": table})
+    code, _, _ = invoke(["report", str(folder)])
+    page = _parse((folder / "report.html").read_text())
+    assert code == 0
+    images = _assert_self_contained(page)
+    assert [a["alt"] for a in images] == ["instruction following by method"]  # b has no GK view: no GK chart
+    mfn = [_json(runs / n / "metrics.json")["MFN"] for n in ("a", "b")]
+    mean, std = sum(mfn) / 2, abs(mfn[0] - mfn[1]) / 2 ** 0.5  # sample std of two values
+    text = "".join(page.text)
+    assert f"{mean:.2f} ± {std:.2f}" in text and "lora-seed0" in text and "lora-seed1" in text
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium package is not installed")
+def test_report_renders_in_headless_chromium(runs, tmp_path):
+    import subprocess
+
+    run = _copy(runs, tmp_path, "a")
+    path = run / "stages" / "02-VQAv2" / "predictions" / "VQAv2.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    records[0].update(prediction="<script>document.title='pwned'</script>", score=0.0)
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert invoke(["report", str(run)])[0] == 0
+    dom = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom",
+                          (run / "report.html").as_uri()], capture_output=True, text=True, timeout=120).stdout
+    assert "<title>mcit run a</title>" in dom and "pwned" in dom and "<title>pwned" not in dom
+    assert dom.count('class="chart"') == len(list(run.glob("*.png")))

@@ -1,6 +1,6 @@
 """`mcit` command line: `mcit run [CONFIG.yaml] [key=value ...]`, `mcit compare`, `mcit judge RUN_DIR`,
 `mcit emt MODEL_OR_RUN_STAGE`, `mcit data check`,
-`mcit ls`, `mcit show`, `mcit diff`, `mcit config show`, `mcit export`."""
+`mcit ls`, `mcit show`, `mcit diff`, `mcit report`, `mcit config show`, `mcit export`."""
 from __future__ import annotations
 
 import argparse
@@ -174,6 +174,13 @@ def cmd_diff(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from .report.html import write_report
+
+    print(f"wrote {write_report(args.target, args.out)}")
+    return 0
+
+
 def cmd_config_show(args) -> int:
     """The resolved config with every key's help text, as a run would save it."""
     from .config import config_hash, config_to_yaml, load_config
@@ -317,6 +324,13 @@ def _add_browse_parsers(sub) -> None:
     diff.add_argument("run_a", metavar="RUN_A", help="a run folder")
     diff.add_argument("run_b", metavar="RUN_B", help="another run folder")
     diff.set_defaults(func=cmd_diff)
+    report = sub.add_parser("report", help="one self-contained HTML page of a run or a comparison",
+                            description="Metrics, heatmaps, matrices, sample answers, config and environment of "
+                                        "a run (or the mean ± std table and charts of a compare folder) in one "
+                                        "HTML file that needs no network: styles inline, images as data URIs.")
+    report.add_argument("target", metavar="RUN|COMPARE_DIR", help="a run folder or a `mcit compare` folder")
+    report.add_argument("-o", "--out", metavar="FILE", help="where to write (default: <folder>/report.html)")
+    report.set_defaults(func=cmd_report)
     config = sub.add_parser("config", help="configuration utilities").add_subparsers(dest="config_command", required=True)
     cshow = config.add_parser("show", help="print the resolved config, every key with its help text",
                               description="The config a run would use (CONFIG, default the built-in one, with the "
