@@ -115,6 +115,12 @@ CASES = {
     "export-unknown-method-in-config": (
         lambda run, tmp: _method(run, "name: lroa") or ["export", str(run), "--merge", str(tmp / "out")],
         ["method.name", "lroa", "did you mean 'lora'"]),
+    "report-not-a-run-or-compare-folder": (lambda run, tmp: ["report", str(run / "stages")],
+                                           ["neither a run folder", "compare.json"]),
+    "report-compare-json-malformed": (lambda run, tmp: _write(tmp / "compare.json", "{") or ["report", str(tmp)],
+                                      ["compare.json", "not valid JSON"]),
+    "report-metrics-not-json": (lambda run, tmp: _write(run / "metrics.json", "[") or ["report", str(run)],
+                                ["metrics.json", "not valid JSON"]),
     "mistyped-verb": (lambda run, tmp: ["exprot", str(run)], ["invalid choice: 'exprot'", "did you mean 'export'?"]),
     "mistyped-config-verb": (lambda run, tmp: ["config", "shwo"], ["did you mean 'show'?"]),
     "config-show-mistyped-method": (lambda run, tmp: ["config", "show", "method.name=lroa"], ["did you mean 'lora'"]),
