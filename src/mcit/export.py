@@ -130,14 +130,16 @@ def check_mergeable(method_cfg) -> str:
     return base
 
 
-def merged_model(method, model):
+def merged_model(model):
     """The plain transformers model of a restored stage, adapters folded into the weights."""
     from peft import PeftModel
 
+    from .methods.moelora import merge_moelora, moelora_layers
+
     if isinstance(model, PeftModel):
         return model.merge_and_unload()
-    if hasattr(method, "merge"):  # MoELoRA: its layers replaced by plain nn.Linear
-        return method.merge(model)
+    if moelora_layers(model):  # its layers replaced by plain nn.Linear (whatever additions wrap the method)
+        return merge_moelora(model)
     return model
 
 
@@ -163,7 +165,7 @@ def export_stage(run: str | Path, out: str | Path, stage: int | None = None, bas
     method = build_method(cfg.method)
     model = method.setup(model, cfg)
     restore_stage(method, model, stage)
-    model = merged_model(method, model).eval()
+    model = merged_model(model).eval()
 
     # Written beside the target and renamed into place, so a failed export leaves no half model.
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")

@@ -13,12 +13,11 @@ from typing import Any
 import yaml
 
 from ..compare import VIEW_METRICS
-from ..rundir import CONFIG_FILE, ENVIRONMENT_FILE, RunError, _differences, completed_stages, load_json
+from ..rundir import _LOCATION_KEYS, CONFIG_FILE, ENVIRONMENT_FILE, RunError, _differences, completed_stages, load_json
 from .matrix import format_table, load_matrix
 
 VIEWS = (("if", "instruction following", ""), ("gk", "general knowledge", "_gk"))  # key, title, file suffix
 LS_METRICS = ("MFT", "MFN", "BWT")
-_LOCATION_KEYS = ("output_dir", "name")  # where a run is, not what it does: never a difference
 
 
 @dataclass
@@ -110,11 +109,11 @@ def summarise(run: Path) -> RunSummary:
 # --------------------------------------------------------------------------------- mcit ls
 
 
-def _num(v: float | None, digits: int = 1) -> str:
+def format_number(v: float | None, digits: int = 1) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
 
 
-def _duration(seconds: float | None) -> str:
+def format_duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"
     minutes, s = divmod(int(round(seconds)), 60)
@@ -136,7 +135,8 @@ def format_ls(root: Path, summaries: list[RunSummary]) -> str:
     for s in summaries:
         name = str(s.path.relative_to(root)) if s.path != root else s.path.name
         rows.append([name, s.method, _short_tasks(s.tasks), s.status]
-                    + [_num(s.metrics[v].get(m)) for v, _, _ in VIEWS for m in LS_METRICS] + [_duration(s.seconds)])
+                    + [format_number(s.metrics[v].get(m)) for v, _, _ in VIEWS for m in LS_METRICS]
+                    + [format_duration(s.seconds)])
     widths = [max(len(r[c]) for r in rows) for c in range(len(head) + 1)]
     numeric = range(4, len(head) + 1)
     return "\n".join("  ".join(cell.rjust(w) if c in numeric else cell.ljust(w)
@@ -154,7 +154,7 @@ def ls(root: str | Path = "runs") -> str:
 # --------------------------------------------------------------------------------- mcit show
 
 
-def _default_config() -> dict[str, Any]:
+def default_config() -> dict[str, Any]:
     from ..config import config_to_dict, load_config
 
     return config_to_dict(load_config(None, []))
@@ -180,7 +180,8 @@ def load_view(run: Path, suffix: str):
     return None
 
 
-def most_forgotten(tasks: list[str], matrix: list[list[float | None]], n: int = 3) -> list[tuple[str, float, float, float]]:
+def most_forgotten(tasks: list[str], matrix: list[list[float | None]],
+                   n: int = 3) -> list[tuple[str, float, float, float]]:
     """(task, best score before the last stage, final score, drop) of the tasks that lost most, largest
     drop first: the per-task terms of the Forgetting metric (mcit.metrics), drops > 0 only."""
     last = len(matrix) - 1
@@ -203,8 +204,9 @@ def baseline_table(run: Path, tasks: list[str], matrix, zero_shot) -> str:
         b = baselines.get(task) or {}
         own = matrix[i][i] if i < len(matrix) else None
         final = matrix[-1][i] if matrix else None
-        lines.append(f"| {task} | {b.get('constant_answer', '-')!s} | {_num(b.get('score'))} | "
-                     f"{_num(zero_shot[i] if zero_shot else None)} | {_num(own)} | {_num(final)} |")
+        lines.append(f"| {task} | {b.get('constant_answer', '-')!s} | {format_number(b.get('score'))} | "
+                     f"{format_number(zero_shot[i] if zero_shot else None)} | {format_number(own)} | "
+                     f"{format_number(final)} |")
     return "\n".join(lines)
 
 
@@ -258,9 +260,11 @@ def show(run: str | Path, per_task: int = 2) -> str:
     run = require_run(run)
     summary, config = summarise(run), read_config(run)
     env = load_json(run / ENVIRONMENT_FILE)
-    lines = [f"run {run}", f"method {summary.method}   status {summary.status}   time {_duration(summary.seconds)}",
-             f"tasks {', '.join(summary.tasks)}", f"base model {base_model_line(env)}", "", "## config (differences from the defaults)"]
-    diffs = config_differences(_default_config(), config)
+    lines = [f"run {run}",
+             f"method {summary.method}   status {summary.status}   time {format_duration(summary.seconds)}",
+             f"tasks {', '.join(summary.tasks)}", f"base model {base_model_line(env)}", "",
+             "## config (differences from the defaults)"]
+    diffs = config_differences(default_config(), config)
     lines += [f"  {d}" for d in diffs] or ["  (none)"]
     main_view = None
     for key, title, suffix in VIEWS:
@@ -273,13 +277,14 @@ def show(run: str | Path, per_task: int = 2) -> str:
     multitask = _read_json(run / "multitask.json")
     if multitask:
         lines += ["", "## multitask (upper bound)",
-                  "  ".join(f"{t} {_num(v)}" for t, v in multitask.get("scores", {}).items())]
+                  "  ".join(f"{t} {format_number(v)}" for t, v in multitask.get("scores", {}).items())]
     if main_view is not None:
         tasks, matrix, zero_shot, _ = main_view
         lines += ["", "## per-task baselines", baseline_table(run, tasks, matrix, zero_shot)]
         forgotten = most_forgotten(tasks, matrix)
         lines += ["", "## forgotten most (best before the last stage -> final)"]
-        lines += [f"  {t}: {_num(best)} -> {_num(final)} (-{drop:.1f})" for t, best, final, drop in forgotten] or ["  (none)"]
+        lines += [f"  {t}: {format_number(best)} -> {format_number(final)} (-{drop:.1f})"
+                  for t, best, final, drop in forgotten] or ["  (none)"]
     lines += _format_answers(run, per_task)
     return "\n".join(lines)
 
@@ -293,7 +298,8 @@ def base_model_line(env: dict) -> str:
 # --------------------------------------------------------------------------------- mcit diff
 
 
-def metric_deltas(a: dict[str, float | None], b: dict[str, float | None]) -> list[tuple[str, float | None, float | None, float | None]]:
+def metric_deltas(a: dict[str, float | None], b: dict[str, float | None]) -> list[tuple]:
+    """(metric, A, B, B - A) of every metric either run has; the delta None where one is missing."""
     keys = [k for k in VIEW_METRICS if k in a or k in b]
     return [(k, a.get(k), b.get(k), None if a.get(k) is None or b.get(k) is None else b[k] - a[k]) for k in keys]
 
@@ -312,7 +318,8 @@ def diff(run_a: str | Path, run_b: str | Path) -> str:
         if not any(x is not None or y is not None for _, x, y, _ in deltas):
             continue
         lines += ["", f"## {title}: metrics", "| metric | A | B | B - A |", "|---|---:|---:|---:|"]
-        lines += [f"| {k} | {_num(x, 2)} | {_num(y, 2)} | {'-' if d is None else f'{d:+.2f}'} |" for k, x, y, d in deltas]
+        lines += [f"| {k} | {format_number(x, 2)} | {format_number(y, 2)} | {'-' if d is None else f'{d:+.2f}'} |"
+                  for k, x, y, d in deltas]
         va, vb = load_view(a, suffix), load_view(b, suffix)
         if va is None or vb is None:
             continue

@@ -16,7 +16,7 @@ from typing import Any
 from ..compare import VIEW_METRICS
 from ..io import atomic_write_text
 from ..rundir import RunError, load_json
-from .browse import (VIEWS, _default_config, _duration, _num, config_differences, is_run_dir, load_view,
+from .browse import (VIEWS, default_config, format_duration, format_number, config_differences, is_run_dir, load_view,
                      most_forgotten, read_config, require_run, sample_answers, summarise)
 
 STYLE = """
@@ -56,7 +56,7 @@ def _page(title: str, body: list[str]) -> str:
 
 
 def _metrics_section(summary) -> list[str]:
-    rows = [[m] + [_num(summary.metrics[v].get(m), 2) for v, _, _ in VIEWS] for m in VIEW_METRICS]
+    rows = [[m] + [format_number(summary.metrics[v].get(m), 2) for v, _, _ in VIEWS] for m in VIEW_METRICS]
     return ["<h2>Metrics</h2>", _table(["metric"] + [title for _, title, _ in VIEWS], rows)]
 
 
@@ -73,14 +73,14 @@ def _matrix_sections(run: Path) -> list[str]:
         if view is None:
             continue
         tasks, matrix, zero_shot, _ = view
-        rows = ([["base (zero-shot)"] + [_num(v) for v in zero_shot]] if zero_shot else [])
-        rows += [[task] + [_num(v) for v in row] for task, row in zip(tasks, matrix)]
+        rows = ([["base (zero-shot)"] + [format_number(v) for v in zero_shot]] if zero_shot else [])
+        rows += [[task] + [format_number(v) for v in row] for task, row in zip(tasks, matrix)]
         out += [f"<h2>Accuracy matrix: {escape(title)}</h2>", _table(["after stage"] + tasks, rows)]
         if suffix == "":
             forgotten = most_forgotten(tasks, matrix)
             if forgotten:
-                out += ["<p>Forgotten most: " + escape(", ".join(f"{t} {_num(b)} → {_num(f)}" for t, b, f, _ in forgotten))
-                        + "</p>"]
+                drops = ", ".join(f"{t} {format_number(b)} → {format_number(f)}" for t, b, f, _ in forgotten)
+                out.append(f"<p>Forgotten most: {escape(drops)}</p>")
     return out
 
 
@@ -93,12 +93,13 @@ def _answers_section(run: Path, per_task: int) -> list[str]:
         rows = [[("right" if key == "right" else "wrong"), r.get("text", ""), r.get("prediction", ""),
                  " | ".join(map(str, r.get("answers") or [])), r.get("score")]
                 for key in ("right", "wrong") for r in groups[key]]
-        out += [f"<h3>{escape(task)}</h3>", _table(["", "question", "answer", "expected", "score"], rows, numeric_from=4)]
+        out += [f"<h3>{escape(task)}</h3>",
+                _table(["", "question", "answer", "expected", "score"], rows, numeric_from=4)]
     return out
 
 
 def _config_sections(run: Path) -> list[str]:
-    diffs = config_differences(_default_config(), read_config(run))
+    diffs = config_differences(default_config(), read_config(run))
     env = load_json(run / "environment.json")
     return ["<h2>Config</h2>", "<p>Differences from the defaults:</p>",
             "<pre>" + escape("\n".join(diffs) or "(none)") + "</pre>",
@@ -113,7 +114,7 @@ def run_report(run: str | Path, per_task: int = 3) -> str:
     s = summarise(run)
     body = [f"<h1>{escape(run.name)}</h1>",
             f"<p class=meta>method {escape(s.method)} · tasks {escape(', '.join(s.tasks))} · status "
-            f"{escape(s.status)} · time {escape(_duration(s.seconds))}</p>"]
+            f"{escape(s.status)} · time {escape(format_duration(s.seconds))}</p>"]
     body += _metrics_section(s) + _figures_section(run) + _matrix_sections(run)
     body += _answers_section(run, per_task) + _config_sections(run)
     return _page(f"mcit run {run.name}", body)
@@ -168,8 +169,8 @@ def compare_report(folder: str | Path) -> str:
     runs = sorted(p for p in (folder / "runs").glob("*") if is_run_dir(p))
     if runs:
         body += ["<h2>Runs</h2>", _table(["run", "method", "status", "MFN (IF)", "time"],
-                                         [[r.name, s.method, s.status, _num(s.metrics["if"].get("MFN")),
-                                           _duration(s.seconds)] for r, s in ((r, summarise(r)) for r in runs)])]
+                                         [[r.name, s.method, s.status, format_number(s.metrics["if"].get("MFN")),
+                                           format_duration(s.seconds)] for r, s in ((r, summarise(r)) for r in runs)])]
     return _page(f"mcit comparison {folder.name}", body)
 
 
