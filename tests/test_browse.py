@@ -98,6 +98,15 @@ def test_show_of_a_judged_run_has_both_views(runs):
     assert f"MFN {gk['metrics']['MFN']:.2f}" in out.split("## general knowledge")[1]
 
 
+def test_show_of_a_partial_run_shows_its_last_completed_stage(runs, tmp_path):
+    run = _copy(runs, tmp_path, "b")
+    (run / "stages" / "02-VQAv2" / "done.json").unlink()  # cut during stage 2's evaluation
+    (run / "metrics.json").unlink()
+    code, out, _ = invoke(["show", str(run)])
+    assert code == 0 and "status partial 1/2" in out
+    assert "## answers after 01-ImageNet" in out and "02-VQAv2" not in out
+
+
 def test_most_forgotten_lists_the_largest_drops_first():
     matrix = [[80.0, None, None], [60.0, 90.0, None], [50.0, 40.0, 70.0]]
     # task 0: best before the last stage 80 -> 50 (30); task 1: 90 -> 40 (50); the last task is not counted

@@ -13,7 +13,8 @@ from typing import Any
 import yaml
 
 from ..compare import VIEW_METRICS
-from ..rundir import _LOCATION_KEYS, CONFIG_FILE, ENVIRONMENT_FILE, RunError, _differences, completed_stages, load_json
+from ..rundir import (_LOCATION_KEYS, CONFIG_FILE, ENVIRONMENT_FILE, RunError, _differences, completed_stages,
+                      is_stage_done, load_json)
 from .matrix import format_table, load_matrix
 
 VIEWS = (("if", "instruction following", ""), ("gk", "general knowledge", "_gk"))  # key, title, file suffix
@@ -216,7 +217,8 @@ def _one_line(text: Any, width: int = 70) -> str:
 
 
 def last_stage_with_predictions(run: Path) -> Path | None:
-    stages = sorted(p for p in (run / "stages").glob("*") if (p / "predictions").is_dir() and p.name != "00-base")
+    """The last completed stage (done.json written: its predictions are all there), or None."""
+    stages = sorted(p for p in (run / "stages").glob("*") if (p / "predictions").is_dir() and is_stage_done(p))
     return stages[-1] if stages else None
 
 
