@@ -1,5 +1,6 @@
 """`mcit` command line: `mcit run [CONFIG.yaml] [key=value ...]`, `mcit compare`, `mcit judge RUN_DIR`,
-`mcit emt MODEL_OR_RUN_STAGE`, `mcit data check`."""
+`mcit emt MODEL_OR_RUN_STAGE`, `mcit data check`,
+`mcit ls`, `mcit show`, `mcit diff`, `mcit report`, `mcit config show`, `mcit export`."""
 from __future__ import annotations
 
 import argparse
@@ -150,6 +151,55 @@ def cmd_tune(args) -> int:
     return 0
 
 
+def cmd_ls(args) -> int:
+    from .report.browse import ls
+
+    print(ls(args.dir))
+    return 0
+
+
+def cmd_show(args) -> int:
+    from .report.browse import show
+
+    if args.answers < 0:
+        raise UserError(f"show: --answers must be >= 0, got {args.answers}")
+    print(show(args.run, per_task=args.answers))
+    return 0
+
+
+def cmd_diff(args) -> int:
+    from .report.browse import diff
+
+    print(diff(args.run_a, args.run_b))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report.html import write_report
+
+    print(f"wrote {write_report(args.target, args.out)}")
+    return 0
+
+
+def cmd_config_show(args) -> int:
+    """The resolved config with every key's help text, as a run would save it."""
+    from .config import config_hash, config_to_yaml, load_config
+
+    overrides = list(args.overrides)
+    if args.config and _OVERRIDE.match(args.config):  # `mcit config show key=value`: no config file given
+        args.config, overrides = None, [args.config, *overrides]
+    cfg = load_config(_config_path(args.config), overrides)
+    print(config_to_yaml(cfg, header=f"resolved mcit configuration (config hash {config_hash(cfg)})"), end="")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .export import export_stage
+
+    export_stage(args.run, args.merge, stage=args.stage, base_model=args.base_model)
+    return 0
+
+
 def _config_path(config: str | None) -> Path:
     path = Path(config) if config else DEFAULT_CONFIG
     if not path.is_file():
@@ -165,8 +215,26 @@ def _add_sweep_args(parser: argparse.ArgumentParser, out: str) -> None:
     parser.add_argument("--out", default=out, help=f"output folder (default: ./{out})")
 
 
+class _SuggestingParser(argparse.ArgumentParser):
+    """argparse with a "did you mean" for a mistyped verb (Python 3.11's argparse has none)."""
+
+    def error(self, message: str):
+        import difflib
+
+        bad = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if bad:
+            choices = re.findall(r"'([^']*)'", bad.group(2))
+            close = difflib.get_close_matches(bad.group(1), choices, n=1)
+            if close:
+                message += f"; did you mean '{close[0]}'?"
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mcit", description="Continual instruction tuning of multimodal LLMs.")
+    from . import __version__
+
+    parser = _SuggestingParser(prog="mcit", description="Continual instruction tuning of multimodal LLMs.")
+    parser.add_argument("--version", action="version", version=f"mcit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="train a model on a stream of tasks and report forgetting",
                          description="Run a continual-tuning job. Without CONFIG, runs the built-in default "
@@ -234,7 +302,52 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("config", nargs="?", help="YAML config (default: the built-in default.yaml)")
     check.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.root=/data/CoIN")
     check.set_defaults(func=cmd_data_check)
+    _add_browse_parsers(sub)
     return parser
+
+
+def _add_browse_parsers(sub) -> None:
+    """ls, show, diff, config show, export: looking at runs and taking a model out of one."""
+    ls = sub.add_parser("ls", help="one line per run folder: method, tasks, status, MFT/MFN/BWT in both views, time",
+                        description="List the run folders under DIR (also those inside compare and tune folders).")
+    ls.add_argument("dir", nargs="?", default="runs", metavar="DIR", help="folder to search (default: ./runs)")
+    ls.set_defaults(func=cmd_ls)
+    show = sub.add_parser("show", help="one run: config changes, matrices, metrics, baselines, sample answers",
+                          description="The config's differences from the defaults, both matrices with their "
+                                      "metrics, per-task baselines, the tasks forgotten most and a few right and "
+                                      "wrong answers per task of the last stage.")
+    show.add_argument("run", metavar="RUN", help="a run folder")
+    show.add_argument("--answers", type=int, default=2, help="right and wrong answers shown per task (default: 2)")
+    show.set_defaults(func=cmd_show)
+    diff = sub.add_parser("diff", help="two runs: config differences, metric and matrix deltas",
+                          description="Config differences (A -> B) and B - A of every metric and matrix cell.")
+    diff.add_argument("run_a", metavar="RUN_A", help="a run folder")
+    diff.add_argument("run_b", metavar="RUN_B", help="another run folder")
+    diff.set_defaults(func=cmd_diff)
+    report = sub.add_parser("report", help="one self-contained HTML page of a run or a comparison",
+                            description="Metrics, heatmaps, matrices, sample answers, config and environment of "
+                                        "a run (or the mean ± std table and charts of a compare folder) in one "
+                                        "HTML file that needs no network: styles inline, images as data URIs.")
+    report.add_argument("target", metavar="RUN|COMPARE_DIR", help="a run folder or a `mcit compare` folder")
+    report.add_argument("-o", "--out", metavar="FILE", help="where to write (default: <folder>/report.html)")
+    report.set_defaults(func=cmd_report)
+    config = sub.add_parser("config", help="configuration utilities").add_subparsers(dest="config_command", required=True)
+    cshow = config.add_parser("show", help="print the resolved config, every key with its help text",
+                              description="The config a run would use (CONFIG, default the built-in one, with the "
+                                          "overrides applied), every key commented.")
+    cshow.add_argument("config", nargs="?", help="YAML config (default: the built-in default.yaml)")
+    cshow.add_argument("overrides", nargs="*", help="dotted overrides, e.g. method.name=moelora")
+    cshow.set_defaults(func=cmd_config_show)
+    export = sub.add_parser("export", help="write a stage as a standalone Hugging Face model (adapters merged)",
+                            description="Rebuild a completed stage (base model + the stage's weights), merge its "
+                                        "adapters and projector into the weights and save model and processor "
+                                        "with save_pretrained: it loads with transformers alone. Merges lora, "
+                                        "multitask, olora, single-expert moelora, projector and full stages.")
+    export.add_argument("run", metavar="RUN", help="a run folder")
+    export.add_argument("--merge", required=True, metavar="OUT", help="the folder to write (must not exist)")
+    export.add_argument("--stage", type=int, help="1-based stage to export (default: the last completed one)")
+    export.add_argument("--base-model", help="the base model's folder, if it is no longer where the run found it")
+    export.set_defaults(func=cmd_export)
 
 
 _OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")  # `key.sub=value`, not a path (data.benchmark=my.yaml is one)

@@ -29,6 +29,7 @@ from .emt.curve import EmtTracker
 from .eval.coin_compat import MODES as SCORING_MODES
 from .eval.evaluate import evaluate_task, max_new_tokens_for, trivial_baseline
 from .eval.judge_backends import check_judge_config
+from .export import base_model_record
 from .fit import steps_for, train_task
 from .methods import Method, TaskContext, build_method
 from .metrics import compute_metrics
@@ -188,6 +189,7 @@ def _describe_run(run: _Run, checkpoint: Path, resume: bool) -> None:
         "effective_batch": cfg.train.batch_size * cfg.train.grad_accum,
         "per_process_batch": cfg.train.batch_size // acc.num_processes,
         "checkpoint": str(checkpoint),
+        "base_model": base_model_record(checkpoint),  # path and sha256: `mcit export` finds it by either
         "parameters": {"total": total, "trainable": trainable},
         "tasks": stream.tasks,
         "stages": run.names,

@@ -20,7 +20,7 @@ import numpy as np
 from mcit.io import atomic_write_bytes, atomic_write_text
 from mcit.metrics import METRIC_NAMES, as_matrix, compute_metrics
 
-__all__ = ["format_table", "load_matrix", "save_matrix"]
+__all__ = ["figure_caption", "figure_title", "format_table", "load_matrix", "save_matrix"]
 
 MISSING = "-"
 
@@ -110,19 +110,55 @@ def _to_markdown(
     return "\n".join(lines) + "\n"
 
 
+# What each saved matrix shows; a run's figure says it in its title (figure_title).
+VIEWS = {
+    "matrix": "instruction following",
+    "matrix_partial": "instruction following (partial)",
+    "matrix_gk": "general knowledge",
+    "matrix_gk_official": "general knowledge, CoIN's official score",
+}
+CAPTION_METRICS = ("MFT", "MFN", "BWT")
+
+
+def figure_title(run_dir: str | Path, name: str) -> str:
+    """"<run> · <method> · <view> · <scoring mode>" read from the run folder's config.yaml, so a
+    figure says what it shows on its own; just ``name`` outside a run folder."""
+    from .browse import method_label, read_config  # browse reads matrices: imported here, not at the top
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        return name
+    try:
+        config = read_config(run_dir)
+    except Exception:  # noqa: BLE001 - a title is never worth failing a run for
+        return name
+    if name.startswith("matrix_gk"):
+        judge = config.get("judge") or {}
+        mode = f"judge {judge.get('backend', '?')}" + (f" ({judge['model']})" if judge.get("model") else "")
+    else:
+        mode = f"scoring {(config.get('eval') or {}).get('scoring', '?')}"
+    return " · ".join([run_dir.name, method_label(config), VIEWS.get(name, name), mode])
+
+
+def figure_caption(metrics: dict[str, float | None]) -> str:
+    """The headline metrics under a heatmap: "MFT 85.00   MFN 80.25   BWT -9.50"."""
+    return "   ".join(f"{k} {_fmt(metrics.get(k), 2)}" for k in CAPTION_METRICS if k in metrics)
+
+
 def _to_png(
-    tasks: list[str], cells: list[list[float | None]], zero_shot: list[float | None] | None, title: str
+    tasks: list[str], cells: list[list[float | None]], zero_shot: list[float | None] | None, title: str,
+    caption: str = "",
 ) -> bytes:
     # The object-oriented API with an explicit Agg canvas: no pyplot, no global backend switch.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    labels = (["base"] if zero_shot is not None else []) + tasks
+    labels = (["base (zero-shot)"] if zero_shot is not None else []) + tasks
     rows = ([zero_shot] if zero_shot is not None else []) + cells
     data = np.array([[np.nan if v is None else v for v in r] for r in rows], dtype=float)
     n_rows, n_cols = data.shape
 
-    fig = Figure(figsize=(1.2 + 0.9 * n_cols, 1.0 + 0.6 * n_rows), dpi=100)
+    fig = Figure(figsize=(max(5.0, 1.2 + 0.9 * n_cols), 1.4 + 0.6 * n_rows), dpi=100)  # wide enough for the title
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     image = ax.imshow(np.ma.masked_invalid(data), cmap="viridis", vmin=0.0, vmax=100.0, aspect="auto")
@@ -137,8 +173,13 @@ def _to_png(
     ax.set_yticks(range(n_rows), labels)
     ax.set_xlabel("evaluated on")
     ax.set_ylabel("after stage")
-    ax.set_title(title)
-    fig.tight_layout()
+    if zero_shot is not None:  # the base row is the model before the stream: set apart from the stages
+        ax.axhline(0.5, color="white", linewidth=4)
+        ax.get_yticklabels()[0].set_fontstyle("italic")
+    ax.set_title(title, fontsize=9, wrap=True)
+    if caption:
+        fig.text(0.5, 0.01, caption, ha="center", va="bottom", fontsize=9)
+    fig.tight_layout(rect=(0, 0.05 if caption else 0, 1, 1))
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()
@@ -177,8 +218,9 @@ def save_matrix(
     paths = {ext: run_dir / f"{name}.{ext}" for ext in ("json", "csv", "md", "png")}
     atomic_write_text(paths["json"], json.dumps(record, indent=2) + "\n")
     atomic_write_text(paths["csv"], _to_csv(tasks, cells, zs))
-    atomic_write_text(paths["md"], _to_markdown(tasks, cells, zs, clean, name))
-    atomic_write_bytes(paths["png"], _to_png(tasks, cells, zs, name))
+    title = figure_title(run_dir, name)
+    atomic_write_text(paths["md"], _to_markdown(tasks, cells, zs, clean, title))
+    atomic_write_bytes(paths["png"], _to_png(tasks, cells, zs, title, figure_caption(clean)))
     return paths
 
 
