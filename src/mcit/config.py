@@ -28,7 +28,7 @@ from typing import Any, Iterator, Literal, Mapping, Sequence, Union
 
 import yaml
 
-from .fields import (AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, SEED, SHARE, Each, OneOf, Range, folder_name, not_empty,
+from .fields import (AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, SEED, SHARE, Each, OneOf, Range, relative_name, not_empty,
                      setting)
 # The method section: the union of the registered methods' declared settings (mcit.methods.registry).
 from .methods.registry import MethodConfig
@@ -310,7 +310,7 @@ class RunConfig:
     seed: int = _field(0, "seed for data order, initialisation and sampling", aliases=("random_seed",), check=SEED)
     output_dir: str = _field("runs", "folder holding the run folders", aliases=("out_dir", "output"), check=not_empty)
     name: str | None = _field(None, "run folder name; null = <timestamp>-<method>",
-                              aliases=("run_name", "exp_name"), check=folder_name)
+                              aliases=("run_name", "exp_name"), check=relative_name)
     data: DataConfig = _section(DataConfig, "the benchmark")
     model: ModelConfig = _section(ModelConfig, "the model")
     method: MethodConfig = _section(MethodConfig, "the continual-learning method")
@@ -817,9 +817,10 @@ def config_problems(cfg: Any, prefix: str = "", origins: Mapping[str, str] | Non
 
 
 def _origin(origins: Mapping[str, str], *keys: str) -> str:
-    """" (in cfg.yaml (line 3))": where the first of ``keys`` that was set came from; "" if all are defaults."""
-    where = [origins[k] for k in keys if k in origins]
-    return f" (in {where[0]})" if where else ""
+    """" (in cfg.yaml (line 3); override 'seed=1')": where each of ``keys`` that was set came from;
+    "" if all are defaults."""
+    where = list(dict.fromkeys(origins[k] for k in keys if k in origins))
+    return f" (in {'; '.join(where)})" if where else ""
 
 
 def _run_rules(cfg: "RunConfig") -> Iterator[tuple[tuple[str, ...], str]]:

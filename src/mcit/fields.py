@@ -85,10 +85,11 @@ def not_empty(value: Any) -> str | None:
     return "must not be empty (null = the default)" if len(value) == 0 else None
 
 
-def folder_name(value: Any) -> str | None:
-    """A single folder name: no separator, not "." or "..", so it stays inside its parent."""
-    if not value or value in (".", "..") or "/" in value or "\\" in value or "\0" in value:
-        return 'must be a single folder name (no "/", not "." or "..")'
+def relative_name(value: Any) -> str | None:
+    """A folder name, or a relative path of them, that stays inside its parent (rundir's rule)."""
+    parts = value.replace("\\", "/").split("/")
+    if not value.strip() or value.startswith("/") or ".." in parts or "\0" in value:
+        return 'must be a relative folder name that stays inside output_dir (not absolute, no "..")'
     return None
 
 
