@@ -121,9 +121,9 @@ BAD_COMBINATIONS = [
     (["data.image_size=16"], ["data.image_size", ">= 32"]),  # coin-mini's own limit; was a traceback
     (["model.patch_size=64"], ["data.image_size=32", "model.patch_size=64"]),
     (["data.tasks=[ImageNet,ImageNet]"], ["data.tasks", "ImageNet listed more than once"]),
-    (["data.tasks=[ImageNet,Nope]"], ["data.tasks", "Nope is not a task of benchmark 'coin-mini'", "VQAv2"]),
-    (["train.task_steps={Imagenet: 5}"], ["train.task_steps", "Imagenet not in the stream"]),
-    (["eval.task_max_new_tokens={GQA: 5}"], ["eval.task_max_new_tokens", "GQA not in the stream (ImageNet, VQAv2)"]),
+    (["data.tasks=[ImageNet,Nope]"], ["data.tasks", "'Nope' is not a task of benchmark 'coin-mini'", "VQAv2"]),
+    (["train.task_steps={Imagenet: 5}"], ["train.task_steps names ['Imagenet'], which is not in the stream"]),
+    (["eval.task_max_new_tokens={GQA: 5}"], ["eval.task_max_new_tokens names ['GQA']", "not in the stream ['ImageNet', 'VQAv2']"]),
     (["emt.every_steps=5"], ["emt.every_steps=5", "emt.datasets is empty"]),
     (["method.name=moelora", "method.lora_r=3"], ["method.lora_r=3", "multiple of method.moe_experts"]),
     (["method.with=[ewc,ewc]"], ["method.with", "twice"]),

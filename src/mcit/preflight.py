@@ -32,17 +32,18 @@ def _benchmark_problems(cfg: Any) -> Iterator[str]:
     except ConfigError as exc:
         yield from exc.problems
         return
-    unknown = [t for t in dc.tasks or () if t not in bench.task_names]
-    if unknown:
-        yield (f"data.tasks: {', '.join(unknown)} {'is not a task' if len(unknown) == 1 else 'are not tasks'} of "
-               f"benchmark {bench.name!r}; its tasks: {', '.join(bench.task_names)}")
+    for task in dc.tasks or ():
+        try:
+            bench.spec(task)  # an unknown task: an error naming the benchmark's tasks
+        except ConfigError as exc:
+            yield str(exc)
     stream = dc.tasks or bench.task_names
     for key, per_task in (("train.task_steps", cfg.train.task_steps), ("train.task_epochs", cfg.train.task_epochs),
                           ("eval.task_max_new_tokens", cfg.eval.task_max_new_tokens),
                           ("data.eval_files", dc.eval_files)):
         stray = [t for t in per_task if t not in stream]
         if stray:  # most likely a misspelt task name
-            yield f"{key}: {', '.join(stray)} not in the stream ({', '.join(stream)})"
+            yield f"{key} names {stray}, which {'is' if len(stray) == 1 else 'are'} not in the stream {list(stream)}"
     if bench.generator == "coin-mini":
         yield from _coin_mini_problems(cfg)
 
