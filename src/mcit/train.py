@@ -124,7 +124,8 @@ def _set_up(cfg, log, resume: bool) -> _Run:
 
 
 def _check_settings(cfg, acc) -> None:
-    """Settings that would otherwise fail late: the engine, the batch split, scoring, the judge."""
+    """Settings that need the accelerator or the judge's files (the rest is checked at config load and by
+    mcit.preflight): the engine, the batch split, the judge."""
     check_engine(acc)
     per_process_batch(cfg.train.batch_size, acc.num_processes)
     check_judge_config(cfg.judge)  # a bad judge setting stops the run now, not after training
