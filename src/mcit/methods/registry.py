@@ -23,7 +23,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
-from ..fields import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Range, not_empty, setting
+from ..fields import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Range, finite, not_empty, setting
 
 ENTRY_POINT_GROUP = "mcit.methods"
 BASE, ADDITION = "base", "addition"
@@ -100,7 +100,7 @@ class LCIASettings:
         "route each test sample by its instruction); false = balanced EMA only", aliases=("grouping",))
     lcia_threshold: float | None = setting(
         None, "lcia: similarity needed to join a group; null = by instruction set (0.90 Original, 0.30 Diverse/10Type)",
-        aliases=("group_threshold", "similarity_threshold"), check=Range(-1, 1))  # a cosine similarity
+        aliases=("group_threshold", "similarity_threshold"), check=finite)
     lcia_similarity: Literal["tfidf", "embedding"] = setting(
         "tfidf", 'lcia: instruction similarity: "tfidf" (cosine, English stop words removed) or "embedding" '
         "(the bundled sentence-embedding model)", aliases=("similarity",))
