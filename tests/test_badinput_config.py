@@ -123,7 +123,8 @@ BAD_COMBINATIONS = [
     (["data.tasks=[ImageNet,ImageNet]"], ["data.tasks", "ImageNet listed more than once"]),
     (["data.tasks=[ImageNet,Nope]"], ["data.tasks", "'Nope' is not a task of benchmark 'coin-mini'", "VQAv2"]),
     (["train.task_steps={Imagenet: 5}"], ["train.task_steps names ['Imagenet'], which is not in the stream"]),
-    (["eval.task_max_new_tokens={GQA: 5}"], ["eval.task_max_new_tokens names ['GQA']", "not in the stream ['ImageNet', 'VQAv2']"]),
+    (["eval.task_max_new_tokens={GQA: 5}"],
+     ["eval.task_max_new_tokens names ['GQA']", "not in the stream ['ImageNet', 'VQAv2']"]),
     (["emt.every_steps=5"], ["emt.every_steps=5", "emt.datasets is empty"]),
     (["method.name=moelora", "method.lora_r=3"], ["method.lora_r=3", "multiple of method.moe_experts"]),
     (["method.with=[ewc,ewc]"], ["method.with", "twice"]),
@@ -161,12 +162,6 @@ def test_max_length_too_short_for_a_task_stops_before_stage_one(cache):
 
 # --------------------------------------------------------------------------------------------
 # 3. config files: bad YAML shapes; problems named with file and line
-
-
-def _yaml(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "bad.yaml"
-    path.write_text(text)
-    return path
 
 
 BAD_FILES = {

@@ -28,7 +28,7 @@ from typing import Any, Iterator, Literal, Mapping, Sequence, Union
 
 import yaml
 
-from .fields import (AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, SEED, SHARE, Each, OneOf, Range, relative_name, not_empty,
+from .fields import (AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, SEED, SHARE, Each, OneOf, Range, not_empty, relative_name,
                      setting)
 # The method section: the union of the registered methods' declared settings (mcit.methods.registry).
 from .methods.registry import MethodConfig
@@ -140,7 +140,8 @@ class DataConfig:
         400, "coin-mini: training samples generated per task (coin: every record of the release is used)",
         aliases=("train_size", "n_train"), check=AT_LEAST_ONE)
     test_per_task: int = _field(
-        60, "coin-mini: test samples generated per task (coin: every record of the release is used)", aliases=("test_size", "n_test"), check=AT_LEAST_ONE)
+        60, "coin-mini: test samples generated per task (coin: every record of the release is used)", aliases=("test_size", "n_test"),
+        check=AT_LEAST_ONE)
     pretrain_size: int = _field(
         4000, "captioning samples for the base-model (alignment) stage",
         aliases=("pretrain_samples", "n_pretrain"), check=AT_LEAST_ONE)
@@ -167,10 +168,13 @@ class ModelConfig:
     vision_layers: int = _field(2, "tiny-llava: layers of the vision tower", check=AT_LEAST_ONE)
     patch_size: int = _field(8, "tiny-llava: vision patch side, in pixels", check=AT_LEAST_ONE)
     vocab_size: int = _field(1024, "tiny-llava: tokenizer vocabulary size", check=AT_LEAST_ONE)
-    vision_steps: int = _field(800, "tiny-llava: optimizer steps of the vision-encoder pretraining stage", check=AT_LEAST_ONE)
-    vision_images: int = _field(8000, "tiny-llava: labelled images (generated) for the vision-encoder stage", check=AT_LEAST_ONE)
+    vision_steps: int = _field(800, "tiny-llava: optimizer steps of the vision-encoder pretraining stage",
+                               check=AT_LEAST_ONE)
+    vision_images: int = _field(8000, "tiny-llava: labelled images (generated) for the vision-encoder stage",
+                                check=AT_LEAST_ONE)
     vision_batch_size: int = _field(64, "tiny-llava: batch size of the vision-encoder stage", check=AT_LEAST_ONE)
-    base_steps: int = _field(1300, "tiny-llava: optimizer steps of the base-model (alignment) stage", check=AT_LEAST_ONE)
+    base_steps: int = _field(1300, "tiny-llava: optimizer steps of the base-model (alignment) stage",
+                             check=AT_LEAST_ONE)
     base_lr: float = _field(1e-3, "tiny-llava: learning rate of the base-model stage",
                             aliases=("base_learning_rate",), check=POSITIVE)
     base_batch_size: int = _field(32, "tiny-llava: batch size of the base-model stage", check=AT_LEAST_ONE)
@@ -270,10 +274,12 @@ class JudgeConfig:
                               aliases=("retries",), check=NON_NEGATIVE)
     retry_backoff: float = _field(1.0, "openai: first retry delay in seconds, doubled at each retry",
                                   aliases=("backoff",), check=NON_NEGATIVE)
-    concurrency: int = _field(8, "openai: requests in flight at once", aliases=("workers", "parallel"), check=AT_LEAST_ONE)
+    concurrency: int = _field(8, "openai: requests in flight at once", aliases=("workers", "parallel"),
+                              check=AT_LEAST_ONE)
     temperature: float = _field(0.7, "openai, local with protocol coin: sampling temperature (CoIN: 0.7); "
                                      "protocol mcit's local judge decodes greedily", check=NON_NEGATIVE)
-    top_p: float = _field(0.8, "openai, local with protocol coin: nucleus sampling (CoIN: 0.8)", check=Range(0, 1, low_open=True))
+    top_p: float = _field(0.8, "openai, local with protocol coin: nucleus sampling (CoIN: 0.8)",
+                          check=Range(0, 1, low_open=True))
     repetition_penalty: float | None = _field(
         None, "openai (a vLLM sampling field, sent in the request body), local: repetition penalty; null = the "
         "protocol's (coin: 1.05; mcit: none)", aliases=("rep_penalty",), check=POSITIVE)
@@ -294,7 +300,8 @@ class EmtConfig:
     datasets: list[str] = _field(
         [], 'classification sets, e.g. [digits, coin-shapes, coin-colors, coin-objects] or "mnist:/data/mnist"; '
         "see mcit.emt.datasets", aliases=("sets", "emt_datasets"), check=Each(not_empty))
-    limit: int = _field(100, "test images per dataset at each point", aliases=("n_test", "per_dataset"), check=AT_LEAST_ONE)
+    limit: int = _field(100, "test images per dataset at each point", aliases=("n_test", "per_dataset"),
+                        check=AT_LEAST_ONE)
     batch_size: int = _field(64, "images per generation batch", aliases=("eval_batch_size",), check=AT_LEAST_ONE)
     decider: str = _field(
         "rule", '"rule" (strict: the label alone, in frame words), "rule-lenient" (any answer naming exactly '

@@ -61,7 +61,8 @@ def _coin_mini_problems(cfg: Any) -> Iterator[str]:
         yield f"data.{exc}"
         return
     root = coin_mini_root(dc, cfg.data_seed)
-    if dc.root and root.exists() and (not root.is_dir() or any(root.iterdir())) and not coin_mini._complete(root, params):
+    occupied = root.exists() and (not root.is_dir() or any(root.iterdir()))
+    if dc.root and occupied and not coin_mini._complete(root, params):
         yield (f"data.root: {root} already holds something other than coin-mini generated with these data "
                "settings; coin-mini is generated into a new or empty folder: choose another data.root, or null "
                "(the cache)")
