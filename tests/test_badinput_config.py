@@ -57,7 +57,7 @@ BAD_VALUES = [
     ("train.checkpoint_every=-1", ["train.checkpoint_every", "must be >= 0"]),
     ("data.test_per_task=0", ["data.test_per_task", "must be >= 1"]),
     ("data.train_per_task=0", ["data.train_per_task", "must be >= 1"]),
-    ("data.pretrain_size=-1", ["data.pretrain_size", "must be >= 1"]),
+    ("data.pretrain_size=-1", ["data.pretrain_size", "must be >= 0"]),
     ("model.vocab_size=0", ["model.vocab_size", "must be >= 1"]),
     ("model.num_layers=0", ["model.num_layers", "must be >= 1"]),
     ("eval.max_new_tokens=0", ["eval.max_new_tokens", "must be >= 1"]),  # was a traceback
@@ -120,6 +120,7 @@ BAD_COMBINATIONS = [
     (["data.image_size=36"], ["data.image_size=36", "multiple of model.patch_size=8"]),
     (["data.image_size=16"], ["data.image_size", ">= 32"]),  # coin-mini's own limit; was a traceback
     (["model.patch_size=64"], ["data.image_size=32", "model.patch_size=64"]),
+    (["data.pretrain_size=0"], ["data.pretrain_size=0", "base stage", "model.name=<folder>"]),
     (["data.tasks=[ImageNet,ImageNet]"], ["data.tasks", "ImageNet listed more than once"]),
     (["data.tasks=[ImageNet,Nope]"], ["data.tasks", "'Nope' is not a task of benchmark 'coin-mini'", "VQAv2"]),
     (["train.task_steps={Imagenet: 5}"], ["train.task_steps names ['Imagenet'], which is not in the stream"]),

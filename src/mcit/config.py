@@ -144,7 +144,7 @@ class DataConfig:
         check=AT_LEAST_ONE)
     pretrain_size: int = _field(
         4000, "captioning samples for the base-model (alignment) stage",
-        aliases=("pretrain_samples", "n_pretrain"), check=AT_LEAST_ONE)
+        aliases=("pretrain_samples", "n_pretrain"), check=NON_NEGATIVE)
     image_size: int = _field(64, "side of the square images fed to the vision tower, in pixels",
                              aliases=("resolution", "img_size"), check=AT_LEAST_ONE)
 
@@ -845,6 +845,9 @@ def _run_rules(cfg: "RunConfig") -> Iterator[tuple[tuple[str, ...], str]]:
                 yield ((f"model.{key}", "model.num_heads"),
                        f"model.{key} / model.num_heads = {width // mc.num_heads} must be even (the language "
                        "model's rotary position embeddings turn pairs of dimensions)")
+        if dc.pretrain_size == 0:
+            yield (("data.pretrain_size",), "data.pretrain_size=0 leaves the built-in model's base stage (alignment) "
+                   "no samples; 0 only suits a local checkpoint (model.name=<folder>)")
         if dc.image_size % mc.patch_size or dc.image_size < mc.patch_size:
             yield (("data.image_size", "model.patch_size"),
                    f"data.image_size={dc.image_size} must be a multiple of model.patch_size={mc.patch_size} "
