@@ -151,7 +151,7 @@ def test_emt_tracking_config_errors(cache, capsys):  # noqa: F811
     assert "needs a root folder" in capsys.readouterr().err
     assert main(["run", *SMALL, f"output_dir={cache / 'runs'}", "emt.every_steps=2", "emt.datasets=[digits]",
                  "emt.decider=judge"]) == 2
-    assert "EMT decider 'judge' is not available" in capsys.readouterr().err
+    assert "emt.decider: must be one of rule, rule-lenient, openai, local, got judge" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="did you mean 'emt.every_steps'"):
         load_config(None, ["emt.every_step=3"])
 

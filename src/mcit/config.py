@@ -28,7 +28,8 @@ from typing import Any, Iterator, Literal, Mapping, Sequence, Union
 
 import yaml
 
-from .fields import Range, setting
+from .fields import (AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, SEED, SHARE, Each, OneOf, Range, not_empty, relative_name,
+                     setting)
 from .tracking import unknown_trackers
 # The method section: the union of the registered methods' declared settings (mcit.methods.registry).
 from .methods.registry import MethodConfig
@@ -46,6 +47,7 @@ __all__ = [
     "TrainConfig",
     "config_hash",
     "check_config",
+    "config_problems",
     "config_keys",
     "config_to_dict",
     "config_to_yaml",
@@ -54,10 +56,34 @@ __all__ = [
 
 
 class ConfigError(ValueError):
-    """A configuration file or override is malformed, has an unknown key or a wrong type."""
+    """A configuration file or override is malformed, has an unknown key, a wrong type or a value
+    out of range. ``problems`` lists every problem found (one line each; the message shows them all)."""
+
+    def __init__(self, message: str, problems: Sequence[str] = ()):
+        super().__init__(message)
+        self.problems = list(problems) or [message]
+
+    @classmethod
+    def of(cls, problems: Sequence[str]) -> "ConfigError":
+        """One error reporting every problem: the problem itself if there is one, else a count and
+        one indented line each (like `mcit data check`)."""
+        if len(problems) == 1:
+            return cls(problems[0])
+        lines = "\n".join(f"  {p}" for p in problems)
+        return cls(f"{len(problems)} problems in the config:\n{lines}", problems)
 
 
 _field = setting  # a dataclass field with its help, aliases and optional range check (mcit.fields)
+
+# The names an enumerated field accepts. Spelled out here because the modules that use them import
+# torch (or import this module); tests/test_badinput_config.py asserts they match those modules'
+# own lists (data.stream.NAMED_ORDERS, models.load.DTYPES, eval.coin_compat.MODES,
+# eval.judge_protocol.BACKENDS, emt.evaluate.DECIDERS).
+NAMED_ORDERS = ("coin", "reverse", "random")
+DTYPES = ("float32", "bfloat16", "float16")
+SCORING_MODES = ("corrected", "coin-compat")
+JUDGE_BACKENDS = ("embedding", "openai", "local", "none")
+EMT_DECIDERS = ("rule", "rule-lenient", "openai", "local")
 
 
 def _section(cls: type, help: str) -> Any:
@@ -75,12 +101,12 @@ class DataConfig:
 
     seed: int | None = _field(
         None, "seed of the generated benchmark, the random order and the built-in base model; null = the run "
-        "seed (mcit compare fixes it so that seeds vary only training)", aliases=("data_seed",))
+        "seed (mcit compare fixes it so that seeds vary only training)", aliases=("data_seed",), check=SEED)
     benchmark: str = _field(
         "coin-mini", '"coin-mini" (built in, generated), "coin" (CoIN\'s release on disk) or a benchmark YAML '
         "file: its tasks in order, each with its scorer, evaluation file, generation budget and instruction rule "
         "(see mcit.data.benchmark; the built-in ones are in configs/benchmarks/)",
-        aliases=("dataset", "bench"))
+        aliases=("dataset", "bench"), check=not_empty)
     root: str | None = _field(
         None, "coin: the release folder; coin-mini: where to generate (default <cache>/coin-mini-<hash>)",
         aliases=("data_root", "data_dir", "path"))
@@ -91,11 +117,11 @@ class DataConfig:
         "Original", "which instruction templates to use: Original, Diverse or 10Type (the first of the set's "
         "known folders found under root is used: Instructions_Original, Instruction_Original, Instructions, "
         "Original; Instructions_Diverse, Instructions_Type1, ...; Instructions_10Type, Instructions_Type2, ...), "
-        "or the name of a folder under root", aliases=("instructions", "instruction_type"))
+        "or the name of a folder under root", aliases=("instructions", "instruction_type"), check=not_empty)
     eval_files: dict[str, str] = _field(
         {}, "coin: per-task evaluation file in the task's folder, overriding the official one (val.json for "
         "TextVQA, VizWiz, VQAv2; test.json for the others), e.g. {VQAv2: test.json}",
-        aliases=("test_files", "eval_file"))
+        aliases=("test_files", "eval_file"), check=Each(not_empty))
     textvqa_answers: str | None = _field(
         None, "coin: TextVQA's official answers file (10 human answers per question); null = "
         "<image_root>/TextVQA/TextVQA_0.5.1_val.json; \"record\" = each test record's single answer",
@@ -108,24 +134,25 @@ class DataConfig:
         "`mcit data check` lists every test record that disagrees", aliases=("gqa_testdev", "gqa_questions_file"))
     tasks: list[str] | None = _field(
         None, "the tasks, in stream order (any subset); null = all tasks in the named `order`",
-        aliases=("task_order",))
+        aliases=("task_order",), check=not_empty)
     order: str = _field(
         "coin", 'named order when tasks is null: "coin" (the benchmark file\'s order: CoIN\'s for CoIN), "reverse", or "random" (a seeded permutation)',
-        aliases=("stream_order", "named_order"))
+        aliases=("stream_order", "named_order"), check=OneOf(*NAMED_ORDERS))
     train_per_task: int = _field(
         400, "coin-mini: training samples generated per task (coin: every record of the release is used)",
-        aliases=("train_size", "n_train"))
+        aliases=("train_size", "n_train"), check=AT_LEAST_ONE)
     test_per_task: int = _field(
-        60, "coin-mini: test samples generated per task (coin: every record of the release is used)", aliases=("test_size", "n_test"))
+        60, "coin-mini: test samples generated per task (coin: every record of the release is used)", aliases=("test_size", "n_test"),
+        check=AT_LEAST_ONE)
     pretrain_size: int = _field(
         4000, "captioning samples for the base-model (alignment) stage",
-        aliases=("pretrain_samples", "n_pretrain"))
+        aliases=("pretrain_samples", "n_pretrain"), check=NON_NEGATIVE)
     image_size: int = _field(64, "side of the square images fed to the vision tower, in pixels",
-                             aliases=("resolution", "img_size"))
+                             aliases=("resolution", "img_size"), check=AT_LEAST_ONE)
     max_image_pixels: int = _field(
         40_000_000, "largest image (width x height, in pixels) the data check and the image loader accept: 40 M takes "
         "any ordinary photo (a 7000 x 5000 camera image is 35 M) and refuses a bomb decoded again at every epoch",
-        aliases=("max_pixels", "image_pixel_limit"), check=lambda v: None if v >= 1 else "must be >= 1")
+        aliases=("max_pixels", "image_pixel_limit"), check=AT_LEAST_ONE)
 
 
 @dataclass
@@ -135,27 +162,30 @@ class ModelConfig:
     name: str = _field(
         "tiny-llava",
         '"tiny-llava" (built in) or a local folder with a HF image-text-to-text checkpoint',
-        aliases=("model", "path", "model_name_or_path", "checkpoint"))
-    hidden_size: int = _field(128, "tiny-llava: width of the language model", aliases=("d_model",))
+        aliases=("model", "path", "model_name_or_path", "checkpoint"), check=not_empty)
+    hidden_size: int = _field(128, "tiny-llava: width of the language model", aliases=("d_model",), check=AT_LEAST_ONE)
     num_layers: int = _field(4, "tiny-llava: decoder layers of the language model",
-                             aliases=("layers", "n_layers", "num_hidden_layers"))
+                             aliases=("layers", "n_layers", "num_hidden_layers"), check=AT_LEAST_ONE)
     num_heads: int = _field(4, "tiny-llava: attention heads of the language model",
-                            aliases=("heads", "n_heads", "num_attention_heads"))
+                            aliases=("heads", "n_heads", "num_attention_heads"), check=AT_LEAST_ONE)
     intermediate_size: int = _field(512, "tiny-llava: MLP width of the language model",
-                                    aliases=("ffn_size", "mlp_size"))
-    vision_hidden_size: int = _field(128, "tiny-llava: width of the vision tower")
-    vision_layers: int = _field(2, "tiny-llava: layers of the vision tower")
-    patch_size: int = _field(8, "tiny-llava: vision patch side, in pixels")
-    vocab_size: int = _field(1024, "tiny-llava: tokenizer vocabulary size")
-    vision_steps: int = _field(800, "tiny-llava: optimizer steps of the vision-encoder pretraining stage")
-    vision_images: int = _field(8000, "tiny-llava: labelled images (generated) for the vision-encoder stage")
-    vision_batch_size: int = _field(64, "tiny-llava: batch size of the vision-encoder stage")
-    base_steps: int = _field(1300, "tiny-llava: optimizer steps of the base-model (alignment) stage")
+                                    aliases=("ffn_size", "mlp_size"), check=AT_LEAST_ONE)
+    vision_hidden_size: int = _field(128, "tiny-llava: width of the vision tower", check=AT_LEAST_ONE)
+    vision_layers: int = _field(2, "tiny-llava: layers of the vision tower", check=AT_LEAST_ONE)
+    patch_size: int = _field(8, "tiny-llava: vision patch side, in pixels", check=AT_LEAST_ONE)
+    vocab_size: int = _field(1024, "tiny-llava: tokenizer vocabulary size", check=AT_LEAST_ONE)
+    vision_steps: int = _field(800, "tiny-llava: optimizer steps of the vision-encoder pretraining stage",
+                               check=AT_LEAST_ONE)
+    vision_images: int = _field(8000, "tiny-llava: labelled images (generated) for the vision-encoder stage",
+                                check=AT_LEAST_ONE)
+    vision_batch_size: int = _field(64, "tiny-llava: batch size of the vision-encoder stage", check=AT_LEAST_ONE)
+    base_steps: int = _field(1300, "tiny-llava: optimizer steps of the base-model (alignment) stage",
+                             check=AT_LEAST_ONE)
     base_lr: float = _field(1e-3, "tiny-llava: learning rate of the base-model stage",
-                            aliases=("base_learning_rate",))
-    base_batch_size: int = _field(32, "tiny-llava: batch size of the base-model stage")
+                            aliases=("base_learning_rate",), check=POSITIVE)
+    base_batch_size: int = _field(32, "tiny-llava: batch size of the base-model stage", check=AT_LEAST_ONE)
     dtype: str = _field("float32", "parameter dtype: float32, bfloat16 or float16",
-                        aliases=("torch_dtype", "precision"))
+                        aliases=("torch_dtype", "precision"), check=OneOf(*DTYPES))
 
 
 @dataclass
@@ -163,35 +193,35 @@ class TrainConfig:
     """Optimisation within each task of the stream."""
 
     steps_per_task: int | None = _field(
-        300, "optimizer steps per task; null = use epochs", aliases=("max_steps", "steps"))
+        300, "optimizer steps per task; null = use epochs", aliases=("max_steps", "steps"), check=AT_LEAST_ONE)
     epochs: float = _field(1.0, "passes over each task's data when steps_per_task is null",
-                           aliases=("num_epochs", "num_train_epochs"))
+                           aliases=("num_epochs", "num_train_epochs"), check=POSITIVE)
     task_steps: dict[str, int] = _field(
         {}, "per-task optimizer steps overriding steps_per_task, e.g. {Grounding: 600}",
-        aliases=("steps_by_task", "per_task_steps"))
+        aliases=("steps_by_task", "per_task_steps"), check=Each(AT_LEAST_ONE))
     task_epochs: dict[str, float] = _field(
         {}, "per-task epochs (used when the task has no step budget), e.g. {ScienceQA: 2}",
-        aliases=("epochs_by_task", "per_task_epochs"))
+        aliases=("epochs_by_task", "per_task_epochs"), check=Each(POSITIVE))
     batch_size: int = _field(16, "samples per forward pass over all processes (the global batch: each of N "
                                  "processes gets batch_size / N, which must divide evenly)",
-                             aliases=("per_device_train_batch_size", "bs", "train_batch_size"))
+                             aliases=("per_device_train_batch_size", "bs", "train_batch_size"), check=AT_LEAST_ONE)
     grad_accum: int = _field(1, "forward passes per optimizer step",
-                             aliases=("gradient_accumulation_steps", "accumulation_steps"))
-    lr: float = _field(1e-3, "peak learning rate", aliases=("learning_rate",))
+                             aliases=("gradient_accumulation_steps", "accumulation_steps"), check=AT_LEAST_ONE)
+    lr: float = _field(1e-3, "peak learning rate", aliases=("learning_rate",), check=POSITIVE)
     projector_lr: float | None = _field(
         None, "learning rate of the projector; null = lr",
-        aliases=("projector_learning_rate", "mm_projector_lr"))
-    weight_decay: float = _field(0.0, "AdamW weight decay", aliases=("wd",))
+        aliases=("projector_learning_rate", "mm_projector_lr"), check=POSITIVE)
+    weight_decay: float = _field(0.0, "AdamW weight decay", aliases=("wd",), check=NON_NEGATIVE)
     warmup_ratio: float = _field(0.03, "fraction of each task's steps spent warming up",
-                                 aliases=("warmup",))
-    max_grad_norm: float = _field(1.0, "gradient clipping norm", aliases=("grad_clip", "clip_norm"))
+                                 aliases=("warmup",), check=SHARE)
+    max_grad_norm: float = _field(1.0, "gradient clipping norm", aliases=("grad_clip", "clip_norm"), check=POSITIVE)
     max_length: int = _field(256, "maximum tokens per training sequence",
-                             aliases=("model_max_length", "max_seq_length", "seq_len"))
+                             aliases=("model_max_length", "max_seq_length", "seq_len"), check=AT_LEAST_ONE)
     checkpoint_every: int = _field(
         0, "save an in-task checkpoint (<stage>/checkpoint/) every N optimizer steps, so --resume continues a "
         "stage from there; 0 = off (a cut stage is redone from its start). Writes the trainable weights and "
         "their optimizer state each time: e.g. 200 for long LoRA runs",
-        aliases=("save_steps", "checkpoint_steps", "save_every"))
+        aliases=("save_steps", "checkpoint_steps", "save_every"), check=NON_NEGATIVE)
     gradient_checkpointing: bool = _field(
         False, "recompute activations in the backward pass (less memory, more compute per step); for large models",
         aliases=("grad_checkpointing", "activation_checkpointing"))
@@ -202,19 +232,19 @@ class EvalConfig:
     """Evaluation after each stage."""
 
     batch_size: int = _field(64, "test questions per generation batch",
-                             aliases=("eval_batch_size", "per_device_eval_batch_size"))
+                             aliases=("eval_batch_size", "per_device_eval_batch_size"), check=AT_LEAST_ONE)
     max_new_tokens: int | None = _field(
         None, "answer length limit, in tokens; null = the benchmark's: coin-mini 20 (a box is 17), coin the "
         "official scripts' per task (1024 for ScienceQA, ImageNet, Grounding, VQAv2; 128 for the others)",
-        aliases=("max_tokens",))
+        aliases=("max_tokens",), check=AT_LEAST_ONE)
     task_max_new_tokens: dict[str, int] = _field(
         {}, "per-task answer length limits overriding max_new_tokens, e.g. {Grounding: 64}",
-        aliases=("max_new_tokens_by_task", "per_task_max_new_tokens"))
+        aliases=("max_new_tokens_by_task", "per_task_max_new_tokens"), check=Each(AT_LEAST_ONE))
     upper_triangle: bool = _field(False, "also evaluate tasks not yet trained (forward transfer)",
                                   aliases=("forward_transfer", "full_matrix"))
     zero_shot: bool = _field(True, "evaluate the base model before stage 1", aliases=("zeroshot",))
     scoring: str = _field("corrected", '"corrected" scorers, or "coin-compat": the official CoIN scripts, defects included',
-                          aliases=("scoring_mode", "scorer"))
+                          aliases=("scoring_mode", "scorer"), check=OneOf(*SCORING_MODES))
 
 
 @dataclass
@@ -224,10 +254,10 @@ class JudgeConfig:
     backend: str = _field(
         "embedding", '"embedding" (offline, bundled sentence-embedding model), "openai" (an '
         'OpenAI-compatible endpoint), "local" (a local HF causal-LM folder) or "none"',
-        aliases=("kind", "judge_backend"))
+        aliases=("kind", "judge_backend"), check=OneOf(*JUDGE_BACKENDS))
     model: str | None = _field(
         None, "openai: the model name the endpoint serves; local: the model folder; embedding: unused",
-        aliases=("judge_model",))
+        aliases=("judge_model",), check=not_empty)
     protocol: Literal["mcit", "coin"] = _field(
         "mcit", 'openai, local: how a request is built and its reply read: "mcit" (mcit\'s own prompt, a parser '
         'refusing out-of-range values) or "coin" (CoIN\'s official requests and reply parser, rule texts read from '
@@ -245,29 +275,31 @@ class JudgeConfig:
     api_key_env: str = _field(
         "MCIT_JUDGE_API_KEY", "openai: environment variable holding the API key; the key itself is never "
         "written to a config or any file, and never sent over plain http to a host other than this machine",
-        aliases=("api_key", "key_env"))
+        aliases=("api_key", "key_env"), check=not_empty)
     allow_openai_api_key_env: bool = _field(
         False, "openai: when judge.api_key_env's variable is unset, send $OPENAI_API_KEY instead (off: a key "
         "meant for another service never reaches judge.base_url)", aliases=("use_openai_api_key", "openai_key_fallback"))
     max_failed_share: float = _field(
         0.05, "largest share of judged samples whose request failed (after retries) or whose reply was unparsable "
         "for the GK view to count as valid; above it the numbers are kept but marked invalid and the command exits 2",
-        aliases=("max_failures", "failure_threshold"), check=Range(0, 1))
-    timeout: float = _field(60.0, "openai: seconds per request", aliases=("request_timeout",))
+        aliases=("max_failures", "failure_threshold"), check=SHARE)
+    timeout: float = _field(60.0, "openai: seconds per request", aliases=("request_timeout",), check=POSITIVE)
     max_retries: int = _field(4, "openai: retries after 429, 5xx or connection errors",
-                              aliases=("retries",))
+                              aliases=("retries",), check=NON_NEGATIVE)
     retry_backoff: float = _field(1.0, "openai: first retry delay in seconds, doubled at each retry",
-                                  aliases=("backoff",))
-    concurrency: int = _field(8, "openai: requests in flight at once", aliases=("workers", "parallel"))
+                                  aliases=("backoff",), check=NON_NEGATIVE)
+    concurrency: int = _field(8, "openai: requests in flight at once", aliases=("workers", "parallel"),
+                              check=AT_LEAST_ONE)
     temperature: float = _field(0.7, "openai, local with protocol coin: sampling temperature (CoIN: 0.7); "
-                                     "protocol mcit's local judge decodes greedily")
-    top_p: float = _field(0.8, "openai, local with protocol coin: nucleus sampling (CoIN: 0.8)")
+                                     "protocol mcit's local judge decodes greedily", check=NON_NEGATIVE)
+    top_p: float = _field(0.8, "openai, local with protocol coin: nucleus sampling (CoIN: 0.8)",
+                          check=Range(0, 1, low_open=True))
     repetition_penalty: float | None = _field(
         None, "openai (a vLLM sampling field, sent in the request body), local: repetition penalty; null = the "
-        "protocol's (coin: 1.05; mcit: none)", aliases=("rep_penalty",))
+        "protocol's (coin: 1.05; mcit: none)", aliases=("rep_penalty",), check=POSITIVE)
     max_tokens: int = _field(20, "openai, local: reply length limit in tokens (CoIN: 20)",
-                             aliases=("reply_tokens",))
-    batch_size: int = _field(32, "local, embedding: samples per forward pass")
+                             aliases=("reply_tokens",), check=AT_LEAST_ONE)
+    batch_size: int = _field(32, "local, embedding: samples per forward pass", check=AT_LEAST_ONE)
     cache: str | None = _field(None, "judge cache file (JSON lines); null = <run folder>/judge_cache.jsonl",
                                aliases=("cache_path", "cache_file"))
 
@@ -278,17 +310,18 @@ class EmtConfig:
 
     every_steps: int = _field(
         0, "evaluate every N optimizer steps (and before the first step) into <run>/emt_curve.jsonl; 0 = off",
-        aliases=("interval", "eval_every", "every"))
+        aliases=("interval", "eval_every", "every"), check=NON_NEGATIVE)
     datasets: list[str] = _field(
         [], 'classification sets, e.g. [digits, coin-shapes, coin-colors, coin-objects] or "mnist:/data/mnist"; '
-        "see mcit.emt.datasets", aliases=("sets", "emt_datasets"))
-    limit: int = _field(100, "test images per dataset at each point", aliases=("n_test", "per_dataset"))
-    batch_size: int = _field(64, "images per generation batch", aliases=("eval_batch_size",))
+        "see mcit.emt.datasets", aliases=("sets", "emt_datasets"), check=Each(not_empty))
+    limit: int = _field(100, "test images per dataset at each point", aliases=("n_test", "per_dataset"),
+                        check=AT_LEAST_ONE)
+    batch_size: int = _field(64, "images per generation batch", aliases=("eval_batch_size",), check=AT_LEAST_ONE)
     decider: str = _field(
         "rule", '"rule" (strict: the label alone, in frame words), "rule-lenient" (any answer naming exactly '
         'one label), or an LLM judge asked which label was given: "openai" / "local", configured by the judge '
         'section (judge.model, judge.base_url; asked at temperature 0); recorded with every point',
-        aliases=("protocol",))
+        aliases=("protocol",), check=OneOf(*EMT_DECIDERS))
 
 
 @dataclass
@@ -298,11 +331,11 @@ class LogConfig:
     every_steps: int = _field(
         100, "where there is no terminal (output to a file), a progress line every N steps of a long phase "
         "(training steps, evaluation batches, judged samples); 0 = by time only", aliases=("log_every", "log_steps"),
-        check=Range(0))
+        check=NON_NEGATIVE)
     every_seconds: float = _field(
         60.0, "where there is no terminal, also a progress line every S seconds (whichever of the two comes "
         "first); 0 = by steps only", aliases=("log_seconds",),
-        check=Range(0))
+        check=NON_NEGATIVE)
     report_to: list[str] = _field(
         [], "experiment trackers (through Accelerate) that get the per-step scalars, each stage's matrix row, the "
         "final metrics and the config: tensorboard, mlflow, wandb (pip install 'mcit[tensorboard]' etc.), "
@@ -314,10 +347,10 @@ class LogConfig:
 class RunConfig:
     """One continual instruction tuning run."""
 
-    seed: int = _field(0, "seed for data order, initialisation and sampling", aliases=("random_seed",))
-    output_dir: str = _field("runs", "folder holding the run folders", aliases=("out_dir", "output"))
+    seed: int = _field(0, "seed for data order, initialisation and sampling", aliases=("random_seed",), check=SEED)
+    output_dir: str = _field("runs", "folder holding the run folders", aliases=("out_dir", "output"), check=not_empty)
     name: str | None = _field(None, "run folder name; null = <timestamp>-<method>",
-                              aliases=("run_name", "exp_name"))
+                              aliases=("run_name", "exp_name"), check=relative_name)
     data: DataConfig = _section(DataConfig, "the benchmark")
     model: ModelConfig = _section(ModelConfig, "the model")
     method: MethodConfig = _section(MethodConfig, "the continual-learning method")
@@ -599,34 +632,48 @@ def _mismatch_error(err: _Mismatch, src: _Source) -> ConfigError:
     return ConfigError(message)
 
 
-def _apply_mapping(obj: Any, mapping: Mapping, prefix: str, src: _Source, root_cls: type | None = None) -> None:
-    """Merge ``mapping`` into the dataclass instance ``obj`` (in place), section by section."""
+def _apply_mapping(obj: Any, mapping: Mapping, prefix: str, src: _Source, root_cls: type | None = None,
+                   problems: list[str] | None = None, origins: dict[str, str] | None = None) -> None:
+    """Merge ``mapping`` into the dataclass instance ``obj`` (in place), section by section.
+    With a ``problems`` list, a bad key is added to it and the others are still applied (so that
+    every problem is reported at once); ``origins`` gets where each key set came from."""
+    for raw_key, value in mapping.items():
+        try:
+            _apply_key(obj, raw_key, value, prefix, src, root_cls or type(obj), problems, origins)
+        except ConfigError as exc:
+            if problems is None:
+                raise
+            problems.append(str(exc))
+
+
+def _apply_key(obj: Any, raw_key: Any, value: Any, prefix: str, src: _Source, root_cls: type,
+               problems: list[str] | None, origins: dict[str, str] | None) -> None:
     cls = type(obj)
-    root_cls = root_cls or cls
     dotted_prefix = prefix + "." if prefix else ""
     fields_, hints = _fields(cls), _hints(cls)
-    for raw_key, value in mapping.items():
-        if not isinstance(raw_key, str):
-            raise ConfigError(f"key {dotted_prefix}{raw_key!r} in {src.name} is not a string")
-        if raw_key not in fields_:
-            raise _unknown_key(root_cls, cls, dotted_prefix, raw_key, "", src)
-        key = dotted_prefix + raw_key
-        tp = hints[raw_key]
-        if _is_section(tp):
-            if value is None:  # an empty section ("train:" with everything commented out)
-                continue
-            if not isinstance(value, Mapping):
-                raise ConfigError(f"invalid value for {key!r} in {src.where(key)}: expected "
-                                  f"{_type_name(tp)}, got {_show(value)}")
-            _apply_mapping(getattr(obj, fields_[raw_key].name), value, key, src, root_cls)
-            continue
-        try:
-            setattr(obj, fields_[raw_key].name, _coerce(value, tp, key, src))
-        except _Mismatch as err:
-            raise _mismatch_error(err, src) from None
+    if not isinstance(raw_key, str):
+        raise ConfigError(f"key {dotted_prefix}{raw_key!r} in {src.name} is not a string")
+    if raw_key not in fields_:
+        raise _unknown_key(root_cls, cls, dotted_prefix, raw_key, "", src)
+    key = dotted_prefix + raw_key
+    tp = hints[raw_key]
+    if _is_section(tp):
+        if value is None:  # an empty section ("train:" with everything commented out)
+            return
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"invalid value for {key!r} in {src.where(key)}: expected "
+                              f"{_type_name(tp)}, got {_show(value)}")
+        _apply_mapping(getattr(obj, fields_[raw_key].name), value, key, src, root_cls, problems, origins)
+        return
+    try:
+        setattr(obj, fields_[raw_key].name, _coerce(value, tp, key, src))
+    except _Mismatch as err:
+        raise _mismatch_error(err, src) from None
+    if origins is not None:
+        origins[key] = src.where(key)
 
 
-def _apply_override(cfg: Any, text: str) -> None:
+def _apply_override(cfg: Any, text: str, origins: dict[str, str] | None = None) -> None:
     src = _Source(f"override {text!r}")
     if not isinstance(text, str) or "=" not in text:
         raise ConfigError(f"malformed override {text!r}: expected key.sub=value")
@@ -666,7 +713,7 @@ def _apply_override(cfg: Any, text: str) -> None:
                               f"{str(parse_error).splitlines()[0]}") from None
 
     if _is_section(tp):
-        _apply_mapping(obj, {leaf: value}, prefix.rstrip("."), src, root_cls)
+        _apply_mapping(obj, {leaf: value}, prefix.rstrip("."), src, root_cls, origins=origins)
         return
     try:
         coerced = _coerce(value, tp, dotted, src)
@@ -678,6 +725,8 @@ def _apply_override(cfg: Any, text: str) -> None:
         else:
             raise _mismatch_error(err, src) from None
     setattr(obj, _fields(cls)[leaf].name, coerced)
+    if origins is not None:
+        origins[dotted] = src.name
 
 
 # --------------------------------------------------------------------------------------------
@@ -749,38 +798,102 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = (),
 
     Overrides are ``key.sub=value`` strings whose value is parsed as YAML
     (``train.lr=3e-4``, ``data.tasks=[GQA,VizWiz]``, ``method.target_modules=null``).
-    Raises ``ConfigError`` on unparsable files, unknown keys, wrong types and values out of
-    range (see check_config).
+    Raises one ``ConfigError`` listing every problem: an unparsable file (alone: nothing else can
+    be read then), unknown keys, wrong types, values out of range and broken cross-field rules
+    (see check_config), each naming its key and where it was set.
     """
     if isinstance(overrides, str):
         overrides = [overrides]
     cfg = cls()
+    problems: list[str] = []
+    origins: dict[str, str] = {}  # dotted key -> the file (and line) or the override that set it
     if path is not None:
         path = Path(path)
         data, lines = _read_yaml(path)
-        _apply_mapping(cfg, data, "", _Source(str(path), lines))
+        _apply_mapping(cfg, data, "", _Source(str(path), lines), problems=problems, origins=origins)
     for text in overrides:
-        _apply_override(cfg, text)
-    check_config(cfg)
+        try:
+            _apply_override(cfg, text, origins)
+        except ConfigError as exc:
+            problems.append(str(exc))
+    problems += config_problems(cfg, origins=origins)
+    if problems:
+        raise ConfigError.of(problems)
     return cfg
 
 
-def check_config(cfg: Any, prefix: str = "") -> None:
-    """ConfigError naming the key of the first value out of range: each field's own check
-    (``setting(..., check=)``), then each section's ``check_section(prefix)`` if it has one
-    (the method section resolves and checks the method combination there)."""
+def check_config(cfg: Any, prefix: str = "", origins: Mapping[str, str] | None = None) -> None:
+    """ConfigError listing every problem of ``cfg`` (see config_problems); nothing if none."""
+    problems = config_problems(cfg, prefix, origins)
+    if problems:
+        raise ConfigError.of(problems)
+
+
+def config_problems(cfg: Any, prefix: str = "", origins: Mapping[str, str] | None = None) -> list[str]:
+    """Every problem of ``cfg``, one line each naming the key (and, from ``origins``, the file and
+    line or the override that set it): each field's own check (``setting(..., check=)``), each
+    section's ``check_section(prefix)`` if it has one (the method section resolves and checks the
+    method combination there), then for a RunConfig the rules across fields (_run_rules)."""
+    origins = origins or {}
+    problems: list[str] = []
     hints = _hints(type(cfg))
     for key, f in _fields(type(cfg)).items():
         value = getattr(cfg, f.name)
         if _is_section(hints[key]):
-            check_config(value, f"{prefix}{key}.")
+            problems += config_problems(value, f"{prefix}{key}.", origins)
             continue
         check = f.metadata.get("check")
         problem = check(value) if check is not None and value is not None else None
         if problem:
-            raise ConfigError(f"{prefix}{key}: {problem}, got {_yaml_scalar(value)}")
-    if hasattr(cfg, "check_section"):
-        cfg.check_section(prefix)
+            shown = str(value) if isinstance(value, float) and not math.isfinite(value) else _yaml_scalar(value)
+            problems.append(f"{prefix}{key}: {problem}, got {shown}{_origin(origins, prefix + key)}")
+    if hasattr(cfg, "check_section") and not problems:  # a combination is judged on valid settings only
+        try:
+            cfg.check_section(prefix)
+        except ConfigError as exc:
+            problems += exc.problems
+    if isinstance(cfg, RunConfig):
+        problems += [f"{problem}{_origin(origins, *keys)}" for keys, problem in _run_rules(cfg)]
+    return problems
+
+
+def _origin(origins: Mapping[str, str], *keys: str) -> str:
+    """" (in cfg.yaml (line 3); override 'seed=1')": where each of ``keys`` that was set came from;
+    "" if all are defaults."""
+    where = list(dict.fromkeys(origins[k] for k in keys if k in origins))
+    return f" (in {'; '.join(where)})" if where else ""
+
+
+def _run_rules(cfg: "RunConfig") -> Iterator[tuple[tuple[str, ...], str]]:
+    """The rules across fields that need neither files nor a model: (the keys involved, the problem).
+    The rules that read the benchmark or the disk are mcit.preflight's."""
+    mc, dc = cfg.model, cfg.data
+    if mc.name == "tiny-llava":  # the built-in model's shapes (mcit.models.tiny_llava.build_model)
+        for key in ("hidden_size", "vision_hidden_size"):  # both towers use model.num_heads heads
+            width = getattr(mc, key)
+            if width % mc.num_heads:
+                yield ((f"model.{key}", "model.num_heads"),
+                       f"model.{key}={width} must be a multiple of model.num_heads={mc.num_heads} (each head "
+                       f"gets an equal share of the width)")
+            elif key == "hidden_size" and (width // mc.num_heads) % 2:
+                yield ((f"model.{key}", "model.num_heads"),
+                       f"model.{key} / model.num_heads = {width // mc.num_heads} must be even (the language "
+                       "model's rotary position embeddings turn pairs of dimensions)")
+        if dc.pretrain_size == 0:
+            yield (("data.pretrain_size",), "data.pretrain_size=0 leaves the built-in model's base stage (alignment) "
+                   "no samples; 0 only suits a local checkpoint (model.name=<folder>)")
+        if dc.image_size % mc.patch_size or dc.image_size < mc.patch_size:
+            yield (("data.image_size", "model.patch_size"),
+                   f"data.image_size={dc.image_size} must be a multiple of model.patch_size={mc.patch_size} "
+                   "(the vision tower cuts each image into whole patches)")
+    if dc.tasks:
+        repeated = sorted({t for t in dc.tasks if dc.tasks.count(t) > 1})
+        if repeated:
+            yield ("data.tasks",), f"data.tasks: {', '.join(repeated)} listed more than once"
+    if cfg.emt.every_steps > 0 and not cfg.emt.datasets:
+        yield (("emt.every_steps", "emt.datasets"),
+               f"emt.every_steps={cfg.emt.every_steps} tracks EMT, but emt.datasets is empty: name the sets to "
+               "classify, e.g. [digits, coin-shapes], or set emt.every_steps=0")
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:

@@ -26,7 +26,6 @@ from .data.stream import Stream, build_stream, cache_dir
 from .distributed import (check_engine, enable_gradient_checkpointing, gather_records, merge_shards, on_main,
                           per_process_batch, rewrap_if_changed, shard, trainable_ids)
 from .emt.curve import EmtTracker
-from .eval.coin_compat import MODES as SCORING_MODES
 from .eval.evaluate import evaluate_task, max_new_tokens_for, trivial_baseline
 from .eval.judge_backends import check_judge_config
 from .export import base_model_record
@@ -35,6 +34,7 @@ from .methods import Method, TaskContext, build_method
 from .metrics import compute_metrics
 from .models.folder_check import check_run_models
 from .models.load import load_checkpoint
+from .preflight import check_max_length, check_run_settings
 from .progress import configure as configure_progress
 from .report.curves import save_loss_curve
 from .report.matrix import format_table, load_matrix, save_matrix
@@ -103,6 +103,7 @@ class _Run:
 
 
 def _set_up(cfg, log, resume: bool) -> _Run:
+    check_run_settings(cfg)  # the benchmark's task names, coin-mini's limits, the output folder: before any work
     # split_batches: train.batch_size is the global batch, each process gets its slice of it
     # (and the LR schedule steps once per optimizer step whatever the process count).
     acc = Accelerator(cpu=not torch.cuda.is_available(), dataloader_config=DataLoaderConfiguration(split_batches=True))
@@ -117,6 +118,7 @@ def _set_up(cfg, log, resume: bool) -> _Run:
     tracker = EmtTracker(cfg, log) if cfg.emt.every_steps > 0 else None  # EMT sets too (off by default)
     stream = _read_stream(cfg, acc)
     checkpoint, model, processor = _build_model(cfg, stream, acc, log)
+    check_max_length(cfg, stream, processor)  # every task's samples fit, or stop before stage 1
     model = acc.prepare_model(method.setup(model, cfg))
     run_dir = on_main(acc, lambda: create_run_dir(cfg))  # created by the main process, known to all
     stages = method.plan(stream.tasks)
@@ -136,13 +138,10 @@ def _set_up(cfg, log, resume: bool) -> _Run:
 
 
 def _check_settings(cfg, acc) -> None:
-    """Settings that would otherwise fail late: the engine, the batch split, scoring, the judge."""
+    """Settings that need the accelerator or the judge's files (the rest is checked at config load and by
+    mcit.preflight): the engine, the batch split, the judge."""
     check_engine(acc)
     per_process_batch(cfg.train.batch_size, acc.num_processes)
-    if cfg.train.checkpoint_every < 0:
-        raise ConfigError(f"train.checkpoint_every={cfg.train.checkpoint_every} must be >= 0 (0 = off)")
-    if cfg.eval.scoring not in SCORING_MODES:
-        raise ConfigError(f"eval.scoring: '{cfg.eval.scoring}' is not one of {list(SCORING_MODES)}")
     check_judge_config(cfg.judge)  # a bad judge setting stops the run now, not after training
     check_run_models(cfg)  # model.name and a local judge's folder, before anything is built or written
 

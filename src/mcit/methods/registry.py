@@ -23,7 +23,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
-from ..fields import Range, finite, setting
+from ..fields import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Range, finite, not_empty, setting
 
 ENTRY_POINT_GROUP = "mcit.methods"
 BASE, ADDITION = "base", "addition"
@@ -32,7 +32,7 @@ DEFAULT_BASE = "lora"  # what an addition named alone (method.name=ewc) runs on,
 # How a default was chosen: a grid run with `mcit tune` on the tuning stream (the four coin-mini
 # tasks the comparison does not use), best mean final accuracy; README, "How the defaults were tuned".
 _TUNED = " [tuned on coin-mini: mcit tune configs/tune_small.yaml, best mean MFN over seeds 0,1 of {grid}; {paper}]"
-_POSITIVE, _NON_NEGATIVE, _WEIGHT = Range(0, low_open=True), Range(0), Range(0, 1, low_open=True)
+_POSITIVE, _NON_NEGATIVE, _WEIGHT = POSITIVE, NON_NEGATIVE, Range(0, 1, low_open=True)
 
 
 # ------------------------------------------------------------------------------------ settings
@@ -40,13 +40,13 @@ _POSITIVE, _NON_NEGATIVE, _WEIGHT = Range(0, low_open=True), Range(0), Range(0, 
 
 @dataclass
 class LoRASettings:
-    lora_r: int = setting(16, "LoRA rank", aliases=("r", "rank"), check=Range(1))
+    lora_r: int = setting(16, "LoRA rank", aliases=("r", "rank"), check=AT_LEAST_ONE)
     lora_alpha: int = setting(32, "LoRA scaling numerator (scale = alpha / r)", aliases=("alpha",), check=_POSITIVE)
     lora_dropout: float = setting(0.0, "dropout on the LoRA input", aliases=("dropout",),
                                   check=Range(0, 1, high_open=True))
     target_modules: list[str] | None = setting(
         None, "module names LoRA wraps; null = every linear layer of the language model",
-        aliases=("targets", "lora_target_modules"))
+        aliases=("targets", "lora_target_modules"), check=not_empty)
 
 
 @dataclass
@@ -60,10 +60,10 @@ class MoESettings:
     moe_experts: int = setting(2, "moelora: LoRA experts per adapted layer, each of rank lora_r / moe_experts"
                                + _TUNED.format(grid="2, 4, 8 (2 and 8 tied on MFN; 2 has the higher MAA)",
                                                paper="CoIN: 8 experts of rank 16"),
-                               aliases=("experts", "num_experts", "expert_num", "n_experts"), check=Range(1))
+                               aliases=("experts", "num_experts", "expert_num", "n_experts"), check=AT_LEAST_ONE)
     moe_top_k: int | None = setting(
         None, "moelora: experts each token uses (gates renormalised over them); null = dense, all experts",
-        aliases=("top_k", "num_experts_per_tok"), check=Range(1))
+        aliases=("top_k", "num_experts_per_tok"), check=AT_LEAST_ONE)
     moe_balance_weight: float = setting(
         0.0, "moelora: weight of the Switch load-balancing loss E * sum_e f_e * P_e (mean over layers); 0 = off",
         aliases=("balance_weight", "aux_loss_weight", "router_aux_loss_coef", "load_balance_weight"),
@@ -125,7 +125,7 @@ class EWCSettings:
                                 + _TUNED.format(grid="10, 100, 1000, 10000", paper="scale depends on the Fisher's"),
                                 aliases=("ewc_weight",), check=_NON_NEGATIVE)
     ewc_fisher_samples: int = setting(64, "ewc: training samples of each task used to estimate the diagonal Fisher",
-                                      aliases=("fisher_samples",), check=Range(1))
+                                      aliases=("fisher_samples",), check=AT_LEAST_ONE)
 
 
 @dataclass
