@@ -1,6 +1,10 @@
 import os
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Tests that do not set their own cache write generated data, base models and image checks into a folder
+# of this session, never into the user's ~/.cache/mcit.
+os.environ.setdefault("MCIT_CACHE", tempfile.mkdtemp(prefix="mcit-test-cache-"))
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

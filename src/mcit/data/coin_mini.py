@@ -1072,12 +1072,12 @@ def _complete(root: Path, params: dict) -> bool:
 
 
 def _build(out: Path, params: dict, progress: bool) -> None:
-    from tqdm.auto import tqdm
+    from ..progress import Progress  # a bar on a terminal, lines in a log
 
     seed, S = params["seed"], params["image_size"]
     total = len(TASKS) * (params["train_per_task"] + params["test_per_task"]) + params["pretrain_size"]
     images = image_root(out)
-    with tqdm(total=total, disable=None if progress else True, desc=NAME, unit="rec") as bar:
+    with Progress(f"generating {NAME} (cached afterwards)", total, unit="record", enabled=progress) as bar:
         jobs = [(t, s, params[f"{s}_per_task"]) for t in TASKS for s in ("train", "test")]
         jobs.append(("pretrain", "train", params["pretrain_size"]))
         for task, split, n in jobs:

@@ -137,17 +137,19 @@ def _run(target: Path, parsed: list, judge: JudgeDecider | None, *, limit, probe
     out = Path(out) if out is not None else default_out(target)
     if judge is not None:  # deciding the same answers again (a re-run, another --limit) asks nothing twice
         judge.cache = JudgeCache(out / CACHE_FILE)
+    # Every set is read (its images decoded) before the model loads: a damaged image in the second set is
+    # refused before the first set's answers are written.
+    sets = [(prepare(spec, limit, seed),
+             # the probe may learn from more train images than are asked (the test split stays the same)
+             load_dataset(spec, limit=probe_train, seed=seed) if probe_train != limit else None) for spec in parsed]
     model, processor, info = load_target(target)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
 
     results: dict[str, dict] = {}
-    for spec in parsed:
-        prepared = prepare(spec, limit, seed)
+    for prepared, train in sets:
         summary, records = ask(model, processor, prepared, batch_size=batch_size, max_new_tokens=max_new_tokens,
                                decider=decider, judge=judge, device=device)
-        # the probe may learn from more train images than are asked (the test split stays the same)
-        train = load_dataset(spec, limit=probe_train, seed=seed) if probe_train != limit else None
         baseline = encoder_baseline(model, processor, prepared.dataset, train, seed=seed, batch_size=batch_size)
         probe_acc = baseline["probe"]["accuracy"]
         answers_file = Path("answers") / f"{_file_name(prepared.name)}.jsonl"
