@@ -1075,11 +1075,11 @@ def _build(out: Path, params: dict, progress: bool) -> None:
     from ..progress import Progress  # a bar on a terminal, lines in a log
 
     seed, S = params["seed"], params["image_size"]
-    total = len(TASKS) * (params["train_per_task"] + params["test_per_task"]) + params["pretrain_size"]
     images = image_root(out)
-    with Progress(f"generating {NAME} (cached afterwards)", total, unit="record", enabled=progress) as bar:
-        jobs = [(t, s, params[f"{s}_per_task"]) for t in TASKS for s in ("train", "test")]
-        jobs.append(("pretrain", "train", params["pretrain_size"]))
+    jobs = [(t, s, params[f"{s}_per_task"]) for t in TASKS for s in ("train", "test")]
+    jobs.append(("pretrain", "train", params["pretrain_size"]))
+    # one unit per task split: a line in a log every log.every_seconds, not one per hundred records
+    with Progress(f"generating {NAME} (cached afterwards)", len(jobs), unit="split", enabled=progress) as bar:
         for task, split, n in jobs:
             (images / task).mkdir(parents=True, exist_ok=True)
             samples = []
@@ -1102,7 +1102,7 @@ def _build(out: Path, params: dict, progress: bool) -> None:
                             task, item.question, _instruction_for(iset, task, seed, split, i))
                         by_set[iset].append(Sample(id=sid, task=task, image=rel, text=t, answers=answers,
                                                    extra=extra))
-                bar.update(1)
+            bar.update(1)
             if task == "pretrain":
                 write_train_json(out / "pretrain.json", samples)
                 continue
