@@ -277,7 +277,12 @@ def test_report_renders_in_headless_chromium(runs, tmp_path):
     records[0].update(prediction="<script>document.title='pwned'</script>", score=0.0)
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     assert invoke(["report", str(run)])[0] == 0
-    dom = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom",
-                          (run / "report.html").as_uri()], capture_output=True, text=True, timeout=120).stdout
+    # --enable-logging=stderr prints every console message as ":CONSOLE" (checked against a page that
+    # logs an error and calls an undefined function: both appear)
+    shown = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr",
+                            "--v=0", "--dump-dom", (run / "report.html").as_uri()],
+                           capture_output=True, text=True, timeout=120)
+    dom = shown.stdout
+    assert ":CONSOLE" not in shown.stderr, shown.stderr
     assert "<title>mcit run a</title>" in dom and "pwned" in dom and "<title>pwned" not in dom
     assert dom.count('class="chart"') == len(list(run.glob("*.png")))
