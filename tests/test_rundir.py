@@ -136,7 +136,8 @@ def test_save_run_info_leaves_no_temporary_files(tmp_path):
     run_dir = create_run_dir(cfg)
     save_run_info(run_dir, cfg, {})
     save_run_info(run_dir, cfg, {})
-    assert sorted(p.name for p in run_dir.iterdir()) == ["config.yaml", "environment.json"]
+    assert sorted(p.name for p in run_dir.iterdir()) == ["config.yaml", "environment.json", "run.json"]
+    assert not list(run_dir.parent.glob(".*"))  # nor the hidden folder the run folder was created in
 
 
 def test_git_commit_from_a_fake_repository(tmp_path):

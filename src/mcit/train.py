@@ -34,8 +34,8 @@ from .methods import Method, TaskContext, build_method
 from .metrics import compute_metrics
 from .models.load import load_checkpoint
 from .report.matrix import format_table, save_matrix
-from .rundir import (RunError, completed_stages, create_run_dir, load_json, mark_stage_done, restore_stage,
-                     save_json, save_jsonl, save_run_info, save_stage, stage_dir)
+from .rundir import (BASE_STAGE, ENVIRONMENT_FILE, RunError, completed_stages, create_run_dir, load_json,
+                     mark_stage_done, restore_stage, save_environment, save_json, save_jsonl, save_stage, stage_dir)
 
 
 def run_stream(cfg, log=print, resume: bool = False) -> dict:
@@ -178,10 +178,12 @@ def _describe_run(run: _Run, checkpoint: Path, resume: bool) -> None:
         "tasks": stream.tasks,
         "stages": run.names,
     }
-    if resume:  # the original config.yaml and environment.json stay as they were
+    # config.yaml was written with the folder (create_run_dir); a resumed run keeps the original
+    # environment.json, unless the first leg was killed before writing it.
+    if resume and (run.run_dir / ENVIRONMENT_FILE).is_file():
         save_json(run.run_dir / f"environment-resume-{len(run.done)}.json", info | {"resumed_after_stage": len(run.done)})
     else:
-        save_run_info(run.run_dir, cfg, info)
+        save_environment(run.run_dir, cfg, info)
     baselines = {t: trivial_baseline(stream.train[t], stream.test[t], stream.scorers[t], cfg.eval.scoring)
                  for t in stream.tasks}
     save_json(run.run_dir / "baselines.json", {t: {"constant_answer": a, "score": v} for t, (a, v) in baselines.items()})
@@ -217,7 +219,7 @@ def _resume(run: _Run) -> None:
 
 def _zero_shot(run: _Run) -> None:
     """The model before any stage, on every task (needed for forward transfer)."""
-    out = run.writing and run.run_dir / "stages" / "00-base"
+    out = run.writing and run.run_dir / "stages" / BASE_STAGE
     run.zero_shot = [_evaluate(run, task, "base", out) for task in run.stream.tasks]
     if run.main:
         save_json(run.run_dir / "zero_shot.json", dict(zip(run.stream.tasks, run.zero_shot)))
@@ -282,8 +284,11 @@ def _save_and_evaluate_stage(run: _Run, t: int, name: str, trained: list[str], c
         run.matrix[t][i] = _evaluate(run, tasks[i], f"stage {t + 1}", run.writing and stage)
     if run.main:
         row = {tasks[i]: run.matrix[t][i] for i in evaluated}
+        # done.json records the sha256 of the stage's files; the first stage's also those of the
+        # zero-shot row it builds on, so that a resumed run finds them as they were.
+        builds_on = (run.run_dir / "zero_shot.json", run.run_dir / "stages" / BASE_STAGE) if t == 0 else ()
         mark_stage_done(stage, {"task": name, "train": stats, "scores": row, "method_log": ctx.log,
-                                "elapsed_seconds": time.time() - run.started})
+                                "elapsed_seconds": time.time() - run.started}, also=builds_on)
         ckpt.remove(stage)  # the stage is complete: its in-task checkpoint is not needed any more
         if _sequential(run):
             k = t + 1  # the square of the tasks trained so far
