@@ -147,6 +147,15 @@ def creation_leftovers(run_dir: str | Path) -> list[Path]:
     return sorted(run_dir.parent.glob(CREATING.format(name=run_dir.name) + "*"))
 
 
+def remove_write_leftovers(run_dir: str | Path) -> list[Path]:
+    """Delete the temporary files of atomic writes cut off by a killed process (``.<name>.*.tmp``,
+    see mcit.io) anywhere in the run folder; returns them. Called when a run is continued."""
+    leftovers = [p for p in Path(run_dir).rglob(".*.tmp") if p.is_file()]
+    for path in leftovers:
+        path.unlink(missing_ok=True)
+    return leftovers
+
+
 def _config_text(cfg: Any) -> str:
     return config_to_yaml(cfg, header=f"resolved mcit run configuration (config hash {config_hash(cfg)})")
 

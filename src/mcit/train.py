@@ -35,7 +35,8 @@ from .metrics import compute_metrics
 from .models.load import load_checkpoint
 from .report.matrix import format_table, save_matrix
 from .rundir import (BASE_STAGE, ENVIRONMENT_FILE, RunError, completed_stages, create_run_dir, load_json,
-                     mark_stage_done, restore_stage, save_environment, save_json, save_jsonl, save_stage, stage_dir)
+                     mark_stage_done, remove_write_leftovers, restore_stage, save_environment, save_json, save_jsonl,
+                     save_stage, stage_dir)
 
 
 def run_stream(cfg, log=print, resume: bool = False) -> dict:
@@ -114,6 +115,8 @@ def _set_up(cfg, log, resume: bool) -> _Run:
     run.done = completed_stages(run_dir, run.names)
     if run.done and not resume:
         raise RunError(f"{run_dir} already has completed stages; continue it with `mcit run --resume {run_dir}`")
+    if resume and run.main:  # what a killed process was writing when it died
+        remove_write_leftovers(run_dir)
     if run.done:  # a resumed run's seconds count the earlier legs' completed stages too
         run.started -= run.done[-1].get("elapsed_seconds") or 0.0
     if run.main:
