@@ -59,7 +59,8 @@ def _check_is_run_folder(run_dir: Path) -> None:
         if leftovers:
             raise RunError(f"{run_dir} does not exist: the run was killed while its folder was being created, "
                            f"so there is nothing to continue; {rerun}. The leftover {leftovers[0]} may be deleted")
-        raise RunError(f"{run_dir} is not a run folder (it does not exist)")
+        raise RunError(f"{run_dir} is not a run folder (it does not exist): if a run was killed before creating it, "
+                       f"nothing of it was kept; {rerun}")
     if not run_dir.is_dir():
         raise RunError(f"{run_dir} is not a run folder (it is a file)")
     if (run_dir / CONFIG_FILE).is_file():
