@@ -4,9 +4,10 @@ it was killed before its folder existed), ends with exactly what an uninterrupte
 matrix.json byte for byte, metrics.json (wall-clock aside), every prediction, every stage's
 weights and training statistics.
 
-The moments are spread over the duration of an uninterrupted run of the same command: sorted
-uniform points of it, each leg killed after its start-up time (measured: until the run folder
-appears) plus the gap to the next point, so that kills land in start-up, training, checkpoint
+The moments come from an uninterrupted run of the same command, timed: its start-up (until the
+run folder appears) and its work (the rest). The first leg is killed at a random moment of the
+start-up (before the folder exists); the next ones at sorted random points of the work, each leg
+after its own start-up plus the gap to its point, so that kills land in training, checkpoint
 saves, stage saves, evaluation and the finish alike.
 """
 import hashlib
@@ -84,17 +85,18 @@ def test_killed_at_ten_random_moments_ends_like_an_uninterrupted_run(tmp_path, m
 
     cut = runs / "cut"
     original = ["run", *ARGS, f"output_dir={runs}", "name=cut"]
-    moments = sorted(random.Random(13).uniform(0, total) for _ in range(KILLS))
-    landed, before_folder, previous = 0, 0, 0.0
-    for i, moment in enumerate(moments):
+    rng = random.Random(13)
+    points = sorted(rng.uniform(0, total - startup) for _ in range(KILLS - 1))
+    delays = [rng.uniform(0, startup)] + [startup + b - a for a, b in zip([0.0, *points], points)]
+    landed, before_folder = 0, 0
+    for i, delay in enumerate(delays):
         if cut.exists():
-            argv, delay = ["run", "--resume", str(cut)], startup + (moment - previous)
+            argv = ["run", "--resume", str(cut)]
         else:  # killed before its folder existed: the CLI says to rerun the original command
             if i:
                 code, _, err = invoke(["run", "--resume", str(cut)])
                 assert code == 2 and "rerun the original" in err and "Traceback" not in err, err
-            argv, delay = original, moment if i == 0 else startup + (moment - previous)
-        previous = moment
+            argv = original
         proc = _start(argv, env)
         try:
             proc.wait(timeout=delay)
