@@ -384,9 +384,10 @@ def verify_files(base: str | Path, recorded: dict[str, str], where: str | Path, 
                            f"({path.stat().st_size} bytes, sha256 differs); {advice}")
 
 
-# Top-level entries of a stage folder that are not part of the completed stage: its in-task
-# checkpoint (removed once the stage is done) and done.json itself.
-_NOT_STAGE_FILES = (DONE_FILE, "checkpoint")
+# Top-level entries of a stage folder that are not part of the completed stage: done.json itself,
+# its in-task checkpoint (removed once the stage is done), and what later commands write into it
+# and may rewrite (`mcit judge`: judge/, `mcit emt`: emt/).
+_NOT_STAGE_FILES = (DONE_FILE, "checkpoint", "judge", "emt")
 
 
 def mark_stage_done(stage_dir: str | Path, info: dict[str, Any], also: tuple[str | Path, ...] = ()) -> Path:
@@ -403,7 +404,7 @@ def mark_stage_done(stage_dir: str | Path, info: dict[str, Any], also: tuple[str
         if extra.is_file():
             files[extra.relative_to(run_dir).as_posix()] = file_sha256(extra)
         elif extra.is_dir():
-            files |= hash_files(extra, run_dir)
+            files |= hash_files(extra, run_dir, skip=_NOT_STAGE_FILES)
     record["files"] = files
     return save_json(path / DONE_FILE, record)
 
