@@ -9,7 +9,10 @@ copy of one of them.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -139,7 +142,8 @@ CASES = [
      ["01-ImageNet/model/adapter_model.safetensors", "damaged"]),
     ("adapter-missing", "partial", lambda r: (r / S1 / "model" / "adapter_model.safetensors").unlink(),
      ["adapter_model.safetensors", "missing"]),
-    ("stage-model-folder-deleted", "finished", lambda r: shutil.rmtree(r / S2 / "model"), ["02-VQAv2/model", "missing"]),
+    ("stage-model-folder-deleted", "finished", lambda r: shutil.rmtree(r / S2 / "model"),
+     ["02-VQAv2/model", "missing"]),
     ("prediction-edited", "finished", lambda r: _truncate(r / S2 / "predictions" / "ImageNet.jsonl"),
      ["predictions/ImageNet.jsonl", "damaged"]),
     ("zero-shot-missing", "partial", lambda r: (r / "zero_shot.json").unlink(), ["zero_shot.json", "missing"]),
@@ -247,3 +251,16 @@ def test_a_partial_run_resumes_from_its_checkpoint_and_keeps_its_completed_stage
     assert snapshot(run / S1) == stage1  # a completed stage is never rewritten
     assert (run / S2 / "done.json").is_file() and not (run / S2 / "checkpoint").exists()
     assert (run / "metrics.json").is_file()
+
+
+def test_a_refused_resume_loads_no_torch(copy_of, tmp_path):
+    """The folder is checked before torch, transformers or PEFT are imported (a fresh process:
+    this one has them loaded already)."""
+    run = copy_of("partial")
+    _edit(run / "config.yaml", "  lr: 0.001", "  lr: 0.002")
+    probe = ("import sys; from mcit.cli import main; code = main(['run', '--resume', sys.argv[1]]); "
+             "print(code, sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))")
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", probe, str(run)], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "2 []" and "train.lr: 0.001 -> 0.002" in out.stderr, (out.stdout, out.stderr)

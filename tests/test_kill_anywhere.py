@@ -4,11 +4,12 @@ it was killed before its folder existed), ends with exactly what an uninterrupte
 matrix.json byte for byte, metrics.json (wall-clock aside), every prediction, every stage's
 weights and training statistics.
 
-The moments come from an uninterrupted run of the same command, timed: its start-up (until the
-run folder appears) and its work (the rest). The first leg is killed at a random moment of the
-start-up (before the folder exists); the next ones at sorted random points of the work, each leg
-after its own start-up plus the gap to its point, so that kills land in training, checkpoint
-saves, stage saves, evaluation and the finish alike.
+The moments are spread over an uninterrupted run of the same command, timed: its start-up (until
+it reports its run folder, after the model is loaded), its work (the rest) and when each stage
+completed. The first leg is killed at a random moment of the start-up; the next ones at sorted
+random points of the work timeline: each leg once it has reported its own start-up, plus the
+time from where it continues (its last completed stage, on the uninterrupted timeline) to its
+point. So kills land in training, checkpoint saves, stage saves, evaluation and the finish alike.
 """
 import hashlib
 import json
@@ -17,6 +18,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -28,33 +30,72 @@ ARGS = [a for a in SMALL if not a.startswith(("data.tasks", "train.steps_per_tas
     "data.tasks=[ImageNet,VQAv2]", "train.steps_per_task=6", "train.checkpoint_every=2"]
 KILLS = 10
 WALL_CLOCK = ("seconds",)
+STARTED = "run folder:"  # the line a run prints once its model is loaded and its folder made
 
 
 def _child_env(cache: Path) -> dict:
     env = os.environ.copy()
     src = str(Path(__file__).resolve().parents[1] / "src")
+    # one thread: a loaded 2-core machine makes torch's thread pool spin (4x the CPU time)
     env.update(MCIT_CACHE=str(cache), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
+               PYTHONUNBUFFERED="1",
                PYTHONPATH=os.pathsep.join([src, env.get("PYTHONPATH", "")]))
     return env
 
 
-def _start(argv: list[str], env: dict) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "mcit", *argv], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+class _Leg:
+    """`python -m mcit argv` in a child process; `started` is set when it reports its run folder."""
+
+    def __init__(self, argv: list[str], env: dict):
+        self.t0 = time.monotonic()
+        self.proc = subprocess.Popen([sys.executable, "-m", "mcit", *argv], env=env, text=True,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.started, self.lines = threading.Event(), []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:  # drained to the end, so the child never blocks on the pipe
+            self.lines.append(line)
+            if line.startswith(STARTED):
+                self.started.set()
+        self.started.set()  # ended (or killed) before: nothing more to wait for
+
+    def finish(self) -> float:
+        code = self.proc.wait()
+        self.reader.join()
+        assert code == 0, "".join(self.lines[-40:])
+        return time.monotonic() - self.t0
+
+    def kill_after(self, delay: float) -> bool:
+        """SIGKILL after ``delay`` seconds unless it ended before; whether the kill landed."""
+        try:
+            self.proc.wait(timeout=delay)
+        except subprocess.TimeoutExpired:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+            self.reader.join()
+            return True
+        self.finish()
+        return False
 
 
-def _uninterrupted(argv: list[str], env: dict, run_dir: Path) -> tuple[float, float]:
-    """(seconds until the run folder appears, total seconds) of an uninterrupted run."""
-    t0 = time.monotonic()
-    proc = _start(argv, env)
-    appeared = None
-    while proc.poll() is None:
-        if appeared is None and (run_dir / "config.yaml").exists():
-            appeared = time.monotonic() - t0
+def _done_stages(run: Path) -> int:
+    return len(list(run.glob("stages/*/done.json")))
+
+
+def _uninterrupted(argv: list[str], env: dict, run: Path) -> tuple[float, float, list[float]]:
+    """(start-up seconds, work seconds, seconds into the work at which each stage completed) of an
+    uninterrupted run."""
+    leg = _Leg(argv, env)
+    leg.started.wait()
+    started, completed = time.monotonic(), []
+    while leg.proc.poll() is None:
+        if _done_stages(run) > len(completed):
+            completed.append(time.monotonic() - started)
         time.sleep(0.02)
-    assert proc.returncode == 0, proc.stderr.read().decode()
-    total = time.monotonic() - t0
-    return (appeared or total), total
+    work = leg.finish() - (started - leg.t0)
+    return started - leg.t0, work, completed
 
 
 def _digest(run: Path, pattern: str) -> dict[str, str]:
@@ -81,15 +122,14 @@ def test_killed_at_ten_random_moments_ends_like_an_uninterrupted_run(tmp_path, m
     assert code == 0, err
 
     whole = runs / "whole"
-    startup, total = _uninterrupted(["run", *ARGS, f"output_dir={runs}", "name=whole"], env, whole)
+    startup, work, completed = _uninterrupted(["run", *ARGS, f"output_dir={runs}", "name=whole"], env, whole)
 
     cut = runs / "cut"
     original = ["run", *ARGS, f"output_dir={runs}", "name=cut"]
     rng = random.Random(13)
-    points = sorted(rng.uniform(0, total - startup) for _ in range(KILLS - 1))
-    delays = [rng.uniform(0, startup)] + [startup + b - a for a, b in zip([0.0, *points], points)]
+    points = sorted(rng.uniform(0, work) for _ in range(KILLS - 1))
     landed, before_folder = 0, 0
-    for i, delay in enumerate(delays):
+    for i in range(KILLS):
         if cut.exists():
             argv = ["run", "--resume", str(cut)]
         else:  # killed before its folder existed: the CLI says to rerun the original command
@@ -97,21 +137,20 @@ def test_killed_at_ten_random_moments_ends_like_an_uninterrupted_run(tmp_path, m
                 code, _, err = invoke(["run", "--resume", str(cut)])
                 assert code == 2 and "rerun the original" in err and "Traceback" not in err, err
             argv = original
-        proc = _start(argv, env)
-        try:
-            proc.wait(timeout=delay)
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            landed += 1
-            before_folder += not cut.exists()
-            continue
-        assert proc.returncode == 0, proc.stderr.read().decode()
-        break  # the run finished before this kill's moment came
+        done = _done_stages(cut)
+        leg = _Leg(argv, env)
+        if i == 0:
+            hit = leg.kill_after(rng.uniform(0, startup))
+        else:
+            leg.started.wait()
+            hit = leg.kill_after(max(0.0, points[i - 1] - (completed[done - 1] if done else 0.0)))
+        landed += hit
+        before_folder += hit and not cut.exists()
+        if not hit:
+            break  # the run finished before this kill's moment came
     if not (cut / "metrics.json").exists():
-        proc = _start(original if not cut.exists() else ["run", "--resume", str(cut)], env)
-        assert proc.wait() == 0, proc.stderr.read().decode()
-    print(f"kill-anywhere: uninterrupted {total:.1f}s (start-up {startup:.1f}s); {landed} kills landed, "
+        _Leg(["run", "--resume", str(cut)] if cut.exists() else original, env).finish()
+    print(f"kill-anywhere: uninterrupted start-up {startup:.1f}s + work {work:.1f}s; {landed} kills landed, "
           f"{before_folder} before the run folder existed")
 
     assert landed >= KILLS // 2  # the moments fall inside the legs: the run was really cut up

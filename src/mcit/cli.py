@@ -28,7 +28,6 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 def cmd_run(args) -> int:
     from .config import load_config
-    from .train import run_stream
 
     if args.resume:
         from .resume import check_resumable, finished_message
@@ -42,9 +41,13 @@ def cmd_run(args) -> int:
             return 0
         cfg = state.cfg
         cfg.output_dir, cfg.name = str(run_dir.parent), run_dir.name
+        from .train import run_stream  # torch, transformers, PEFT: only once the folder passed
+
         run_stream(cfg, resume=True)
         return 0
     cfg = load_config(_config_path(args.config), args.overrides)
+    from .train import run_stream
+
     run_stream(cfg)
     return 0
 
