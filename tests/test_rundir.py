@@ -136,7 +136,8 @@ def test_save_run_info_leaves_no_temporary_files(tmp_path):
     run_dir = create_run_dir(cfg)
     save_run_info(run_dir, cfg, {})
     save_run_info(run_dir, cfg, {})
-    assert sorted(p.name for p in run_dir.iterdir()) == ["config.yaml", "environment.json"]
+    assert sorted(p.name for p in run_dir.iterdir()) == ["config.yaml", "environment.json", "run.json"]
+    assert not list(run_dir.parent.glob(".*"))  # nor the hidden folder the run folder was created in
 
 
 def test_git_commit_from_a_fake_repository(tmp_path):
@@ -238,3 +239,56 @@ def test_corrupt_done_marker_is_not_done(tmp_path):
     sd.mkdir(parents=True)
     (sd / "done.json").write_text("{trunc")
     assert not is_stage_done(sd)
+
+
+# ----------------------------------------------------------------------------- resume safety
+
+
+def test_run_folder_appears_whole_with_its_config_record(tmp_path):
+    leftover = tmp_path / "runs" / ".whole.creating-1"  # an earlier attempt killed half-way
+    leftover.mkdir(parents=True)
+    cfg = make_cfg(tmp_path, "name=whole", "train.lr=0.002")
+    run_dir = create_run_dir(cfg)
+    record = load_json(run_dir / "run.json")
+    assert record["config"]["train"]["lr"] == 0.002 and "output_dir" not in record["config"]
+    assert record["config_hash"] == config_hash(record["config"])
+    assert load_config(run_dir / "config.yaml", []) == cfg
+    assert not leftover.exists() and sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["whole"]
+
+
+def test_non_empty_folder_without_config_is_refused(tmp_path):
+    (tmp_path / "runs" / "mine").mkdir(parents=True)
+    (tmp_path / "runs" / "mine" / "notes.txt").write_text("x")
+    with pytest.raises(RunError, match="not empty and is not a run folder"):
+        create_run_dir(make_cfg(tmp_path, "name=mine"))
+    assert sorted(p.name for p in (tmp_path / "runs" / "mine").iterdir()) == ["notes.txt"]
+
+
+def test_edited_config_yaml_is_named_key_by_key(tmp_path):
+    from mcit.rundir import load_run_config
+
+    run_dir = create_run_dir(make_cfg(tmp_path, "name=e"))
+    text = (run_dir / "config.yaml").read_text()
+    (run_dir / "config.yaml").write_text(text.replace("  lr: 0.001", "  lr: 0.5").replace("seed: 0", "seed: 3"))
+    with pytest.raises(RunError) as info:
+        load_run_config(run_dir)
+    assert "was edited" in str(info.value)
+    assert "seed: 0 -> 3" in str(info.value) and "train.lr: 0.001 -> 0.5" in str(info.value)
+
+
+def test_done_json_records_file_hashes_and_a_changed_file_is_named(tmp_path):
+    from mcit.rundir import completed_stages
+
+    sd = stage_dir(tmp_path, 0, "GQA")
+    (sd / "model").mkdir(parents=True)
+    (sd / "model" / "w.bin").write_bytes(b"abc")
+    (sd / "model" / ".w.bin.123.tmp").write_bytes(b"half")  # a cut-off write is not part of the stage
+    (sd / "checkpoint").mkdir()
+    (sd / "checkpoint" / "state.json").write_text("{}")  # nor the in-task checkpoint
+    mark_stage_done(sd, {"scores": {"GQA": 1.0}})
+    sha_abc = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"  # sha256(b"abc")
+    assert load_json(sd / "done.json")["files"] == {"stages/01-GQA/model/w.bin": sha_abc}
+    assert len(completed_stages(tmp_path, ["GQA", "VQAv2"])) == 1
+    (sd / "model" / "w.bin").write_bytes(b"abd")
+    with pytest.raises(RunError, match=r"w\.bin is damaged.*01-GQA/done\.json"):
+        completed_stages(tmp_path, ["GQA", "VQAv2"])

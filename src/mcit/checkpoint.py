@@ -9,7 +9,8 @@ last checkpoint instead of from its start, and ends exactly where an uninterrupt
     rng.safetensors              each process's torch (and CUDA) generator and numpy key
     state.json                   step k, the losses so far, the optimizer's param groups and
                                  scalars, the scheduler, python/numpy RNG scalars, the method's
-                                 JSON state and the task's log/series; written last
+                                 JSON state, the task's log/series and the sha256 of every other
+                                 file of the checkpoint (checked before it is used); written last
 
 Tensors go to safetensors and the rest to JSON: nothing is pickled. The data order needs no
 state of its own: the sampler is seeded per stage, so resuming replays the first k x grad_accum
@@ -26,12 +27,9 @@ import random
 import shutil
 from pathlib import Path
 
-import numpy as np
-import torch
-from accelerate.utils import gather_object
-from safetensors.torch import load_file, save_file
-
-from .rundir import load_json, save_json
+# torch, numpy, accelerate and safetensors are imported where tensors are handled: `mcit run
+# --resume` checks a checkpoint (`verify`) before any of them is loaded.
+from .rundir import RunError, error_summary, hash_files, load_json, save_json, verify_files
 
 NAME = "checkpoint"
 _OLD = ".checkpoint.old"
@@ -57,9 +55,29 @@ def saved_processes(directory: Path) -> int:
     return int(load_json(Path(directory) / _STATE)["num_processes"])
 
 
+def verify(directory: Path) -> None:
+    """RunError naming a file of the checkpoint that is missing or damaged (its sha256 differs
+    from the one state.json recorded), or a state.json that cannot be read; and how to go on."""
+    directory = Path(directory)
+    advice = (f"delete the folder {directory} to redo stage {directory.parent.name} from its start, "
+              "then --resume again")
+    try:
+        state = load_json(directory / _STATE)
+    except RunError as exc:
+        raise RunError(f"{exc}; {advice}") from None
+    files = state.get("files") if isinstance(state, dict) else None
+    if not isinstance(state, dict) or (files is not None and not isinstance(files, dict)):
+        raise RunError(f"{directory / _STATE} is damaged; {advice}")
+    if files is not None:  # checkpoints written before hashes were recorded are taken as they are
+        verify_files(directory, files, directory / _STATE, advice)
+
+
 # -- RNG --------------------------------------------------------------------------------------
 
-def _rng_state() -> tuple[dict[str, torch.Tensor], dict]:
+def _rng_state() -> tuple[dict, dict]:
+    import numpy as np
+    import torch
+
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     tensors = {"torch": torch.get_rng_state(), "numpy_keys": torch.from_numpy(keys.astype(np.int64))}
     if torch.cuda.is_available():
@@ -71,7 +89,10 @@ def _rng_state() -> tuple[dict[str, torch.Tensor], dict]:
     return tensors, scalars
 
 
-def _set_rng_state(tensors: dict[str, torch.Tensor], scalars: dict) -> None:
+def _set_rng_state(tensors: dict, scalars: dict) -> None:
+    import numpy as np
+    import torch
+
     torch.set_rng_state(tensors["torch"].to(torch.uint8))
     kind, pos, has_gauss, cached = scalars["numpy"]
     np.random.set_state((kind, tensors["numpy_keys"].numpy().astype(np.uint32), pos, has_gauss, cached))
@@ -84,7 +105,9 @@ def _set_rng_state(tensors: dict[str, torch.Tensor], scalars: dict) -> None:
 
 # -- optimizer ----------------------------------------------------------------------------------
 
-def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
+def _flatten_optimizer(state: dict) -> tuple[dict, dict]:
+    import torch
+
     tensors, scalars = {}, {}
     for index, values in state["state"].items():
         for key, value in values.items():
@@ -95,7 +118,7 @@ def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
     return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
 
 
-def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+def _unflatten_optimizer(tensors: dict, meta: dict) -> dict:
     state: dict[int, dict] = {}
     for name, value in tensors.items():
         _, index, key = name.split("/", 2)
@@ -115,6 +138,9 @@ def save(stage: Path, acc, *, model, method, ctx, optimizer, scheduler, step: in
          losses: list[float], extras: list[float]) -> None:
     """Write the checkpoint after optimizer step `step`. A collective: every process calls it
     (their RNG states are gathered); only the main process writes."""
+    from accelerate.utils import gather_object
+    from safetensors.torch import save_file
+
     rng = _rng_state()
     every = gather_object([rng]) if acc.num_processes > 1 else [rng]
     if not acc.is_main_process:
@@ -133,8 +159,9 @@ def save(stage: Path, acc, *, model, method, ctx, optimizer, scheduler, step: in
               str(tmp / "method_state.safetensors"))
     save_file({f"{rank}/{k}": v.contiguous() for rank, (tensors, _) in enumerate(every) for k, v in tensors.items()},
               str(tmp / "rng.safetensors"))
+    files = hash_files(tmp, tmp)
     save_json(tmp / _STATE, {
-        "step": step, "batches_drawn": batches, "num_processes": acc.num_processes,
+        "files": files, "step": step, "batches_drawn": batches, "num_processes": acc.num_processes,
         "losses": losses, "extras": extras, "log": ctx.log, "series": ctx.series,
         "optimizer": opt_meta, "scheduler": scheduler.state_dict(),
         "rng": [scalars for _, scalars in every], "method_json": method.json_state(),
@@ -150,8 +177,22 @@ def save(stage: Path, acc, *, model, method, ctx, optimizer, scheduler, step: in
 
 def load(directory: Path, acc, *, model, method, ctx, optimizer, scheduler) -> dict:
     """Restore weights, optimizer, scheduler and method state (every process); returns the JSON
-    state. RNG states are restored separately (`restore_rng`), after the data order is replayed."""
+    state. RNG states are restored separately (`restore_rng`), after the data order is replayed.
+    RunError when the files are damaged or do not fit the model (nothing is half-restored that
+    matters: the run stops)."""
     directory = Path(directory)
+    verify(directory)
+    try:
+        return _load(directory, model=model, method=method, ctx=ctx, optimizer=optimizer, scheduler=scheduler)
+    except Exception as exc:  # noqa: BLE001 - whatever the loader trips on, this folder does not fit the run
+        raise RunError(f"{directory}: the in-task checkpoint does not fit this run's model and method "
+                       f"({error_summary(exc)}); delete the folder to redo stage "
+                       f"{directory.parent.name} from its start") from None
+
+
+def _load(directory: Path, *, model, method, ctx, optimizer, scheduler) -> dict:
+    from safetensors.torch import load_file
+
     state = load_json(directory / _STATE)
     method.load_model(model, directory / "model")
     tensors = load_file(str(directory / "method_state.safetensors"))
@@ -171,6 +212,8 @@ def load(directory: Path, acc, *, model, method, ctx, optimizer, scheduler) -> d
 
 
 def restore_rng(directory: Path, state: dict, rank: int) -> None:
+    from safetensors.torch import load_file
+
     tensors = load_file(str(Path(directory) / "rng.safetensors"))
     mine = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.split("/", 1)[0] == str(rank)}
     _set_rng_state(mine, state["rng"][rank])

@@ -29,19 +29,26 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 def cmd_run(args) -> int:
     from .config import load_config
-    from .train import run_stream
 
     if args.resume:
+        from .resume import check_resumable, finished_message
+
         run_dir = Path(args.resume)
         if args.config or args.overrides:
             raise UserError("--resume continues a run with its own saved config; give no config or overrides")
-        if not (run_dir / "config.yaml").is_file():
-            raise UserError(f"--resume: {run_dir} is not a run folder (no config.yaml)")
-        cfg = load_config(run_dir / "config.yaml", [])
+        state = check_resumable(run_dir)  # the whole folder, before anything is written
+        if state.finished:  # exit 0: what was asked for is there; its results are never rewritten
+            print(f"mcit: {finished_message(run_dir, state)}")
+            return 0
+        cfg = state.cfg
         cfg.output_dir, cfg.name = str(run_dir.parent), run_dir.name
+        from .train import run_stream  # torch, transformers, PEFT: only once the folder passed
+
         run_stream(cfg, resume=True)
         return 0
     cfg = load_config(_config_path(args.config), args.overrides)
+    from .train import run_stream
+
     run_stream(cfg)
     return 0
 

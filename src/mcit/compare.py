@@ -16,6 +16,7 @@ from typing import Callable
 
 from .config import ConfigError, load_config
 from .io import atomic_write_text
+from .resume import check_resumable
 from .rundir import check_same_run, load_json, save_json
 
 VIEW_METRICS = ("MFT", "MFN", "MAA", "BWT", "Forgetting")
@@ -58,13 +59,15 @@ def _run_or_read(config: Path, overrides: list[str], name: str, seed: int, out: 
     cfg = load_config(config, [*overrides, f"seed={seed}", f"output_dir={out / 'runs'}", f"name={name}"])
     if cfg.data.seed is None:  # same data, order and base model for every seed
         cfg.data.seed = load_config(config, overrides).seed
-    if (run_dir / "metrics.json").is_file():
-        # reused only if it is this run: changed defaults or overrides must not silently bring
-        # back numbers made with other settings (a run started anew checks this itself)
+    resume = (run_dir / "config.yaml").is_file()
+    if resume:
+        # reused or continued only if it is this run, whole: changed defaults or overrides must not
+        # silently bring back numbers made with other settings, nor damaged files be built on
         check_same_run(run_dir, cfg)
-    else:
-        log(f"== {name}")
-        run_stream(cfg, log=log, resume=(run_dir / "config.yaml").is_file())
+        if check_resumable(run_dir).finished:
+            return _read_run(run_dir)
+    log(f"== {name}")
+    run_stream(cfg, log=log, resume=resume)
     return _read_run(run_dir)
 
 

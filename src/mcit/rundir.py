@@ -5,19 +5,29 @@ Layout::
 
     <output_dir>/<name>/
         config.yaml          the resolved configuration
-        environment.json     versions, platform, device, command line, git commit, time
+        run.json             the same configuration as JSON and its content hash (output_dir and
+                             name aside): what --resume checks config.yaml against
+        environment.json     versions, platform, device, command line, git commit, time, stages
         stages/01-<task>/    one folder per training stage: model/, method_state.*, predictions/,
                              per-step series; done.json is written last (save_stage, mark_stage_done)
+                             and records the sha256 of every file of the stage
+
+The folder is created whole: config.yaml and run.json are written into a hidden sibling
+(``.<name>.creating-<pid>``) that is then renamed into place, so a process killed while creating
+it leaves either a resumable run folder or no run folder at all.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import hashlib
 import importlib.metadata
 import json
+import os
 import platform
 import re
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -39,11 +49,15 @@ __all__ = [
     "restore_stage",
     "completed_stages",
     "save_jsonl",
+    "verify_stage_files",
 ]
 
 CONFIG_FILE = "config.yaml"
 ENVIRONMENT_FILE = "environment.json"
 DONE_FILE = "done.json"
+RUN_FILE = "run.json"
+BASE_STAGE = "00-base"  # the zero-shot evaluation's predictions
+CREATING = ".{name}.creating-"  # prefix of the hidden folder a run folder is created in
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "tokenizers", "numpy")
 
 # Keys that say where the run folder is, not what the run does: ignored when an existing
@@ -84,8 +98,9 @@ def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
 def create_run_dir(cfg: Any) -> Path:
     """Create (or reuse) ``<output_dir>/<name or timestamp-method>`` and return it.
 
-    An existing folder is reused only if it has no ``config.yaml`` yet or its ``config.yaml``
-    describes the same run as ``cfg`` (``output_dir`` and ``name`` aside); otherwise RunError.
+    An existing folder is reused only if its config describes the same run as ``cfg``
+    (``output_dir`` and ``name`` aside), or if it is empty; otherwise RunError. A new folder
+    appears with its config.yaml and run.json already in it (see the module docstring).
     """
     if cfg.name is not None:
         name = str(cfg.name)
@@ -99,9 +114,94 @@ def create_run_dir(cfg: Any) -> Path:
 
     if run_dir.exists() and not run_dir.is_dir():
         raise RunError(f"{run_dir} exists and is not a folder")
-    check_same_run(run_dir, cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if (run_dir / CONFIG_FILE).exists():
+        check_same_run(run_dir, cfg)
+        return run_dir
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        raise RunError(f"{run_dir} exists, is not empty and is not a run folder (no {CONFIG_FILE}); "
+                       "choose another run name or output_dir")
+    _create_whole(run_dir, cfg)
     return run_dir
+
+
+def _create_whole(run_dir: Path, cfg: Any) -> None:
+    """config.yaml and run.json written into a hidden sibling folder, renamed into place last."""
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    prefix = CREATING.format(name=run_dir.name)
+    tmp = run_dir.parent / f"{prefix}{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    atomic_write_text(tmp / CONFIG_FILE, _config_text(cfg))
+    content = _content_dict(cfg)
+    save_json(tmp / RUN_FILE, {"config_hash": config_hash(content), "config": content, "created": _now()})
+    if run_dir.is_dir():
+        run_dir.rmdir()  # an empty folder (made by hand, or by an older mcit killed at start-up)
+    os.rename(tmp, run_dir)
+    for leftover in run_dir.parent.glob(f"{prefix}*"):  # an earlier attempt killed half-way
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def creation_leftovers(run_dir: str | Path) -> list[Path]:
+    """Hidden folders left by processes killed while creating ``run_dir``."""
+    run_dir = Path(run_dir)
+    return sorted(run_dir.parent.glob(CREATING.format(name=run_dir.name) + "*"))
+
+
+def remove_write_leftovers(run_dir: str | Path) -> list[Path]:
+    """Delete the temporary files of atomic writes cut off by a killed process (``.<name>.*.tmp``,
+    see mcit.io) anywhere in the run folder; returns them. Called when a run is continued."""
+    leftovers = [p for p in Path(run_dir).rglob(".*.tmp") if p.is_file()]
+    for path in leftovers:
+        path.unlink(missing_ok=True)
+    return leftovers
+
+
+def _config_text(cfg: Any) -> str:
+    return config_to_yaml(cfg, header=f"resolved mcit run configuration (config hash {config_hash(cfg)})")
+
+
+def _json_canonical(data: Any) -> Any:
+    """``data`` as it reads back from JSON (tuples become lists): comparable with run.json."""
+    return json.loads(json.dumps(data, default=_json_default))
+
+
+def _diff_text(old: dict, new: dict) -> str:
+    diff = _differences(_json_canonical(old), _json_canonical(new))
+    return "; ".join(diff[:5]) + (f"; and {len(diff) - 5} more" if len(diff) > 5 else "")
+
+
+def load_run_config(run_dir: str | Path, cls: type | None = None) -> Any:
+    """The config a run folder's config.yaml holds, checked against the record made when the
+    folder was created (run.json; environment.json's hash for folders made before run.json):
+    RunError naming the keys when config.yaml was edited since, or when it cannot be read."""
+    run_dir = Path(run_dir)
+    saved = run_dir / CONFIG_FILE
+    try:
+        cfg = load_config(saved, [], **({"cls": cls} if cls else {}))
+    except ConfigError as exc:
+        raise RunError(f"{saved} cannot be read ({exc})") from None
+    record_path = run_dir / RUN_FILE
+    if record_path.is_file():
+        record = load_json(record_path)
+        if (not isinstance(record, dict) or not isinstance(record.get("config"), dict)
+                or config_hash(record["config"]) != record.get("config_hash")):
+            raise RunError(f"{record_path} is damaged (its config does not match its config_hash)")
+        content = _content_dict(cfg)
+        if config_hash(content) != record["config_hash"]:
+            raise RunError(f"{saved} was edited since the run started ({_diff_text(record['config'], content)}); "
+                           "a run continues only with the config it started with: undo the edit, or start a "
+                           "new run (another name) with the new config")
+        return cfg
+    environment = run_dir / ENVIRONMENT_FILE
+    recorded = load_json(environment).get("config_hash") if environment.is_file() else None
+    if recorded is None:
+        raise RunError(f"{run_dir} has a {CONFIG_FILE} but no {RUN_FILE} (nor {ENVIRONMENT_FILE}) recording the "
+                       f"config it started with, so an edit cannot be ruled out; it was not created by `mcit run` "
+                       "or was damaged: start a new run")
+    if config_hash(cfg) != recorded:
+        raise RunError(f"{saved} was edited since the run started (its hash {config_hash(cfg)} differs from "
+                       f"{recorded} recorded in {environment}); undo the edit, or start a new run")
+    return cfg
 
 
 def check_same_run(run_dir: Path, cfg: Any) -> None:
@@ -111,15 +211,13 @@ def check_same_run(run_dir: Path, cfg: Any) -> None:
     if not saved.exists():
         return
     try:
-        previous = load_config(saved, [], cls=type(cfg))
-    except ConfigError as exc:
-        raise RunError(f"{run_dir} already holds a run whose config cannot be read ({exc}); "
+        previous = load_run_config(run_dir, type(cfg))
+    except RunError as exc:
+        raise RunError(f"{run_dir} already holds a run whose config cannot be used ({exc}); "
                        "choose another run name") from None
     old, new = _content_dict(previous), _content_dict(cfg)
     if config_hash(old) != config_hash(new):
-        diff = _differences(old, new)
-        shown = "; ".join(diff[:5]) + (f"; and {len(diff) - 5} more" if len(diff) > 5 else "")
-        raise RunError(f"{run_dir} already holds a run with a different config ({shown}); "
+        raise RunError(f"{run_dir} already holds a run with a different config ({_diff_text(old, new)}); "
                        "choose another run name or output_dir")
 
 
@@ -183,13 +281,16 @@ def git_commit(start: str | Path | None = None) -> str | None:
 
 
 def save_run_info(run_dir: str | Path, cfg: Any, extra: dict[str, Any] | None = None) -> None:
-    """Write ``config.yaml`` (the resolved config) and ``environment.json`` into ``run_dir``.
+    """Write ``config.yaml`` (the resolved config) and ``environment.json`` into ``run_dir``."""
+    atomic_write_text(Path(run_dir) / CONFIG_FILE, _config_text(cfg))
+    save_environment(run_dir, cfg, extra)
+
+
+def save_environment(run_dir: str | Path, cfg: Any, extra: dict[str, Any] | None = None) -> None:
+    """Write ``environment.json``: versions, platform, git commit, seed, command line, time.
 
     ``extra`` (e.g. ``{"device": {...}}``) is merged into environment.json's top level.
     """
-    run_dir = Path(run_dir)
-    header = f"resolved mcit run configuration (config hash {config_hash(cfg)})"
-    atomic_write_text(run_dir / CONFIG_FILE, config_to_yaml(cfg, header=header))
     environment: dict[str, Any] = {
         "time": _now(),
         "python": sys.version.split()[0],
@@ -204,7 +305,7 @@ def save_run_info(run_dir: str | Path, cfg: Any, extra: dict[str, Any] | None = 
         "argv": list(sys.argv),
     }
     environment.update(extra or {})
-    save_json(run_dir / ENVIRONMENT_FILE, environment)
+    save_json(Path(run_dir) / ENVIRONMENT_FILE, environment)
 
 
 def _json_default(obj: Any) -> Any:
@@ -247,15 +348,64 @@ def stage_dir(run_dir: str | Path, t: int, task: str) -> Path:
     return Path(run_dir) / "stages" / f"{t + 1:02d}-{_safe_component(task)}"
 
 
-def mark_stage_done(stage_dir: str | Path, info: dict[str, Any]) -> Path:
-    """Record that a stage finished: write ``done.json`` (``info`` plus ``done_at``) atomically.
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
-    Call it after everything else of the stage has been written.
-    """
+
+def hash_files(folder: str | Path, relative_to: str | Path, skip: tuple[str, ...] = ()) -> dict[str, str]:
+    """sha256 of every file under ``folder`` by its POSIX path relative to ``relative_to``;
+    hidden names (temporary files of atomic writes) and top-level entries named in ``skip`` aside."""
+    folder, base = Path(folder), Path(relative_to)
+    hashes = {}
+    for path in sorted(folder.rglob("*")):
+        inner = path.relative_to(folder).parts
+        if path.is_file() and inner[0] not in skip and not any(part.startswith(".") for part in inner):
+            hashes[path.relative_to(base).as_posix()] = file_sha256(path)
+    return hashes
+
+
+def verify_files(base: str | Path, recorded: dict[str, str], where: str | Path, advice: str) -> None:
+    """RunError naming the first file of ``recorded`` (paths relative to ``base``) that is missing
+    or whose sha256 differs; ``where`` says which record lists it, ``advice`` how to go on."""
+    base = Path(base)
+    for relative, digest in recorded.items():
+        parts = Path(relative).parts
+        if Path(relative).is_absolute() or ".." in parts or not parts:  # a crafted record
+            raise RunError(f"{where} lists {relative!r}, which is not a path inside {base}")
+        path = base / relative
+        if not path.is_file():
+            raise RunError(f"{path} is missing (listed in {where}); {advice}")
+        if file_sha256(path) != digest:
+            raise RunError(f"{path} is damaged: it is not the file recorded in {where} "
+                           f"({path.stat().st_size} bytes, sha256 differs); {advice}")
+
+
+# Top-level entries of a stage folder that are not part of the completed stage: done.json itself,
+# its in-task checkpoint (removed once the stage is done), and what later commands write into it
+# and may rewrite (`mcit judge`: judge/, `mcit emt`: emt/).
+_NOT_STAGE_FILES = (DONE_FILE, "checkpoint", "judge", "emt")
+
+
+def mark_stage_done(stage_dir: str | Path, info: dict[str, Any], also: tuple[str | Path, ...] = ()) -> Path:
+    """Record that a stage finished: write ``done.json`` (``info``, ``done_at`` and ``files``, the
+    sha256 of every file of the stage and of the run files in ``also``, by path relative to the
+    run folder) atomically. Call it after everything else of the stage has been written."""
     path = Path(stage_dir)
     path.mkdir(parents=True, exist_ok=True)
+    run_dir = path.parent.parent
     record = dict(info)
     record.setdefault("done_at", _now())
+    files = hash_files(path, run_dir, skip=_NOT_STAGE_FILES)
+    for extra in map(Path, also):
+        if extra.is_file():
+            files[extra.relative_to(run_dir).as_posix()] = file_sha256(extra)
+        elif extra.is_dir():
+            files |= hash_files(extra, run_dir, skip=_NOT_STAGE_FILES)
+    record["files"] = files
     return save_json(path / DONE_FILE, record)
 
 
@@ -271,6 +421,62 @@ def load_stage_info(stage_dir: str | Path) -> dict[str, Any] | None:
 def is_stage_done(stage_dir: str | Path) -> bool:
     """Whether ``mark_stage_done`` completed for this stage folder."""
     return load_stage_info(stage_dir) is not None
+
+
+def read_done(stage: str | Path) -> dict[str, Any] | None:
+    """A stage's done.json: None when it has none, RunError when it cannot be read."""
+    path = Path(stage) / DONE_FILE
+    if not path.exists():
+        return None
+    advice = f"delete the folder {Path(stage).name} (and any later stage folder) to redo it"
+    try:
+        record = load_json(path)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RunError(f"{path} cannot be read ({exc}); {advice}") from None
+    except RunError as exc:
+        raise RunError(f"{exc}: the stage cannot be taken as complete; {advice}") from None
+    if not isinstance(record, dict) or not isinstance(record.get("scores"), dict):
+        raise RunError(f"{path} is damaged (not a done.json record with scores); {advice}")
+    return record
+
+
+def verify_stage_files(run_dir: str | Path, stage: str | Path, info: dict[str, Any]) -> None:
+    """RunError naming a file of a completed stage that is missing or changed since done.json
+    recorded it (done.json written before file hashes were recorded are taken as they are)."""
+    files = info.get("files")
+    if files is None:
+        return
+    if not isinstance(files, dict):
+        raise RunError(f"{Path(stage) / DONE_FILE} is damaged ('files' is not a mapping)")
+    verify_files(run_dir, files, Path(stage) / DONE_FILE,
+                 f"restore it, or delete the folder {Path(stage).name} and every later stage folder to redo them")
+
+
+def completed_stages(run_dir: str | Path, names: list[str]) -> list[dict]:
+    """done.json records of the completed stages, in order from the first, each checked against
+    the files it records. RunError for a stage folder that is not one of ``names`` (besides the
+    base model's), a damaged done.json, or a completed stage after one that is not."""
+    run_dir = Path(run_dir)
+    expected = {stage_dir(run_dir, t, name).name for t, name in enumerate(names)} | {BASE_STAGE}
+    found = sorted(p.name for p in (run_dir / "stages").glob("*") if p.is_dir() and not p.name.startswith("."))
+    unknown = [f for f in found if f not in expected]
+    if unknown:
+        raise RunError(f"{run_dir / 'stages' / unknown[0]} is not a stage of this run (its stages: "
+                       f"{', '.join(stage_dir(run_dir, t, n).name for t, n in enumerate(names))}); "
+                       "move it out of the run folder")
+    done: list[dict] = []
+    for t, name in enumerate(names):
+        stage = stage_dir(run_dir, t, name)
+        info = read_done(stage)
+        if info is not None and len(done) < t:
+            missing = stage_dir(run_dir, len(done), names[len(done)])
+            raise RunError(f"{stage / DONE_FILE} says stage {t + 1} is complete but stage {len(done) + 1} is not "
+                           f"({missing / DONE_FILE} is missing); delete {stage.name} and the stage folders after "
+                           f"{missing.name} to redo them")
+        if info is not None:
+            verify_stage_files(run_dir, stage, info)
+            done.append(info)
+    return done
 
 
 # ---------------------------------------------------------------------------------------
@@ -299,22 +505,23 @@ def restore_stage(method: Any, model: Any, stage: str | Path) -> None:
     from safetensors.torch import load_file
 
     stage = Path(stage)
-    method.load_model(model, stage / "model")
-    if (stage / "method_state.safetensors").is_file():
-        method.load_state_dict(load_file(str(stage / "method_state.safetensors")))
-    if (stage / "method_state.json").is_file():
-        method.load_json_state(load_json(stage / "method_state.json"))
+    try:
+        method.load_model(model, stage / "model")
+        if (stage / "method_state.safetensors").is_file():
+            method.load_state_dict(load_file(str(stage / "method_state.safetensors")))
+        if (stage / "method_state.json").is_file():
+            method.load_json_state(load_json(stage / "method_state.json"))
+    except RunError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever the loader trips on, the folder is the cause
+        raise RunError(f"{stage}: the saved weights or method state do not fit this run's model and method "
+                       f"'{getattr(method, 'name', type(method).__name__)}' ({error_summary(exc)})") from None
 
 
-def completed_stages(run_dir: str | Path, names: list[str]) -> list[dict]:
-    """done.json records of the stages finished in order from the first (stops at a gap)."""
-    done = []
-    for t, name in enumerate(names):
-        info = load_stage_info(stage_dir(run_dir, t, name))
-        if info is None:
-            break
-        done.append(info)
-    return done
+def error_summary(exc: BaseException) -> str:
+    """``Type: first line of the message`` (at most 300 characters): a loader's error in one line."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:300]}" if text else type(exc).__name__
 
 
 def save_jsonl(path: str | Path, records: list[dict]) -> None:

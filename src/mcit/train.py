@@ -38,8 +38,9 @@ from .preflight import check_max_length, check_run_settings
 from .progress import configure as configure_progress
 from .report.curves import save_loss_curve
 from .report.matrix import format_table, load_matrix, save_matrix
-from .rundir import (RunError, completed_stages, create_run_dir, load_json, mark_stage_done, restore_stage,
-                     save_json, save_jsonl, save_run_info, save_stage, stage_dir)
+from .rundir import (BASE_STAGE, ENVIRONMENT_FILE, RunError, completed_stages, create_run_dir, load_json,
+                     mark_stage_done, remove_write_leftovers, restore_stage, save_environment, save_json, save_jsonl,
+                     save_stage, stage_dir)
 from .tracking import TRAIN_LOG, RunTrackers, TrainLog, check_installed
 
 
@@ -128,6 +129,8 @@ def _set_up(cfg, log, resume: bool) -> _Run:
     run.done = completed_stages(run_dir, run.names)
     if run.done and not resume:
         raise RunError(f"{run_dir} already has completed stages; continue it with `mcit run --resume {run_dir}`")
+    if resume and run.main:  # what a killed process was writing when it died
+        remove_write_leftovers(run_dir)
     if run.done:  # a resumed run's seconds count the earlier legs' completed stages too
         run.started -= run.done[-1].get("elapsed_seconds") or 0.0
     if run.main:
@@ -193,10 +196,12 @@ def _describe_run(run: _Run, checkpoint: Path, resume: bool) -> None:
         "tasks": stream.tasks,
         "stages": run.names,
     }
-    if resume:  # the original config.yaml and environment.json stay as they were
+    # config.yaml was written with the folder (create_run_dir); a resumed run keeps the original
+    # environment.json, unless the first leg was killed before writing it.
+    if resume and (run.run_dir / ENVIRONMENT_FILE).is_file():
         save_json(run.run_dir / f"environment-resume-{len(run.done)}.json", info | {"resumed_after_stage": len(run.done)})
     else:
-        save_run_info(run.run_dir, cfg, info)
+        save_environment(run.run_dir, cfg, info)
     baselines = {t: trivial_baseline(stream.train[t], stream.test[t], stream.scorers[t], cfg.eval.scoring)
                  for t in stream.tasks}
     save_json(run.run_dir / "baselines.json", {t: {"constant_answer": a, "score": v} for t, (a, v) in baselines.items()})
@@ -232,7 +237,7 @@ def _resume(run: _Run) -> None:
 
 def _zero_shot(run: _Run) -> None:
     """The model before any stage, on every task (needed for forward transfer)."""
-    out = run.writing and run.run_dir / "stages" / "00-base"
+    out = run.writing and run.run_dir / "stages" / BASE_STAGE
     run.zero_shot = [_evaluate(run, task, "base", out) for task in run.stream.tasks]
     if run.main:
         save_json(run.run_dir / "zero_shot.json", dict(zip(run.stream.tasks, run.zero_shot)))
@@ -311,8 +316,11 @@ def _save_and_evaluate_stage(run: _Run, t: int, name: str, trained: list[str], c
         row = {tasks[i]: run.matrix[t][i] for i in evaluated}
         if run.trackers:
             run.trackers.log_row("if", t + 1, row)
+        # done.json records the sha256 of the stage's files; the first stage's also those of the
+        # zero-shot row it builds on, so that a resumed run finds them as they were.
+        builds_on = (run.run_dir / "zero_shot.json", run.run_dir / "stages" / BASE_STAGE) if t == 0 else ()
         mark_stage_done(stage, {"task": name, "train": stats, "scores": row, "method_log": ctx.log,
-                                "elapsed_seconds": time.time() - run.started})
+                                "elapsed_seconds": time.time() - run.started}, also=builds_on)
         ckpt.remove(stage)  # the stage is complete: its in-task checkpoint is not needed any more
         if _sequential(run):
             k = t + 1  # the square of the tasks trained so far
