@@ -9,40 +9,41 @@ import sys
 import warnings
 from pathlib import Path
 
+from .errors import USER_ERRORS, UserError  # noqa: F401 - UserError stays importable from mcit.cli
+from .redact import redact_message
+
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.yaml"
 
 
-class UserError(Exception):
-    """Bad input from the user: reported in one line, no traceback, exit code 2."""
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from .config import ConfigError
-    from .data.coin_format import DataError
-    from .eval.judge_protocol import JudgeError
-    from .rundir import RunError
-    from .data.check import DataCheckFailed
-
-    return (UserError, ConfigError, DataError, RunError, DataCheckFailed, JudgeError)
-
-
 def cmd_run(args) -> int:
-    from .config import load_config
+    # Everything a user can get wrong is read and checked before torch, transformers and PEFT are
+    # imported (mcit.train imports them): a typo is answered in a fraction of a second.
+    cfg = _resume_config(Path(args.resume), args) if args.resume else load_checked_config(args.config, args.overrides)
     from .train import run_stream
 
-    if args.resume:
-        run_dir = Path(args.resume)
-        if args.config or args.overrides:
-            raise UserError("--resume continues a run with its own saved config; give no config or overrides")
-        if not (run_dir / "config.yaml").is_file():
-            raise UserError(f"--resume: {run_dir} is not a run folder (no config.yaml)")
-        cfg = load_config(run_dir / "config.yaml", [])
-        cfg.output_dir, cfg.name = str(run_dir.parent), run_dir.name
-        run_stream(cfg, resume=True)
-        return 0
-    cfg = load_config(_config_path(args.config), args.overrides)
-    run_stream(cfg)
+    run_stream(cfg, resume=bool(args.resume))
     return 0
+
+
+def _resume_config(run_dir: Path, args):
+    if args.config or args.overrides:
+        raise UserError("--resume continues a run with its own saved config; give no config or overrides")
+    if not (run_dir / "config.yaml").is_file():
+        raise UserError(f"--resume: {run_dir} is not a run folder (no config.yaml)")
+    cfg = load_checked_config(run_dir / "config.yaml", [])
+    cfg.output_dir, cfg.name = str(run_dir.parent), run_dir.name
+    return cfg
+
+
+def load_checked_config(config: str | Path | None, overrides: list[str]):
+    """The run's config, every section checked as `mcit run` will use it (the judge's included), so a
+    bad setting stops the command before any heavy import or work. Light imports only."""
+    from .config import load_config
+    from .preflight import check_run_settings
+
+    cfg = load_config(_config_path(config), overrides)
+    check_run_settings(cfg)
+    return cfg
 
 
 def cmd_data_check(args) -> int:
@@ -150,11 +151,22 @@ def cmd_tune(args) -> int:
     return 0
 
 
-def _config_path(config: str | None) -> Path:
+def _config_path(config: str | Path | None) -> Path:
     path = Path(config) if config else DEFAULT_CONFIG
     if not path.is_file():
         raise UserError(f"config file not found: {path}")
     return path
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors never echo a secret (`mcit run --api-key sk-...` is unrecognized);
+    the sub-parsers are of this class too (add_subparsers' default parser_class)."""
+
+    def error(self, message: str):
+        super().error(redact_message(message, _current_argv))
+
+
+_current_argv: list[str] = []  # the argv main() parses: what a usage error may have to mask
 
 
 def _add_sweep_args(parser: argparse.ArgumentParser, out: str) -> None:
@@ -166,7 +178,7 @@ def _add_sweep_args(parser: argparse.ArgumentParser, out: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mcit", description="Continual instruction tuning of multimodal LLMs.")
+    parser = _Parser(prog="mcit", description="Continual instruction tuning of multimodal LLMs.")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="train a model on a stream of tasks and report forgetting",
                          description="Run a continual-tuning job. Without CONFIG, runs the built-in default "
@@ -241,7 +253,8 @@ _OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")  # `key.sub=value`, not a path (dat
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    argv = sys.argv[1:] if argv is None else list(argv)
+    _current_argv[:] = argv
     # `mcit run key=value` (no config file): argparse would take the override as CONFIG.
     head = 2 if argv[:2] == ["data", "check"] else 1
     if argv[:1] not in (["judge"], ["emt"]) and len(argv) > head and _OVERRIDE.match(argv[head]):
@@ -259,8 +272,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
-    except _user_errors() as exc:
-        print(f"mcit: error: {exc}", file=sys.stderr)
+    except USER_ERRORS as exc:  # the message never echoes a key given anywhere on the command line
+        print(f"mcit: error: {redact_message(str(exc), argv)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("mcit: interrupted", file=sys.stderr)

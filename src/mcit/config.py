@@ -28,6 +28,7 @@ from typing import Any, Iterator, Literal, Mapping, Sequence, Union
 
 import yaml
 
+from .errors import ConfigError  # light module: the CLI's error handler catches it without torch
 from .fields import setting
 # The method section: the union of the registered methods' declared settings (mcit.methods.registry).
 from .methods.registry import MethodConfig
@@ -49,10 +50,6 @@ __all__ = [
     "config_to_yaml",
     "load_config",
 ]
-
-
-class ConfigError(ValueError):
-    """A configuration file or override is malformed, has an unknown key or a wrong type."""
 
 
 _field = setting  # a dataclass field with its help, aliases and optional range check (mcit.fields)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import ConfigError, config_hash, config_to_dict, config_to_yaml, load_config
+from .errors import RunError  # noqa: F401 - raised here, imported from here by others
 from .io import atomic_write_bytes, atomic_write_text
 
 __all__ = [
@@ -49,10 +50,6 @@ PACKAGES = ("torch", "transformers", "peft", "accelerate", "tokenizers", "numpy"
 # Keys that say where the run folder is, not what the run does: ignored when an existing
 # folder's config.yaml is compared with the current config.
 _LOCATION_KEYS = ("output_dir", "name")
-
-
-class RunError(RuntimeError):
-    """The run folder cannot be used as asked."""
 
 
 def _now() -> str:
@@ -185,9 +182,14 @@ def git_commit(start: str | Path | None = None) -> str | None:
 def save_run_info(run_dir: str | Path, cfg: Any, extra: dict[str, Any] | None = None) -> None:
     """Write ``config.yaml`` (the resolved config) and ``environment.json`` into ``run_dir``.
 
-    ``extra`` (e.g. ``{"device": {...}}``) is merged into environment.json's top level.
+    ``extra`` (e.g. ``{"device": {...}}``) is merged into environment.json's top level. Neither file
+    holds a secret: URL credentials (judge.base_url's ``user:key@``, ``?api_key=``) and secret
+    ``key=value`` arguments are masked (mcit.redact), and no environment variable is recorded.
     """
+    from .redact import redact_argv, redact_config
+
     run_dir = Path(run_dir)
+    cfg = redact_config(cfg)  # the saved config; the running process keeps the credentials it was given
     header = f"resolved mcit run configuration (config hash {config_hash(cfg)})"
     atomic_write_text(run_dir / CONFIG_FILE, config_to_yaml(cfg, header=header))
     environment: dict[str, Any] = {
@@ -201,7 +203,7 @@ def save_run_info(run_dir: str | Path, cfg: Any, extra: dict[str, Any] | None = 
         "git_commit": git_commit(),
         "seed": getattr(cfg, "seed", None),
         "config_hash": config_hash(cfg),
-        "argv": list(sys.argv),
+        "argv": redact_argv(sys.argv),
     }
     environment.update(extra or {})
     save_json(run_dir / ENVIRONMENT_FILE, environment)

@@ -26,12 +26,11 @@ from .data.stream import Stream, build_stream, cache_dir
 from .distributed import (check_engine, enable_gradient_checkpointing, gather_records, merge_shards, on_main,
                           per_process_batch, rewrap_if_changed, shard, trainable_ids)
 from .emt.curve import EmtTracker
-from .eval.coin_compat import MODES as SCORING_MODES
 from .eval.evaluate import evaluate_task, max_new_tokens_for, trivial_baseline
-from .eval.judge_backends import check_judge_config
 from .fit import steps_for, train_task
 from .methods import Method, TaskContext, build_method
 from .metrics import compute_metrics
+from .preflight import check_run_settings
 from .models.load import load_checkpoint
 from .report.matrix import format_table, save_matrix
 from .rundir import (RunError, completed_stages, create_run_dir, load_json, mark_stage_done, restore_stage,
@@ -125,11 +124,7 @@ def _check_settings(cfg, acc) -> None:
     """Settings that would otherwise fail late: the engine, the batch split, scoring, the judge."""
     check_engine(acc)
     per_process_batch(cfg.train.batch_size, acc.num_processes)
-    if cfg.train.checkpoint_every < 0:
-        raise ConfigError(f"train.checkpoint_every={cfg.train.checkpoint_every} must be >= 0 (0 = off)")
-    if cfg.eval.scoring not in SCORING_MODES:
-        raise ConfigError(f"eval.scoring: '{cfg.eval.scoring}' is not one of {list(SCORING_MODES)}")
-    check_judge_config(cfg.judge)  # a bad judge setting stops the run now, not after training
+    check_run_settings(cfg)  # the torch-free checks, also made by `mcit run` before importing torch
 
 
 def _read_stream(cfg, acc) -> Stream:

@@ -33,6 +33,7 @@ from typing import Any, Callable
 from PIL import Image, UnidentifiedImageError
 
 from mcit.config import ConfigError
+from mcit.errors import DataCheckFailed  # noqa: F401 - raised by the run, imported from here by others
 from mcit.data.coin_format import (
     SPLITS,
     DataError,
@@ -344,11 +345,3 @@ def check_stream_config(dc) -> CheckReport:
     report.notes = [Problem.from_error(n, file=n.file) for n in truth.notes]
     report.truth_sources = dict(truth.sources)
     return report
-
-
-class DataCheckFailed(Exception):
-    """A run's data has problems; ``report`` lists every one of them (nothing was trained or written)."""
-
-    def __init__(self, report: CheckReport):
-        super().__init__("the data check found problems; nothing was trained or written\n" + report.format())
-        self.report = report
