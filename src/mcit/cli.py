@@ -10,6 +10,7 @@ import warnings
 from pathlib import Path
 
 from .errors import USER_ERRORS, UserError  # noqa: F401 - UserError stays importable from mcit.cli
+from .preflight import output_folder
 from .redact import redact_message
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.yaml"
@@ -29,6 +30,9 @@ def _resume_config(run_dir: Path, args):
     if args.config or args.overrides:
         raise UserError("--resume continues a run with its own saved config; give no config or overrides")
     if not (run_dir / "config.yaml").is_file():
+        if run_dir.is_dir():  # also a run stopped during start-up, before its config was written
+            raise UserError(f"--resume: {run_dir} has no config.yaml: not a run folder, or a run stopped before "
+                            "it started; rerun the original `mcit run` command (same name) to start it anew")
         raise UserError(f"--resume: {run_dir} is not a run folder (no config.yaml)")
     cfg = load_checked_config(run_dir / "config.yaml", [])
     cfg.output_dir, cfg.name = str(run_dir.parent), run_dir.name
@@ -75,7 +79,7 @@ def cmd_judge(args) -> int:
 
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
-        raise UserError(f"judge: run folder not found: {run_dir}")
+        raise UserError(f"judge: {run_dir} is not a folder" if run_dir.exists() else f"judge: run folder not found: {run_dir}")
     overrides = [_judge_override(o) for o in args.overrides]
     if args.backend:
         overrides.append(f"judge.backend={args.backend}")
@@ -108,12 +112,16 @@ def cmd_emt(args) -> int:
 
     target = Path(args.target)
     if not target.is_dir():
-        raise UserError(f"emt: folder not found: {target}")
+        raise UserError(f"emt: {target} is not a folder" if target.exists() else f"emt: folder not found: {target}")
     for name, value in (("--limit", args.limit), ("--probe-train", args.probe_train),
                         ("--batch-size", args.batch_size), ("--max-new-tokens", args.max_new_tokens)):
         if value < 1:
             raise UserError(f"emt: {name} must be at least 1, got {value}")
     specs = [s.strip() for s in args.datasets.split(",") if s.strip()]
+    if not specs:
+        raise UserError("emt: --datasets: give a comma-separated list, e.g. digits,coin-shapes")
+    if args.out:
+        output_folder(args.out, "emt: --out")
     run_emt(target, specs, limit=args.limit, probe_train=args.probe_train, out=args.out, decider=args.decider,
             judge_cfg=_emt_judge_config(args.decider, args.overrides), batch_size=args.batch_size,
             max_new_tokens=args.max_new_tokens, seed=args.seed)
@@ -139,7 +147,10 @@ def cmd_compare(args) -> int:
 
     methods = parse_list(args.methods, "methods")
     seeds = parse_list(args.seeds, "seeds", int)
-    compare(_config_path(args.config), args.overrides, methods, seeds, Path(args.out))
+    out = output_folder(args.out, "--out")
+    for method in methods:  # every run's config checked before the first (long) run and before torch
+        load_checked_config(args.config, [*args.overrides, f"method.name={method}"])
+    compare(_config_path(args.config), args.overrides, methods, seeds, out)
     return 0
 
 
@@ -147,7 +158,9 @@ def cmd_tune(args) -> int:
     from .compare import parse_list, tune
 
     seeds = parse_list(args.seeds, "seeds", int)
-    tune(_config_path(args.config), args.overrides, args.method, args.grid, seeds, Path(args.out), args.select)
+    out = output_folder(args.out, "--out")
+    load_checked_config(args.config, [*args.overrides, f"method.name={args.method}"])  # the grid: by tune()
+    tune(_config_path(args.config), args.overrides, args.method, args.grid, seeds, out, args.select)
     return 0
 
 
@@ -240,7 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     emt.add_argument("--max-new-tokens", type=int, default=24, help="answer length limit in tokens (default: 24)")
     emt.add_argument("--seed", type=int, default=0, help="seed of the dataset splits and the probe (default: 0)")
     emt.set_defaults(func=cmd_emt)
-    data = sub.add_parser("data", help="data utilities").add_subparsers(dest="data_command", required=True)
+    data = sub.add_parser("data", help="data utilities").add_subparsers(dest="data_command", required=True,
+                                                                      metavar="{check}")
     check = data.add_parser("check", help="validate every file of the configured stream before training",
                             description="Report every problem (file, record, field) at once; exit 1 if any.")
     check.add_argument("config", nargs="?", help="YAML config (default: the built-in default.yaml)")
@@ -275,9 +289,20 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as exc:  # the message never echoes a key given anywhere on the command line
         print(f"mcit: error: {redact_message(str(exc), argv)}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        if exc.filename is None:  # not about a path the user gave: a bug or the machine, keep the traceback
+            raise
+        print(f"mcit: error: {redact_message(_describe_os_error(exc), argv)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("mcit: interrupted", file=sys.stderr)
         return 130
+
+
+def _describe_os_error(exc: OSError) -> str:
+    """"<path>: <reason>" of a file-system error (a folder that is a file, no permission, disk full)."""
+    where = f"{exc.filename} -> {exc.filename2}" if exc.filename2 else str(exc.filename)
+    return f"{where}: {exc.strerror or type(exc).__name__}"
 
 
 if __name__ == "__main__":
