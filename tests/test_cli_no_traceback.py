@@ -86,13 +86,18 @@ CASES = [
 
 
 @pytest.fixture()
-def place(tmp_path, monkeypatch):
-    """A working folder with a file and an empty folder in it; the cache kept inside too. mcit.train is
-    replaced by a stub that fails the test: every case must be refused before any training starts."""
+def no_training(monkeypatch):
+    """mcit.train replaced by a stub that fails the test: a bad input must be refused before any
+    training starts (and before torch is imported)."""
     def reached_training(*args, **kwargs):
         raise AssertionError("a bad argument reached the training")
 
     monkeypatch.setitem(sys.modules, "mcit.train", types.SimpleNamespace(run_stream=reached_training))
+
+
+@pytest.fixture()
+def place(tmp_path, monkeypatch, no_training):
+    """A working folder with a file and an empty folder in it; the cache kept inside too."""
     (tmp_path / "afile").write_text("not a folder, not a config\n")
     (tmp_path / "adir").mkdir()
     monkeypatch.chdir(tmp_path)
