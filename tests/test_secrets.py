@@ -130,3 +130,14 @@ def test_redact_config_masks_a_copy_and_keeps_the_original():
     cfg = load_config(None, ["judge.base_url=http://u:pw@h:8000/v1?token=t&x=1"])
     assert redact_config(cfg).judge.base_url == "http://***@h:8000/v1?token=***&x=1"
     assert cfg.judge.base_url == "http://u:pw@h:8000/v1?token=t&x=1"
+
+
+def test_a_run_folder_saved_without_credentials_is_still_the_same_run(tmp_path):
+    """config.yaml holds the masked URL; the same command run again (credentials given again) is
+    recognised as the same run, not refused as a different config."""
+    from mcit.rundir import check_same_run, save_run_info
+
+    cfg = load_config(None, [f"judge.base_url=http://u:{CANARY}@h:8000/v1", f"output_dir={tmp_path}", "name=r"])
+    save_run_info(tmp_path / "r", cfg, {})
+    assert CANARY not in (tmp_path / "r" / "config.yaml").read_text()
+    check_same_run(tmp_path / "r", cfg)  # no RunError

@@ -63,7 +63,9 @@ def _safe_component(text: str) -> str:
 
 
 def _content_dict(cfg: Any) -> dict[str, Any]:
-    data = config_to_dict(cfg)
+    from .redact import redact_config
+
+    data = config_to_dict(redact_config(cfg))  # as saved in config.yaml: URL credentials masked
     for key in _LOCATION_KEYS:
         data.pop(key, None)
     return data
