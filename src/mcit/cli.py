@@ -10,26 +10,16 @@ import sys
 import warnings
 from pathlib import Path
 
+from .errors import USER_ERRORS, UserError  # noqa: F401 - UserError stays importable from mcit.cli
+from .preflight import output_folder
+from .redact import redact_message
+
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.yaml"
 
 
-class UserError(Exception):
-    """Bad input from the user: reported in one line, no traceback, exit code 2."""
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from .config import ConfigError
-    from .data.coin_format import DataError
-    from .eval.judge_protocol import JudgeError
-    from .rundir import RunError
-    from .data.check import DataCheckFailed
-
-    return (UserError, ConfigError, DataError, RunError, DataCheckFailed, JudgeError)
-
-
 def cmd_run(args) -> int:
-    from .config import load_config
-
+    # Everything a user can get wrong is read and checked before torch, transformers and PEFT are
+    # imported (mcit.train imports them): a typo is answered in a fraction of a second.
     if args.resume:
         from .resume import check_resumable, finished_message
 
@@ -42,15 +32,23 @@ def cmd_run(args) -> int:
             return 0
         cfg = state.cfg
         cfg.output_dir, cfg.name = str(run_dir.parent), run_dir.name
-        from .train import run_stream  # torch, transformers, PEFT: only once the folder passed
+    else:
+        cfg = load_checked_config(args.config, args.overrides)
+    from .train import run_stream  # torch, transformers, PEFT: only once everything above passed
 
-        run_stream(cfg, resume=True)
-        return 0
-    cfg = load_config(_config_path(args.config), args.overrides)
-    from .train import run_stream
-
-    run_stream(cfg)
+    run_stream(cfg, resume=bool(args.resume))
     return 0
+
+
+def load_checked_config(config: str | Path | None, overrides: list[str]):
+    """The run's config, every section checked as `mcit run` will use it (the judge's included), so a
+    bad setting stops the command before any heavy import or work. Light imports only."""
+    from .config import load_config
+    from .preflight import check_run_settings
+
+    cfg = load_config(_config_path(config), overrides)
+    check_run_settings(cfg)
+    return cfg
 
 
 def cmd_data_check(args) -> int:
@@ -82,7 +80,7 @@ def cmd_judge(args) -> int:
 
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
-        raise UserError(f"judge: run folder not found: {run_dir}")
+        raise UserError(f"judge: {run_dir} is not a folder" if run_dir.exists() else f"judge: run folder not found: {run_dir}")
     overrides = [_judge_override(o) for o in args.overrides]
     if args.backend:
         overrides.append(f"judge.backend={args.backend}")
@@ -115,12 +113,16 @@ def cmd_emt(args) -> int:
 
     target = Path(args.target)
     if not target.is_dir():
-        raise UserError(f"emt: folder not found: {target}")
+        raise UserError(f"emt: {target} is not a folder" if target.exists() else f"emt: folder not found: {target}")
     for name, value in (("--limit", args.limit), ("--probe-train", args.probe_train),
                         ("--batch-size", args.batch_size), ("--max-new-tokens", args.max_new_tokens)):
         if value < 1:
             raise UserError(f"emt: {name} must be at least 1, got {value}")
     specs = [s.strip() for s in args.datasets.split(",") if s.strip()]
+    if not specs:
+        raise UserError("emt: --datasets: give a comma-separated list, e.g. digits,coin-shapes")
+    if args.out:
+        output_folder(args.out, "emt: --out")
     run_emt(target, specs, limit=args.limit, probe_train=args.probe_train, out=args.out, decider=args.decider,
             judge_cfg=_emt_judge_config(args.decider, args.overrides), batch_size=args.batch_size,
             max_new_tokens=args.max_new_tokens, seed=args.seed)
@@ -146,7 +148,10 @@ def cmd_compare(args) -> int:
 
     methods = parse_list(args.methods, "methods")
     seeds = parse_list(args.seeds, "seeds", int)
-    compare(_config_path(args.config), args.overrides, methods, seeds, Path(args.out))
+    out = output_folder(args.out, "--out")
+    for method in methods:  # every run's config checked before the first (long) run and before torch
+        load_checked_config(args.config, [*args.overrides, f"method.name={method}"])
+    compare(_config_path(args.config), args.overrides, methods, seeds, out)
     return 0
 
 
@@ -154,7 +159,9 @@ def cmd_tune(args) -> int:
     from .compare import parse_list, tune
 
     seeds = parse_list(args.seeds, "seeds", int)
-    tune(_config_path(args.config), args.overrides, args.method, args.grid, seeds, Path(args.out), args.select)
+    out = output_folder(args.out, "--out")
+    load_checked_config(args.config, [*args.overrides, f"method.name={args.method}"])  # the grid: by tune()
+    tune(_config_path(args.config), args.overrides, args.method, args.grid, seeds, out, args.select)
     return 0
 
 
@@ -207,23 +214,17 @@ def cmd_export(args) -> int:
     return 0
 
 
-def _config_path(config: str | None) -> Path:
+def _config_path(config: str | Path | None) -> Path:
     path = Path(config) if config else DEFAULT_CONFIG
     if not path.is_file():
         raise UserError(f"config file not found: {path}")
     return path
 
 
-def _add_sweep_args(parser: argparse.ArgumentParser, out: str) -> None:
-    """CONFIG, overrides, --seeds and --out: compare and tune both sweep runs of one config over seeds into a folder."""
-    parser.add_argument("config", nargs="?", help="YAML config (default: the built-in default.yaml)")
-    parser.add_argument("overrides", nargs="*", help="dotted overrides applied to every run")
-    parser.add_argument("--seeds", default="0", help="comma-separated seeds (default: 0)")
-    parser.add_argument("--out", default=out, help=f"output folder (default: ./{out})")
-
-
-class _SuggestingParser(argparse.ArgumentParser):
-    """argparse with a "did you mean" for a mistyped verb (Python 3.11's argparse has none)."""
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors never echo a secret (`mcit run --api-key sk-...` is unrecognized)
+    and suggest the closest verb for a mistyped one (Python 3.11's argparse has no such hint); the
+    sub-parsers are of this class too (add_subparsers' default parser_class)."""
 
     def error(self, message: str):
         import difflib
@@ -234,13 +235,24 @@ class _SuggestingParser(argparse.ArgumentParser):
             close = difflib.get_close_matches(bad.group(1), choices, n=1)
             if close:
                 message += f"; did you mean '{close[0]}'?"
-        super().error(message)
+        super().error(redact_message(message, _current_argv))
+
+
+_current_argv: list[str] = []  # the argv main() parses: what a usage error may have to mask
+
+
+def _add_sweep_args(parser: argparse.ArgumentParser, out: str) -> None:
+    """CONFIG, overrides, --seeds and --out: compare and tune both sweep runs of one config over seeds into a folder."""
+    parser.add_argument("config", nargs="?", help="YAML config (default: the built-in default.yaml)")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides applied to every run")
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds (default: 0)")
+    parser.add_argument("--out", default=out, help=f"output folder (default: ./{out})")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = _SuggestingParser(prog="mcit", description="Continual instruction tuning of multimodal LLMs.")
+    parser = _Parser(prog="mcit", description="Continual instruction tuning of multimodal LLMs.")
     parser.add_argument("--version", action="version", version=f"mcit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="train a model on a stream of tasks and report forgetting",
@@ -303,7 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     emt.add_argument("--max-new-tokens", type=int, default=24, help="answer length limit in tokens (default: 24)")
     emt.add_argument("--seed", type=int, default=0, help="seed of the dataset splits and the probe (default: 0)")
     emt.set_defaults(func=cmd_emt)
-    data = sub.add_parser("data", help="data utilities").add_subparsers(dest="data_command", required=True)
+    data = sub.add_parser("data", help="data utilities").add_subparsers(dest="data_command", required=True,
+                                                                      metavar="{check}")
     check = data.add_parser("check", help="validate every file of the configured stream before training",
                             description="Report every problem (file, record, field) at once; exit 1 if any.")
     check.add_argument("config", nargs="?", help="YAML config (default: the built-in default.yaml)")
@@ -361,7 +374,8 @@ _OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")  # `key.sub=value`, not a path (dat
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    argv = sys.argv[1:] if argv is None else list(argv)
+    _current_argv[:] = argv
     # `mcit run key=value` (no config file): argparse would take the override as CONFIG.
     head = 2 if argv[:2] == ["data", "check"] else 1
     if argv[:1] not in (["judge"], ["emt"]) and len(argv) > head and _OVERRIDE.match(argv[head]):
@@ -379,12 +393,23 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
-    except _user_errors() as exc:
-        print(f"mcit: error: {exc}", file=sys.stderr)
+    except USER_ERRORS as exc:  # the message never echoes a key given anywhere on the command line
+        print(f"mcit: error: {redact_message(str(exc), argv)}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.filename is None:  # not about a path the user gave: a bug or the machine, keep the traceback
+            raise
+        print(f"mcit: error: {redact_message(_describe_os_error(exc), argv)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("mcit: interrupted", file=sys.stderr)
         return 130
+
+
+def _describe_os_error(exc: OSError) -> str:
+    """"<path>: <reason>" of a file-system error (a folder that is a file, no permission, disk full)."""
+    where = f"{exc.filename} -> {exc.filename2}" if exc.filename2 else str(exc.filename)
+    return f"{where}: {exc.strerror or type(exc).__name__}"
 
 
 if __name__ == "__main__":

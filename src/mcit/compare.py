@@ -36,10 +36,10 @@ def compare(config: Path, overrides: list[str], methods: list[str], seeds: list[
             log: Callable[[str], None] = print) -> dict:
     from .methods import method_class
 
-    for m in methods:
-        method_class(m)  # an unknown method fails before the first (long) run
     if len(set(methods)) != len(methods) or len(set(seeds)) != len(seeds):
         raise ConfigError("--methods and --seeds must not repeat an entry")
+    for m in methods:
+        method_class(m)  # an unknown method fails before the first (long) run
     runs = {m: [_run_or_read(config, [*overrides, f"method.name={m}"], f"{m}-seed{seed}", seed, out, log)
                 for seed in seeds] for m in methods}
     table = {m: _summarise(rs) for m, rs in runs.items()}
@@ -82,7 +82,6 @@ def tune(config: Path, overrides: list[str], method: str, grid: list[str], seeds
     """
     from .methods import method_class
 
-    method_class(method)
     if select not in VIEW_METRICS:
         raise ConfigError(f"--select: one of {', '.join(VIEW_METRICS)}, got '{select}'")
     axes = []
@@ -94,6 +93,7 @@ def tune(config: Path, overrides: list[str], method: str, grid: list[str], seeds
     points = [list(p) for p in itertools.product(*axes)]
     for p in points:  # a misspelt key or a bad value fails before the first (long) run
         load_config(config, [*overrides, *p])
+    method_class(method)  # after the light checks: a method's module may import torch
     rows = []
     for p in points:
         label = " ".join(p)

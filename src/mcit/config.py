@@ -28,6 +28,7 @@ from typing import Any, Iterator, Literal, Mapping, Sequence, Union
 
 import yaml
 
+from .errors import ConfigError  # light module: the CLI's error handler catches it without torch
 from .fields import (AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, SEED, SHARE, Each, OneOf, Range, not_empty, relative_name,
                      setting)
 from .tracking import unknown_trackers
@@ -53,24 +54,6 @@ __all__ = [
     "config_to_yaml",
     "load_config",
 ]
-
-
-class ConfigError(ValueError):
-    """A configuration file or override is malformed, has an unknown key, a wrong type or a value
-    out of range. ``problems`` lists every problem found (one line each; the message shows them all)."""
-
-    def __init__(self, message: str, problems: Sequence[str] = ()):
-        super().__init__(message)
-        self.problems = list(problems) or [message]
-
-    @classmethod
-    def of(cls, problems: Sequence[str]) -> "ConfigError":
-        """One error reporting every problem: the problem itself if there is one, else a count and
-        one indented line each (like `mcit data check`)."""
-        if len(problems) == 1:
-            return cls(problems[0])
-        lines = "\n".join(f"  {p}" for p in problems)
-        return cls(f"{len(problems)} problems in the config:\n{lines}", problems)
 
 
 _field = setting  # a dataclass field with its help, aliases and optional range check (mcit.fields)

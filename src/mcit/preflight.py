@@ -3,8 +3,9 @@ generated, trained or written. mcit.config checks everything that needs neither 
 rules across fields) when a config is loaded; these need the benchmark's task list or the file
 system, which `mcit judge` (re-reading a finished run's config elsewhere) must not depend on.
 
-`check_run_settings` imports neither torch nor transformers, so the command line can call it
-before the heavy imports; `check_max_length` needs the model's processor and runs once it is built.
+`check_run_settings` imports neither torch nor transformers: `mcit run` calls it right after reading
+the config, before the heavy imports, and mcit.train again before any work (for the Python API).
+`check_max_length` needs the model's processor and runs once it is built.
 """
 from __future__ import annotations
 
@@ -12,15 +13,20 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
-from .config import ConfigError
+from .errors import ConfigError
 
 
 def check_run_settings(cfg: Any) -> None:
     """ConfigError listing every problem of ``cfg`` (a RunConfig) found against the benchmark
-    (task names, per-task settings, coin-mini's own limits and folder) and the output folder."""
+    (task names, per-task settings, coin-mini's own limits and folder) and the output folder; then
+    the judge's settings (endpoint, key variable, rules file), so a bad one stops the run now, not
+    after training."""
+    from .eval.judge_backends import check_judge_config
+
     problems = [*_benchmark_problems(cfg), *_output_problems(cfg)]
     if problems:
         raise ConfigError.of(problems)
+    check_judge_config(cfg.judge)
 
 
 def _benchmark_problems(cfg: Any) -> Iterator[str]:
@@ -71,17 +77,31 @@ def _coin_mini_problems(cfg: Any) -> Iterator[str]:
 def _output_problems(cfg: Any) -> Iterator[str]:
     """output_dir must be a folder, or creatable as one; the run folder must not be a file."""
     out = Path(cfg.output_dir)
-    if out.exists() and not out.is_dir():
-        yield f"output_dir: {out} is a file, not a folder"
+    blocked = _file_in_the_way(out)
+    if blocked is not None:
+        yield (f"output_dir: {out} is a file, not a folder" if blocked == out
+               else f"output_dir: {out} cannot be created: {blocked} is a file")
         return
     if cfg.name and (out / cfg.name).exists() and not (out / cfg.name).is_dir():
         yield f"name: the run folder {out / cfg.name} is a file, not a folder"
         return
     existing = next(p for p in (out, *out.absolute().parents) if p.exists())
-    if not existing.is_dir():
-        yield f"output_dir: {out} cannot be created: {existing} is a file"
-    elif not os.access(existing, os.W_OK | os.X_OK):
+    if not os.access(existing, os.W_OK | os.X_OK):
         yield f"output_dir: {out} cannot be created or written: {existing} is not writable"
+
+
+def _file_in_the_way(folder: Path) -> Path | None:
+    """The folder itself or its nearest parent when it exists and is not a folder, else None."""
+    return next((p for p in (folder, *folder.absolute().parents) if p.exists() and not p.is_dir()), None)
+
+
+def output_folder(path: str | Path, what: str) -> Path:
+    """``path`` as a folder to write into (it need not exist yet); ConfigError naming ``what`` when a
+    file is in the way (the folder itself or one of its parents), found now rather than at the first write."""
+    blocked = _file_in_the_way(Path(path))
+    if blocked is not None:
+        raise ConfigError(f"{what}: {path}: {blocked} exists and is not a folder")
+    return Path(path)
 
 
 def check_max_length(cfg: Any, stream: Any, processor: Any) -> None:

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import ConfigError, config_hash, config_to_dict, config_to_yaml, load_config
+from .errors import RunError  # noqa: F401 - raised here, imported from here by others
 from .io import atomic_write_bytes, atomic_write_text
 
 __all__ = [
@@ -65,10 +66,6 @@ PACKAGES = ("torch", "transformers", "peft", "accelerate", "tokenizers", "numpy"
 _LOCATION_KEYS = ("output_dir", "name")
 
 
-class RunError(RuntimeError):
-    """The run folder cannot be used as asked."""
-
-
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -80,7 +77,9 @@ def _safe_component(text: str) -> str:
 
 
 def _content_dict(cfg: Any) -> dict[str, Any]:
-    data = config_to_dict(cfg)
+    from .redact import redact_config
+
+    data = config_to_dict(redact_config(cfg))  # as saved in config.yaml: URL credentials masked
     for key in _LOCATION_KEYS:
         data.pop(key, None)
     return data
@@ -157,6 +156,9 @@ def remove_write_leftovers(run_dir: str | Path) -> list[Path]:
 
 
 def _config_text(cfg: Any) -> str:
+    from .redact import redact_config
+
+    cfg = redact_config(cfg)  # URL credentials masked; the running process keeps the ones it was given
     return config_to_yaml(cfg, header=f"resolved mcit run configuration (config hash {config_hash(cfg)})")
 
 
@@ -289,8 +291,13 @@ def save_run_info(run_dir: str | Path, cfg: Any, extra: dict[str, Any] | None = 
 def save_environment(run_dir: str | Path, cfg: Any, extra: dict[str, Any] | None = None) -> None:
     """Write ``environment.json``: versions, platform, git commit, seed, command line, time.
 
-    ``extra`` (e.g. ``{"device": {...}}``) is merged into environment.json's top level.
+    ``extra`` (e.g. ``{"device": {...}}``) is merged into environment.json's top level. Neither file
+    holds a secret: URL credentials (judge.base_url's ``user:key@``, ``?api_key=``) and secret
+    ``key=value`` arguments are masked (mcit.redact), and no environment variable is recorded.
     """
+    from .redact import redact_argv, redact_config
+
+    cfg = redact_config(cfg)  # the saved config; the running process keeps the credentials it was given
     environment: dict[str, Any] = {
         "time": _now(),
         "python": sys.version.split()[0],
@@ -302,7 +309,7 @@ def save_environment(run_dir: str | Path, cfg: Any, extra: dict[str, Any] | None
         "git_commit": git_commit(),
         "seed": getattr(cfg, "seed", None),
         "config_hash": config_hash(cfg),
-        "argv": list(sys.argv),
+        "argv": redact_argv(sys.argv),
     }
     environment.update(extra or {})
     save_json(Path(run_dir) / ENVIRONMENT_FILE, environment)

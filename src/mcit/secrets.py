@@ -19,7 +19,7 @@ SECRET_PARAMS = frozenset({
     "key", "api_key", "apikey", "token", "access_token", "auth", "auth_token", "password", "pass", "pwd",
     "secret", "client_secret", "sig", "signature", "credential", "credentials", "session", "x_api_key",
 })
-_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
 
 
 def is_secret_param(name: str) -> bool:
@@ -53,4 +53,4 @@ def redact_url(url: str) -> str:
 
 def redact_text(text: str) -> str:
     """``text`` with :func:`redact_url` applied to every ``scheme://...`` URL in it."""
-    return _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), text)
+    return URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), text)

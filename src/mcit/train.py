@@ -27,7 +27,6 @@ from .distributed import (check_engine, enable_gradient_checkpointing, gather_re
                           per_process_batch, rewrap_if_changed, shard, trainable_ids)
 from .emt.curve import EmtTracker
 from .eval.evaluate import evaluate_task, max_new_tokens_for, trivial_baseline
-from .eval.judge_backends import check_judge_config
 from .export import base_model_record
 from .fit import steps_for, train_task
 from .methods import Method, TaskContext, build_method
@@ -145,7 +144,7 @@ def _check_settings(cfg, acc) -> None:
     mcit.preflight): the engine, the batch split, the judge."""
     check_engine(acc)
     per_process_batch(cfg.train.batch_size, acc.num_processes)
-    check_judge_config(cfg.judge)  # a bad judge setting stops the run now, not after training
+    check_run_settings(cfg)  # the torch-free checks, also made by `mcit run` before importing torch
     check_run_models(cfg)  # model.name and a local judge's folder, before anything is built or written
 
 

@@ -46,6 +46,7 @@ from typing import Any, Callable
 from PIL import Image  # noqa: F401  (tests count the files opened through it)
 
 from mcit.config import ConfigError
+from mcit.errors import DataCheckFailed  # noqa: F401 - raised by the run, imported from here by others
 from mcit.data.coin_format import (
     SPLITS,
     DataError,
@@ -536,11 +537,3 @@ def images_checked_file(image_root: Path) -> Path:
     """Where the checks of an image root remember the files that decoded fine (in mcit's cache)."""
     key = hashlib.sha256(str(Path(image_root).resolve()).encode("utf-8")).hexdigest()[:16]
     return cache_dir() / "image-checks" / f"{key}.json"
-
-
-class DataCheckFailed(Exception):
-    """A run's data has problems; ``report`` lists every one of them (nothing was trained or written)."""
-
-    def __init__(self, report: CheckReport):
-        super().__init__("the data check found problems; nothing was trained or written\n" + report.format())
-        self.report = report

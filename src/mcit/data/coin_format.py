@@ -25,6 +25,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Iterable, Sequence
 
 from mcit.data.schema import Sample
+from mcit.errors import DataError  # noqa: F401 - raised here, imported from here by others
 from mcit.io import atomic_write_text
 
 __all__ = [
@@ -43,59 +44,6 @@ __all__ = [
 
 IMAGE_TOKEN = "<image>"
 SPLITS = ("train", "test")
-
-
-class DataError(ValueError):
-    """A problem with the content of a data file.
-
-    Attributes: ``file`` (the file as shown in the message, or None), ``record`` (the record's
-    id when it has one, else its index, or None), ``index`` (the record's position in the list,
-    or None), ``field`` (the offending field, or None) and ``reason`` (the bare problem).
-    """
-
-    def __init__(
-        self,
-        reason: str,
-        *,
-        file: str | None = None,
-        record: Any = None,
-        index: int | None = None,
-        field: str | None = None,
-    ) -> None:
-        self.reason = reason
-        self.file = file
-        self.record = record
-        self.index = index
-        self.field = field
-        super().__init__(self._message())
-
-    def _message(self) -> str:
-        parts = []
-        if self.file is not None:
-            parts.append(str(self.file))
-        if self.index is not None:
-            where = f"record {self.index}"
-            if self.record is not None and self.record != self.index:
-                where += f" (id {self.record!r})"
-            parts.append(where)
-        elif self.record is not None:
-            parts.append(f"record {self.record!r}")
-        if self.field is not None:
-            parts.append(f"field {self.field!r}")
-        return (", ".join(parts) + ": " + self.reason) if parts else self.reason
-
-    def located(
-        self, *, file: str | None = None, record: Any = None, index: int | None = None,
-        field: str | None = None,
-    ) -> "DataError":
-        """A copy with the missing location parts filled in."""
-        return DataError(
-            self.reason,
-            file=self.file if self.file is not None else file,
-            record=self.record if self.record is not None else record,
-            index=self.index if self.index is not None else index,
-            field=self.field if self.field is not None else field,
-        )
 
 
 # ---------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError
+from ..errors import JudgeError  # noqa: F401 - raised here, imported from here by others
 
 __all__ = ["BACKENDS", "COIN_SAMPLING", "COIN_SYSTEM", "PROTOCOLS", "CoinProtocol", "JudgeError", "JudgeItem",
            "McitProtocol", "build_prompt", "build_protocol", "gk_task_score", "gk_task_score_official",
@@ -46,10 +47,6 @@ COIN_SYSTEM = "You are a helpful assistant."
 """The system message CoIN's judge script puts before every prompt (protocol coin's default)."""
 
 MAX_SCORE = 10.0
-
-
-class JudgeError(RuntimeError):
-    """The judge cannot run as configured (bad run folder, prediction file or backend setting)."""
 
 
 @dataclass(frozen=True)
