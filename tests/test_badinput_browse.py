@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from badinput import assert_rejected, invoke
+from badinput import assert_rejected, invoke, rerecord
 from test_end_to_end import SMALL
 
 
@@ -74,6 +74,7 @@ CASES = {
     "show-prediction-line-not-json": (
         lambda run, tmp: _write(run / "stages/02-VQAv2/predictions/VQAv2.jsonl",
                                 (run / "stages/02-VQAv2/predictions/VQAv2.jsonl").read_text() + "{oops\n")
+        or rerecord(run / "stages/02-VQAv2/predictions/VQAv2.jsonl")
         or ["show", str(run)], ["VQAv2.jsonl", "line 7", "not valid JSON"]),
     "show-negative-answers": (lambda run, tmp: ["show", str(run), "--answers", "-1"], ["--answers", ">= 0"]),
     "diff-second-not-a-run": (lambda run, tmp: ["diff", str(run), str(tmp / "nope")], ["run folder not found", "nope"]),

@@ -314,7 +314,7 @@ def test_run_refuses_a_foreign_coin_mini_root(tmp_path):
     before = sorted(p.relative_to(root) for p in root.rglob("*"))
     assert_rejected(["run", "data.benchmark=coin-mini", f"data.root={root}", "data.tasks=[GQA]",
                      f"output_dir={tmp_path / 'runs'}", "judge.backend=none"],
-                    mentions=["data.root", str(root), "other content"], watch=[root], code=2)
+                    mentions=["data.root", str(root), "already holds"], watch=[root], code=2)
     assert sorted(p.relative_to(root) for p in root.rglob("*")) == before  # nothing added either
     assert not (tmp_path / "runs").exists()
 

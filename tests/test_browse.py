@@ -7,7 +7,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-from badinput import assert_rejected, invoke
+from badinput import assert_rejected, invoke, rerecord
 from test_end_to_end import SMALL
 
 import mcit
@@ -240,6 +240,7 @@ def test_report_escapes_what_the_model_answered(runs, tmp_path):
     records = [json.loads(line) for line in path.read_text().splitlines()]
     records[0].update(prediction="<script>document.title='pwned'</script><b>x", score=0.0)
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    rerecord(path)  # as if the model had answered so (an edited stage file is refused as damaged)
     code, _, _ = invoke(["report", str(run)])
     html = (run / "report.html").read_text()  # the default place
     assert code == 0 and "<script" not in html and "<b>x" not in html
@@ -276,6 +277,7 @@ def test_report_renders_in_headless_chromium(runs, tmp_path):
     records = [json.loads(line) for line in path.read_text().splitlines()]
     records[0].update(prediction="<script>document.title='pwned'</script>", score=0.0)
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    rerecord(path)  # as if the model had answered so (an edited stage file is refused as damaged)
     assert invoke(["report", str(run)])[0] == 0
     # --enable-logging=stderr prints every console message as ":CONSOLE" (checked against a page that
     # logs an error and calls an undefined function: both appear)
