@@ -4,7 +4,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test venv test-lowest
+.PHONY: demo test venv test-lowest browser
 venv: $(VENV)/.installed
 
 # CPU torch 2.13.0 goes in first: the pyproject range then installs nothing more, whereas a
@@ -19,7 +19,14 @@ $(VENV)/.installed: pyproject.toml
 demo: venv
 	HF_HUB_OFFLINE=1 $(BIN)/mcit run
 
-test: venv
+# The report test opens report.html in headless Chromium: Debian's package, installed here when it is
+# missing and we are root (else that one test is skipped and says why).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; } || \
+		echo "chromium not installed: the report's browser test will be skipped"
+
+test: venv browser
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q
 
 # The lowest versions pyproject allows (uv's lowest-direct resolution, torch pinned to the CPU

@@ -161,6 +161,19 @@ def test_cache_setting_that_is_no_judge_cache(run, tmp_path, endpoints, target):
     assert endpoint.requests == []
 
 
+def test_saved_config_cache_outside_the_run_is_not_used(run, tmp_path, endpoints):
+    """A crafted config.yaml whose judge.cache points outside the run folder: refused unless the
+    command line names that cache itself."""
+    endpoint = endpoints("good")
+    config = run / "config.yaml"
+    victim = tmp_path / "outside" / "victim.jsonl"
+    config.write_text(config.read_text().replace("  cache: null", f"  cache: {victim}", 1))
+    assert f"cache: {victim}" in config.read_text()
+    assert_rejected(judge_argv(run, endpoint.url), mentions=["judge.cache", str(victim), "outside the run folder"],
+                    watch=[tmp_path], code=2)
+    assert endpoint.requests == []
+
+
 @pytest.mark.parametrize("value", [pytest.param(CANARY, id="api-key-env-holds-the-key-itself"),
                                    pytest.param("MY KEY", id="api-key-env-with-space")])
 def test_api_key_env_that_is_no_variable_name(run, tmp_path, endpoints, value):

@@ -53,23 +53,14 @@ def load_checked_config(config: str | Path | None, overrides: list[str]):
 
 def cmd_data_check(args) -> int:
     """Validate every file of a stream; print counts and every problem; exit 1 on problems."""
-    from .config import load_config
-    from .data.check import check_release, check_stream_config
-    from .data.benchmark import load_benchmark
-    from .data.release import resolve_instruction_set
-    from .data.stream import coin_mini_root, stream_order
+    from .data.check import check_data
 
-    cfg = load_config(_config_path(args.config), args.overrides)
-    dc = cfg.data
-    if load_benchmark(dc.benchmark).generator:  # check what mcit generated, in the same layout
-        root = coin_mini_root(dc, cfg.data_seed)
-        if not (root / "meta.json").is_file():
-            raise UserError(f"{dc.benchmark} has not been generated yet at {root}; `mcit run` generates it")
-        report = check_release(resolve_instruction_set(root, dc.instruction_set), root / "images", stream_order(dc, seed=0))
-    else:
-        report = check_stream_config(dc)
+    cfg = load_checked_config(args.config, args.overrides)
+    report = check_data(cfg.data, cfg.data_seed)  # a generated benchmark: what mcit generated, same checks
     print(report.format())
     print("ok" if report.ok else f"{len(report.problems)} problem(s)")
+    if not report.ok:  # the report is on stdout; say on stderr too that the check failed
+        print(f"mcit: error: the data check found {len(report.problems)} problem(s), listed above", file=sys.stderr)
     return 0 if report.ok else 1
 
 
@@ -86,6 +77,11 @@ def cmd_judge(args) -> int:
         overrides.append(f"judge.backend={args.backend}")
     saved = run_dir / "config.yaml"  # the run's own judge settings, if it has any
     cfg = load_config(saved if saved.is_file() else None, overrides)
+    if cfg.judge.cache and not any(o.startswith("judge.cache=") for o in overrides) \
+            and not Path(cfg.judge.cache).resolve().is_relative_to(run_dir.resolve()):
+        # a run folder is untrusted input: a cache file outside it is used only when given here
+        raise UserError(f"judge: {saved} sets judge.cache={cfg.judge.cache}, outside the run folder; give "
+                        "judge.cache=PATH on this command line to use it, or judge.cache=null for the run's own")
     if cfg.judge.backend == "none":
         raise UserError("judge: judge.backend is 'none'; choose embedding, openai or local (--backend)")
     judge_run(run_dir, cfg.judge)

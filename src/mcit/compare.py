@@ -47,6 +47,9 @@ def compare(config: Path, overrides: list[str], methods: list[str], seeds: list[
     save_json(out / "compare.json", record)
     text = format_compare(table)
     atomic_write_text(out / "compare.md", text + "\n")
+    from .report.html import write_report
+
+    write_report(out)  # report.html: the table, charts with error bars, the runs (`mcit report` writes it again)
     log(text)
     return record
 

@@ -372,13 +372,22 @@ def _finish(run: _Run) -> dict:
         run.tracker.close()  # the judge decider's HTTP client, if any
         if run.main:
             run.tracker.save_plot()
-    result = _finish_sequence(run) if _sequential(run) else _finish_joint(run)
-    if run.main:
-        title = f"{run.run_dir.name}: {' + '.join([run.cfg.method.name, *run.cfg.method.with_])}"
-        save_loss_curve(run.run_dir, [(name, stage_dir(run.run_dir, t, name)) for t, name in enumerate(run.names)],
-                        title)
+    try:
+        result = _finish_sequence(run) if _sequential(run) else _finish_joint(run)
+    finally:  # an invalid GK view (JudgeInvalid) still gets its loss curve and report
+        if run.main:
+            _save_figures_and_report(run)
     run.acc.wait_for_everyone()
     return result
+
+
+def _save_figures_and_report(run: _Run) -> None:
+    from .report.html import write_report
+
+    title = f"{run.run_dir.name}: {' + '.join([run.cfg.method.name, *run.cfg.method.with_])}"
+    save_loss_curve(run.run_dir, [(name, stage_dir(run.run_dir, t, name)) for t, name in enumerate(run.names)],
+                    title)
+    write_report(run.run_dir)  # report.html: one self-contained page (`mcit report` writes it again)
 
 
 def _finish_sequence(run: _Run) -> dict:
