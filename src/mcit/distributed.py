@@ -39,6 +39,18 @@ def per_process_batch(batch_size: int, num_processes: int, what: str = "train.ba
     return batch_size // num_processes
 
 
+def check_engine_settings(cfg, acc) -> None:
+    """train.engine=fsdp with what it cannot follow yet: refused before any work."""
+    if cfg.train.engine != "fsdp" or acc.num_processes == 1:
+        return
+    if acc.distributed_type not in _DDP_TYPES:
+        raise ConfigError(f"train.engine=fsdp shards the model itself (PyTorch FSDP2): launch with torchrun or "
+                          f"`accelerate launch --multi_gpu`, not an Accelerate {acc.distributed_type.value} config")
+    if cfg.emt.every_steps > 0:
+        raise ConfigError("emt.every_steps evaluates mid-stage on the whole model, which train.engine=fsdp only "
+                          "gathers at the end of a stage: use train.engine=ddp for EMT tracking")
+
+
 def check_engine(acc) -> None:
     """The loop is written for one process or DDP (CPU gloo, GPUs). DeepSpeed and FSDP need the
     model prepared together with each task's optimizer and sharded weights gathered for
@@ -199,3 +211,57 @@ class _OnDevice:
     def __iter__(self):
         for batch in self.loader:
             yield send_to_device(batch, self.device)
+
+
+# -- FSDP2 (train.engine=fsdp) -------------------------------------------------------------------
+#
+# Between stages every process keeps the whole model (`plain`): methods change its structure
+# (a new adapter, requires_grad moved), evaluation generates a different number of tokens on
+# each process (no collectives allowed there), and stages are saved from it. For training, a
+# copy is sharded with `fully_shard` (each decoder layer, then the root): parameters, gradients
+# and optimizer state are split across processes for the stage, and its weights are gathered
+# back into `plain` when the stage ends (`gather_into`).
+
+
+def uses_fsdp(cfg, acc) -> bool:
+    return cfg.train.engine == "fsdp" and acc.num_processes > 1
+
+
+def shard_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The blocks FSDP2 wraps one by one: the decoder (and vision encoder) layers, found by the
+    class names transformers lists as never to be split across devices (`_no_split_modules`)."""
+    names = {n for m in model.modules() for n in (getattr(m, "_no_split_modules", None) or ())}
+    return [m for m in model.modules() if type(m).__name__ in names]
+
+
+def shard_for_training(plain: torch.nn.Module, cfg, device) -> torch.nn.Module:
+    """A copy of `plain` with `fully_shard` applied to each layer and the root; mixed precision
+    (bf16 compute, fp32 gradient reduction) on GPUs only, CPU offload with train.fsdp_cpu_offload."""
+    import copy
+
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+
+    model = copy.deepcopy(plain).to(device)
+    options: dict[str, Any] = {}
+    if torch.device(device).type == "cuda" and torch.cuda.is_bf16_supported():
+        options["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    if cfg.train.fsdp_cpu_offload:
+        options["offload_policy"] = CPUOffloadPolicy()
+    for layer in shard_layers(model):
+        fully_shard(layer, **options)
+    fully_shard(model, **options)
+    return model
+
+
+def full_value(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of a sharded DTensor (a collective), an ordinary tensor as it is."""
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+
+
+@torch.no_grad()
+def gather_into(sharded: torch.nn.Module, plain: torch.nn.Module) -> None:
+    """Copy the trained weights of `sharded` (a `shard_for_training` copy) into `plain`, on every
+    process; every process must call it (each sharded tensor is all-gathered)."""
+    target = dict(plain.named_parameters())
+    for name, param in sharded.named_parameters():  # the same names: fully_shard keeps them
+        target[name].copy_(full_value(param).to(target[name].device, target[name].dtype))
