@@ -265,3 +265,22 @@ def gather_into(sharded: torch.nn.Module, plain: torch.nn.Module) -> None:
     target = dict(plain.named_parameters())
     for name, param in sharded.named_parameters():  # the same names: fully_shard keeps them
         target[name].copy_(full_value(param).to(target[name].device, target[name].dtype))
+
+
+def is_sharded(tensor: torch.Tensor) -> bool:
+    return hasattr(tensor, "to_local")  # a DTensor (FSDP2's sharded parameters and their gradients)
+
+
+def local_shard(tensor: torch.Tensor | None) -> torch.Tensor | None:
+    """This process's part of a sharded tensor (a view: in-place updates reach the parameter),
+    an ordinary tensor as it is. Element-wise work on the local parts is exactly the sharded
+    part of the element-wise work on the whole tensors."""
+    return tensor.to_local() if tensor is not None and is_sharded(tensor) else tensor
+
+
+def sum_over_shards(values: torch.Tensor, sharded: bool) -> torch.Tensor:
+    """Per-shard sums (e.g. L1 norms of local parts) made whole: the sum over all processes."""
+    if sharded:
+        values = values.clone()
+        torch.distributed.all_reduce(values, op=torch.distributed.ReduceOp.SUM)
+    return values
