@@ -39,10 +39,20 @@ def per_process_batch(batch_size: int, num_processes: int, what: str = "train.ba
     return batch_size // num_processes
 
 
+# Methods verified to train sharded as they do on one process (tests/test_fsdp.py and the runs
+# listed in the README). Others keep references to whole parameters across the stage (EWC's
+# penalty terms, O-LoRA's earlier adapters) or were not verified: refused, not silently wrong.
+FSDP_METHODS = ("lora", "full", "lcia", "ema")
+
+
 def check_engine_settings(cfg, acc) -> None:
     """train.engine=fsdp with what it cannot follow yet: refused before any work."""
     if cfg.train.engine != "fsdp" or acc.num_processes == 1:
         return
+    unverified = [m for m in (cfg.method.name, *cfg.method.with_) if m not in FSDP_METHODS]
+    if unverified:
+        raise ConfigError(f"train.engine=fsdp: method {unverified[0]!r} is not supported sharded yet (supported: "
+                          f"{', '.join(FSDP_METHODS)}); use train.engine=ddp")
     if acc.distributed_type not in _DDP_TYPES:
         raise ConfigError(f"train.engine=fsdp shards the model itself (PyTorch FSDP2): launch with torchrun or "
                           f"`accelerate launch --multi_gpu`, not an Accelerate {acc.distributed_type.value} config")

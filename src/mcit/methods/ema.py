@@ -147,5 +147,5 @@ class EMA(Addition):
             return
         self.shadow.copy_to_live()
         ctx.log["ema"] = {"weight": self.cfg.ema_weight, "updates": self.updates, "tensors": len(self.shadow),
-                          "elements": sum(x.numel() for x in self.shadow.live)}
+                          "elements": sum(p.numel() for p in self.shadow.params)}
         self.shadow = None  # the shadow is per task; free it before the stage is evaluated
