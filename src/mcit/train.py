@@ -114,6 +114,8 @@ def _set_up(cfg, log, resume: bool) -> _Run:
     set_seed(cfg.seed)
     if not acc.is_main_process:  # one voice: only the main process prints
         log = lambda *args, **kwargs: None  # noqa: E731
+    if uses_fsdp(cfg, acc) and cfg.train.checkpoint_every:
+        log("train.engine=fsdp writes no in-task checkpoints yet: a stage cut off is redone from its start")
     started = time.time()
     method = build_method(cfg.method)  # fail on a bad method before any expensive work
     tracker = EmtTracker(cfg, log) if cfg.emt.every_steps > 0 else None  # EMT sets too (off by default)
