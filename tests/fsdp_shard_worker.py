@@ -31,7 +31,7 @@ def main(prefix: str) -> None:
     with torch.no_grad():  # a change made while sharded must reach the whole model
         for p in params.values():
             p.add_(1.0)
-    gather_into(sharded, plain)
+    gather_into(sharded, plain, "cpu")
     record = {
         "layers": [type(m).__name__ for m in shard_layers(plain)],
         "wrapped": [type(m).__name__ for m in sharded.modules() if isinstance(m, FSDPModule)],

@@ -95,7 +95,8 @@ def test_fsdp_on_two_processes_gives_the_single_process_matrix_and_weights(tmp_p
 
     one, two = tmp_path / "runs" / "one", tmp_path / "runs" / "two"
     assert load_matrix(two / "matrix.json")[1] == load_matrix(one / "matrix.json")[1]
-    assert json.loads((two / "environment.json").read_text())["num_processes"] == 2
+    env2 = json.loads((two / "environment.json").read_text())
+    assert env2["num_processes"] == 2 and env2["engine"] == "fsdp"
     stages = sorted(p.name for p in (one / "stages").iterdir())
     assert stages == ["00-base", "01-ImageNet", "02-VQAv2"]
     for stage in stages:

@@ -15,6 +15,8 @@ The rules, in one place:
 * **Parameters that change** (a new adapter per task): DDP registers the parameters that
   require grad when it wraps the model, so the loop re-wraps the model when that set changes
   (`rewrap_if_changed`).
+* **train.engine=fsdp** (PyTorch FSDP2): each stage trains a sharded copy of the model; the
+  whole weights are gathered back for evaluation and saving (see the FSDP2 section below).
 """
 from __future__ import annotations
 
@@ -47,27 +49,26 @@ FSDP_METHODS = ("lora", "full", "lcia", "ema")
 
 def check_engine_settings(cfg, acc) -> None:
     """train.engine=fsdp with what it cannot follow yet: refused before any work."""
-    if cfg.train.engine != "fsdp" or acc.num_processes == 1:
+    if not uses_fsdp(cfg, acc):
         return
     unverified = [m for m in (cfg.method.name, *cfg.method.with_) if m not in FSDP_METHODS]
     if unverified:
         raise ConfigError(f"train.engine=fsdp: method {unverified[0]!r} is not supported sharded yet (supported: "
                           f"{', '.join(FSDP_METHODS)}); use train.engine=ddp")
-    if acc.distributed_type not in _DDP_TYPES:
-        raise ConfigError(f"train.engine=fsdp shards the model itself (PyTorch FSDP2): launch with torchrun or "
-                          f"`accelerate launch --multi_gpu`, not an Accelerate {acc.distributed_type.value} config")
     if cfg.emt.every_steps > 0:
         raise ConfigError("emt.every_steps evaluates mid-stage on the whole model, which train.engine=fsdp only "
                           "gathers at the end of a stage: use train.engine=ddp for EMT tracking")
 
 
 def check_engine(acc) -> None:
-    """The loop is written for one process or DDP (CPU gloo, GPUs). DeepSpeed and FSDP need the
-    model prepared together with each task's optimizer and sharded weights gathered for
-    generation and saving, which the loop does not do yet: refused, not silently wrong."""
+    """The loop runs on one process or on a plain process group (torchrun, `accelerate launch
+    --multi_gpu`), where it wraps the model itself: DDP, or FSDP2 with train.engine=fsdp.
+    Accelerate's own DeepSpeed and FSDP plugins need the model prepared together with each
+    task's optimizer, which the loop does not do: refused, not silently wrong."""
     if acc.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
-        raise ConfigError(f"the continual loop runs on one process or DDP; {acc.distributed_type.value} is not "
-                          "supported yet (see README, Multi-GPU): launch with src/mcit/configs/accelerate/ddp.yaml")
+        raise ConfigError(f"the continual loop does not use Accelerate's {acc.distributed_type.value} plugin (see "
+                          "README, Multi-GPU): launch with src/mcit/configs/accelerate/ddp.yaml, and add "
+                          "train.engine=fsdp to shard the model with PyTorch FSDP2")
 
 
 # -- evaluation -------------------------------------------------------------------------------
@@ -234,7 +235,10 @@ class _OnDevice:
 
 
 def uses_fsdp(cfg, acc) -> bool:
-    return cfg.train.engine == "fsdp" and acc.num_processes > 1
+    """train.engine=fsdp in a launched run (torchrun, `accelerate launch --multi_gpu`): a process
+    group exists, also for a single GPU process (which the GPU check uses to run the FSDP2 path).
+    A plain `mcit run` is one process with nothing to shard."""
+    return cfg.train.engine == "fsdp" and acc.distributed_type in _DDP_TYPES
 
 
 def shard_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
@@ -246,12 +250,15 @@ def shard_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
 
 def shard_for_training(plain: torch.nn.Module, cfg, device) -> torch.nn.Module:
     """A copy of `plain` with `fully_shard` applied to each layer and the root; mixed precision
-    (bf16 compute, fp32 gradient reduction) on GPUs only, CPU offload with train.fsdp_cpu_offload."""
+    (bf16 compute, fp32 gradient reduction) on GPUs only, CPU offload with train.fsdp_cpu_offload.
+    `plain` waits in CPU memory while the stage trains (`gather_into` brings it back): the copy is
+    made there too, and `fully_shard` moves only this process's shards to `device`."""
     import copy
 
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 
-    model = copy.deepcopy(plain).to(device)
+    plain.to("cpu")
+    model = copy.deepcopy(plain)
     options: dict[str, Any] = {}
     if torch.device(device).type == "cuda" and torch.cuda.is_bf16_supported():
         options["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
@@ -260,7 +267,7 @@ def shard_for_training(plain: torch.nn.Module, cfg, device) -> torch.nn.Module:
     for layer in shard_layers(model):
         fully_shard(layer, **options)
     fully_shard(model, **options)
-    return model
+    return model.to(device)  # what fully_shard does not manage (buffers) goes along
 
 
 def full_value(tensor: torch.Tensor) -> torch.Tensor:
@@ -269,12 +276,14 @@ def full_value(tensor: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def gather_into(sharded: torch.nn.Module, plain: torch.nn.Module) -> None:
-    """Copy the trained weights of `sharded` (a `shard_for_training` copy) into `plain`, on every
-    process; every process must call it (each sharded tensor is all-gathered)."""
+def gather_into(sharded: torch.nn.Module, plain: torch.nn.Module, device) -> None:
+    """Copy the trained weights of `sharded` (a `shard_for_training` copy) into `plain`, then move
+    `plain` to `device`; every process must call it (each sharded tensor is all-gathered, one at
+    a time)."""
     target = dict(plain.named_parameters())
     for name, param in sharded.named_parameters():  # the same names: fully_shard keeps them
         target[name].copy_(full_value(param).to(target[name].device, target[name].dtype))
+    plain.to(device)
 
 
 def is_sharded(tensor: torch.Tensor) -> bool:

@@ -191,6 +191,7 @@ def _describe_run(run: _Run, checkpoint: Path, resume: bool) -> None:
     info = {
         "device": str(acc.device),
         "num_processes": acc.num_processes,
+        "engine": "fsdp" if uses_fsdp(cfg, acc) else "ddp",  # fsdp: each stage trained sharded
         # train.batch_size is the global batch (split across processes): an optimizer step
         # sees batch_size x grad_accum samples whatever the number of processes.
         "effective_batch": cfg.train.batch_size * cfg.train.grad_accum,
@@ -286,7 +287,7 @@ def _train_stage(run: _Run, t: int, name: str, trained: list[str]) -> tuple[Task
                        train_log=train_log)
     method.after_task(ctx)
     if sharded:  # the stage's weights back into the whole model, which is saved and evaluated
-        gather_into(trainee, run.model)
+        gather_into(trainee, run.model, acc.device)
         ctx.model = run.model
     return ctx, stats
 
