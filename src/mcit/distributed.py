@@ -260,9 +260,10 @@ def shard_for_training(plain: torch.nn.Module, cfg, device) -> torch.nn.Module:
     plain.to("cpu")
     model = copy.deepcopy(plain)
     options: dict[str, Any] = {}
-    if torch.device(device).type == "cuda" and torch.cuda.is_bf16_supported():
+    on_gpu = torch.device(device).type == "cuda"
+    if on_gpu and torch.cuda.is_bf16_supported():
         options["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-    if cfg.train.fsdp_cpu_offload:
+    if cfg.train.fsdp_cpu_offload and on_gpu:  # on CPU everything is in CPU memory already
         options["offload_policy"] = CPUOffloadPolicy()
     for layer in shard_layers(model):
         fully_shard(layer, **options)
