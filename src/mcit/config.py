@@ -65,6 +65,7 @@ _field = setting  # a dataclass field with its help, aliases and optional range 
 NAMED_ORDERS = ("coin", "reverse", "random")
 DTYPES = ("float32", "bfloat16", "float16")
 SCORING_MODES = ("corrected", "coin-compat")
+ENGINES = ("ddp", "fsdp")  # train.engine: how several processes share the model (mcit.distributed)
 JUDGE_BACKENDS = ("embedding", "openai", "local", "none")
 EMT_DECIDERS = ("rule", "rule-lenient", "openai", "local")
 
@@ -208,6 +209,13 @@ class TrainConfig:
     gradient_checkpointing: bool = _field(
         False, "recompute activations in the backward pass (less memory, more compute per step); for large models",
         aliases=("grad_checkpointing", "activation_checkpointing"))
+    engine: str = _field(
+        "ddp", '"ddp" (each process holds the whole model) or "fsdp" (PyTorch FSDP2: parameters, gradients and '
+        "optimizer state sharded across processes while a stage trains); one process trains alone either way",
+        aliases=("distributed_engine", "sharding"), check=OneOf(*ENGINES))
+    fsdp_cpu_offload: bool = _field(
+        False, "fsdp: keep the sharded parameters, gradients and optimizer state in CPU memory (less GPU memory, "
+        "slower steps)", aliases=("cpu_offload", "offload"))
 
 
 @dataclass

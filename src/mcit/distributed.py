@@ -15,6 +15,8 @@ The rules, in one place:
 * **Parameters that change** (a new adapter per task): DDP registers the parameters that
   require grad when it wraps the model, so the loop re-wraps the model when that set changes
   (`rewrap_if_changed`).
+* **train.engine=fsdp** (PyTorch FSDP2): each stage trains a sharded copy of the model; the
+  whole weights are gathered back for evaluation and saving (see the FSDP2 section below).
 """
 from __future__ import annotations
 
@@ -39,13 +41,34 @@ def per_process_batch(batch_size: int, num_processes: int, what: str = "train.ba
     return batch_size // num_processes
 
 
+# Methods verified to train sharded as they do on one process (tests/test_fsdp.py and the runs
+# listed in the README). Others keep references to whole parameters across the stage (EWC's
+# penalty terms, O-LoRA's earlier adapters) or were not verified: refused, not silently wrong.
+FSDP_METHODS = ("lora", "full", "lcia", "ema")
+
+
+def check_engine_settings(cfg, acc) -> None:
+    """train.engine=fsdp with what it cannot follow yet: refused before any work."""
+    if not uses_fsdp(cfg, acc):
+        return
+    unverified = [m for m in (cfg.method.name, *cfg.method.with_) if m not in FSDP_METHODS]
+    if unverified:
+        raise ConfigError(f"train.engine=fsdp: method {unverified[0]!r} is not supported sharded yet (supported: "
+                          f"{', '.join(FSDP_METHODS)}); use train.engine=ddp")
+    if cfg.emt.every_steps > 0:
+        raise ConfigError("emt.every_steps evaluates mid-stage on the whole model, which train.engine=fsdp only "
+                          "gathers at the end of a stage: use train.engine=ddp for EMT tracking")
+
+
 def check_engine(acc) -> None:
-    """The loop is written for one process or DDP (CPU gloo, GPUs). DeepSpeed and FSDP need the
-    model prepared together with each task's optimizer and sharded weights gathered for
-    generation and saving, which the loop does not do yet: refused, not silently wrong."""
+    """The loop runs on one process or on a plain process group (torchrun, `accelerate launch
+    --multi_gpu`), where it wraps the model itself: DDP, or FSDP2 with train.engine=fsdp.
+    Accelerate's own DeepSpeed and FSDP plugins need the model prepared together with each
+    task's optimizer, which the loop does not do: refused, not silently wrong."""
     if acc.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
-        raise ConfigError(f"the continual loop runs on one process or DDP; {acc.distributed_type.value} is not "
-                          "supported yet (see README, Multi-GPU): launch with src/mcit/configs/accelerate/ddp.yaml")
+        raise ConfigError(f"the continual loop does not use Accelerate's {acc.distributed_type.value} plugin (see "
+                          "README, Multi-GPU): launch with src/mcit/configs/accelerate/ddp.yaml, and add "
+                          "train.engine=fsdp to shard the model with PyTorch FSDP2")
 
 
 # -- evaluation -------------------------------------------------------------------------------
@@ -199,3 +222,85 @@ class _OnDevice:
     def __iter__(self):
         for batch in self.loader:
             yield send_to_device(batch, self.device)
+
+
+# -- FSDP2 (train.engine=fsdp) -------------------------------------------------------------------
+#
+# Between stages every process keeps the whole model (`plain`): methods change its structure
+# (a new adapter, requires_grad moved), evaluation generates a different number of tokens on
+# each process (no collectives allowed there), and stages are saved from it. For training, a
+# copy is sharded with `fully_shard` (each decoder layer, then the root): parameters, gradients
+# and optimizer state are split across processes for the stage, and its weights are gathered
+# back into `plain` when the stage ends (`gather_into`).
+
+
+def uses_fsdp(cfg, acc) -> bool:
+    """train.engine=fsdp in a launched run (torchrun, `accelerate launch --multi_gpu`): a process
+    group exists, also for a single GPU process (which the GPU check uses to run the FSDP2 path).
+    A plain `mcit run` is one process with nothing to shard."""
+    return cfg.train.engine == "fsdp" and acc.distributed_type in _DDP_TYPES
+
+
+def shard_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The blocks FSDP2 wraps one by one: the decoder (and vision encoder) layers, found by the
+    class names transformers lists as never to be split across devices (`_no_split_modules`)."""
+    names = {n for m in model.modules() for n in (getattr(m, "_no_split_modules", None) or ())}
+    return [m for m in model.modules() if type(m).__name__ in names]
+
+
+def shard_for_training(plain: torch.nn.Module, cfg, device) -> torch.nn.Module:
+    """A copy of `plain` with `fully_shard` applied to each layer and the root; mixed precision
+    (bf16 compute, fp32 gradient reduction) on GPUs only, CPU offload with train.fsdp_cpu_offload.
+    `plain` waits in CPU memory while the stage trains (`gather_into` brings it back): the copy is
+    made there too, and `fully_shard` moves only this process's shards to `device`."""
+    import copy
+
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+
+    plain.to("cpu")
+    model = copy.deepcopy(plain)
+    options: dict[str, Any] = {}
+    on_gpu = torch.device(device).type == "cuda"
+    if on_gpu and torch.cuda.is_bf16_supported():
+        options["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    if cfg.train.fsdp_cpu_offload and on_gpu:  # on CPU everything is in CPU memory already
+        options["offload_policy"] = CPUOffloadPolicy()
+    for layer in shard_layers(model):
+        fully_shard(layer, **options)
+    fully_shard(model, **options)
+    return model.to(device)  # what fully_shard does not manage (buffers) goes along
+
+
+def full_value(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of a sharded DTensor (a collective), an ordinary tensor as it is."""
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+
+
+@torch.no_grad()
+def gather_into(sharded: torch.nn.Module, plain: torch.nn.Module, device) -> None:
+    """Copy the trained weights of `sharded` (a `shard_for_training` copy) into `plain`, then move
+    `plain` to `device`; every process must call it (each sharded tensor is all-gathered, one at
+    a time)."""
+    target = dict(plain.named_parameters())
+    for name, param in sharded.named_parameters():  # the same names: fully_shard keeps them
+        target[name].copy_(full_value(param).to(target[name].device, target[name].dtype))
+    plain.to(device)
+
+
+def is_sharded(tensor: torch.Tensor) -> bool:
+    return hasattr(tensor, "to_local")  # a DTensor (FSDP2's sharded parameters and their gradients)
+
+
+def local_shard(tensor: torch.Tensor | None) -> torch.Tensor | None:
+    """This process's part of a sharded tensor (a view: in-place updates reach the parameter),
+    an ordinary tensor as it is. Element-wise work on the local parts is exactly the sharded
+    part of the element-wise work on the whole tensors."""
+    return tensor.to_local() if tensor is not None and is_sharded(tensor) else tensor
+
+
+def sum_over_shards(values: torch.Tensor, sharded: bool) -> torch.Tensor:
+    """Per-shard sums (e.g. L1 norms of local parts) made whole: the sum over all processes."""
+    if sharded:
+        values = values.clone()
+        torch.distributed.all_reduce(values, op=torch.distributed.ReduceOp.SUM)
+    return values

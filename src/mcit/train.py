@@ -23,8 +23,9 @@ from .data.benchmark import load_benchmark
 from .data.check import DataCheckFailed, check_stream_config
 from .data.encode import encode_for_training
 from .data.stream import Stream, build_stream, cache_dir
-from .distributed import (check_engine, enable_gradient_checkpointing, gather_records, merge_shards, on_main,
-                          per_process_batch, rewrap_if_changed, shard, trainable_ids)
+from .distributed import (check_engine, check_engine_settings, enable_gradient_checkpointing, gather_into,
+                          gather_records, merge_shards, on_main, per_process_batch, rewrap_if_changed, shard,
+                          shard_for_training, trainable_ids, uses_fsdp)
 from .emt.curve import EmtTracker
 from .eval.evaluate import evaluate_task, max_new_tokens_for, trivial_baseline
 from .export import base_model_record
@@ -113,13 +114,17 @@ def _set_up(cfg, log, resume: bool) -> _Run:
     set_seed(cfg.seed)
     if not acc.is_main_process:  # one voice: only the main process prints
         log = lambda *args, **kwargs: None  # noqa: E731
+    if uses_fsdp(cfg, acc) and cfg.train.checkpoint_every:
+        log("train.engine=fsdp writes no in-task checkpoints yet: a stage cut off is redone from its start")
     started = time.time()
     method = build_method(cfg.method)  # fail on a bad method before any expensive work
     tracker = EmtTracker(cfg, log) if cfg.emt.every_steps > 0 else None  # EMT sets too (off by default)
     stream = _read_stream(cfg, acc)
     checkpoint, model, processor = _build_model(cfg, stream, acc, log)
     check_max_length(cfg, stream, processor)  # every task's samples fit, or stop before stage 1
-    model = acc.prepare_model(method.setup(model, cfg))
+    model = method.setup(model, cfg)
+    # fsdp: the whole model stays unwrapped between stages; each stage trains a sharded copy
+    model = model.to(acc.device) if uses_fsdp(cfg, acc) else acc.prepare_model(model)
     run_dir = on_main(acc, lambda: create_run_dir(cfg))  # created by the main process, known to all
     stages = method.plan(stream.tasks)
     run = _Run(cfg=cfg, acc=acc, log=log, stream=stream, method=method, model=model, processor=processor,
@@ -143,6 +148,7 @@ def _check_settings(cfg, acc) -> None:
     """Settings that need the accelerator or the judge's files (the rest is checked at config load and by
     mcit.preflight): the engine, the batch split, the judge."""
     check_engine(acc)
+    check_engine_settings(cfg, acc)
     per_process_batch(cfg.train.batch_size, acc.num_processes)
     check_run_settings(cfg)  # the torch-free checks, also made by `mcit run` before importing torch
     check_run_models(cfg)  # model.name and a local judge's folder, before anything is built or written
@@ -185,6 +191,7 @@ def _describe_run(run: _Run, checkpoint: Path, resume: bool) -> None:
     info = {
         "device": str(acc.device),
         "num_processes": acc.num_processes,
+        "engine": "fsdp" if uses_fsdp(cfg, acc) else "ddp",  # fsdp: each stage trained sharded
         # train.batch_size is the global batch (split across processes): an optimizer step
         # sees batch_size x grad_accum samples whatever the number of processes.
         "effective_batch": cfg.train.batch_size * cfg.train.grad_accum,
@@ -258,23 +265,30 @@ def _train_stage(run: _Run, t: int, name: str, trained: list[str]) -> tuple[Task
     steps = _stage_steps(run, trained)
     # A method that added an adapter or moved requires_grad: DDP must register the new set.
     run.model, run.wrapped = rewrap_if_changed(acc, run.model, run.wrapped)
-    ctx.model = run.model
+    sharded = uses_fsdp(cfg, acc)
+    trainee = shard_for_training(run.model, cfg, acc.device) if sharded else run.model
+    ctx.model = trainee
     on_step = (run.tracker.stage(acc.unwrap_model(run.model), run.processor, t, name, steps, acc.device)
                if run.tracker else None)
     # In-task checkpoints only where they resume exactly (EMT points are per stage, and a method
     # may keep in-task state it does not checkpoint).
-    in_task = cfg.train.checkpoint_every > 0 and run.tracker is None and method.resumable_mid_task
+    # fsdp: not yet (the optimizer and method state are sharded); a cut stage is redone from its start.
+    in_task = (cfg.train.checkpoint_every > 0 and run.tracker is None and method.resumable_mid_task
+               and not sharded)
     stage = stage_dir(run.run_dir, t, name)
     resume_from = _in_task_checkpoint(stage, acc, run.log) if in_task and run.resume else None
     # Per-step records: the stage's train_log.jsonl and the trackers, at the run's step count.
     train_log = TrainLog(run.writing and stage / TRAIN_LOG, run.trackers,
                          step_offset=sum(_stage_steps(run, tasks) for _, tasks in run.stages[:t]),
                          flush_every=cfg.log.every_steps or 100)
-    stats = train_task(run.model, method, ctx, items, cfg, _pad_id(run),
+    stats = train_task(trainee, method, ctx, items, cfg, _pad_id(run),
                        seed=cfg.seed * 1000 + t, desc=f"stage {t + 1}/{len(run.stages)} {name}", steps=steps,
                        on_step=on_step, checkpoint=stage if in_task else None, resume_from=resume_from,
                        train_log=train_log)
     method.after_task(ctx)
+    if sharded:  # the stage's weights back into the whole model, which is saved and evaluated
+        gather_into(trainee, run.model, acc.device)
+        ctx.model = run.model
     return ctx, stats
 
 

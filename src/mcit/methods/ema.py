@@ -22,6 +22,7 @@ from collections.abc import Sequence
 
 import torch
 
+from ..distributed import is_sharded, local_shard
 from .base import Addition, TaskContext
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -37,8 +38,10 @@ class ParameterShadow:
 
     def __init__(self, named_params: Sequence[tuple[str, torch.nn.Parameter]]):
         self.names = [n for n, _ in named_params]
-        self.live = [p.detach() for _, p in named_params]
+        # train.engine=fsdp: each process averages its own shard of every parameter
+        self.live = [local_shard(p.detach()) for _, p in named_params]
         self.params = [p for _, p in named_params]
+        self.sharded = any(is_sharded(p) for p in self.params)
         with torch.no_grad():
             self.shadow = [x.to(torch.float32 if x.dtype in _LOW_PRECISION else x.dtype, copy=True)
                            for x in self.live]
@@ -144,5 +147,5 @@ class EMA(Addition):
             return
         self.shadow.copy_to_live()
         ctx.log["ema"] = {"weight": self.cfg.ema_weight, "updates": self.updates, "tensors": len(self.shadow),
-                          "elements": sum(x.numel() for x in self.shadow.live)}
+                          "elements": sum(p.numel() for p in self.shadow.params)}
         self.shadow = None  # the shadow is per task; free it before the stage is evaluated

@@ -58,7 +58,7 @@ from safetensors.torch import load_file
 
 from ..config import ConfigError
 from ..data.release import canonical_set
-from ..distributed import on_main
+from ..distributed import local_shard, on_main, sum_over_shards
 from ..models.adapters import is_projector
 from .base import TaskContext
 from .ema import ParameterShadow, trainable_named_parameters, unwrap
@@ -335,7 +335,7 @@ class LCIA(SequentialLoRA):
     def _step(self, ctx: TaskContext) -> None:
         sh, fallback = self._shadow, float(self.cfg.lcia_fallback)
         n = len(sh)
-        grads = [p.grad for p in sh.params]
+        grads = [local_shard(p.grad) for p in sh.params]  # fsdp: this process's shards
         drift = sh.drift()  # theta_t - theta*_{t-1}
         a = torch.full((n,), fallback, dtype=torch.float64)
         used = torch.zeros(n, dtype=torch.bool)
@@ -348,7 +348,8 @@ class LCIA(SequentialLoRA):
             pick = (lambda xs: xs) if k == n else (lambda xs: [xs[i] for i in both])
             g, gp, d = pick(grads), pick(self._prev), pick(drift)
             torch._foreach_sub_(gp, g)  # g_{t-1} - g_t in the buffer: same L1 norm, no new memory
-            norms = torch.cat([torch.stack(torch._foreach_norm(x, 1)).double() for x in (g, d, gp)]).cpu()
+            norms = torch.cat([torch.stack(torch._foreach_norm(x, 1)).double() for x in (g, d, gp)])
+            norms = sum_over_shards(norms, sh.sharded).cpu()  # fsdp: the L1 norms of the whole tensors
             coeff, ok = lcia_coefficient(norms[:k], norms[k:2 * k], norms[2 * k:], fallback)
             idx = torch.tensor(both, dtype=torch.long)
             a[idx], used[idx] = coeff, ok
