@@ -66,6 +66,8 @@ def main(out: str) -> None:
         with open(out, "w") as fh:
             json.dump({"processes": acc.num_processes, "ranks": every, "weights": weights, "stats": stats}, fh)
     acc.wait_for_everyone()
+    if torch.distributed.is_initialized():  # gloo's threads joined now, not torn down at interpreter exit
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
