@@ -77,7 +77,7 @@ def test_environment_json_records_threads(tmp_path):
     assert record["setting"] == 1 and record["threads_at_start"] == 1 and record["compile"] is False
     save_environment(tmp_path, load_config(None, []))
     record = json.loads((tmp_path / "environment.json").read_text())["threads"]
-    assert record["setting"] == "auto" and record["threads_at_start"] == record["usable_cores"] >= 1
+    assert record["setting"] == "auto" and 1 <= record["threads_at_start"] <= record["usable_cores"]
 
 
 def test_losses_do_not_depend_on_the_thread_count():
@@ -101,3 +101,12 @@ def test_losses_do_not_depend_on_the_thread_count():
             opt.zero_grad()
             losses[n].append(loss.item())
     assert losses[1] == losses[2]
+
+
+def test_auto_keeps_an_explicit_omp_num_threads(tmp_path, monkeypatch):
+    monkeypatch.setattr(threads, "usable_cores", lambda: [0, 1, 2, 3])
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    stat = tmp_path / "stat"
+    _stat(stat, [0, 0, 0, 0])
+    assert ThreadGovernor(0, stat=stat).start() == 2
+    assert threads.describe(0)["threads_at_start"] == 2

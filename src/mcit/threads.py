@@ -29,6 +29,15 @@ def usable_cores() -> list[int]:
         return list(range(os.cpu_count() or 1))
 
 
+def thread_cap(cores: int) -> int:
+    """Auto's ceiling: the usable cores, or fewer if OMP_NUM_THREADS asks for fewer (a user's or
+    a scheduler's explicit limit is kept)."""
+    try:
+        return max(1, min(cores, int(os.environ.get("OMP_NUM_THREADS", cores))))
+    except ValueError:
+        return cores
+
+
 def busy_seconds(cores: list[int], stat: Path = PROC_STAT) -> float | None:
     """Non-idle CPU seconds so far on `cores`, all processes together; None without /proc/stat."""
     try:
@@ -62,11 +71,12 @@ class ThreadGovernor:
     def __init__(self, setting: int, stat: Path = PROC_STAT, clock=time.monotonic):
         self.setting, self.stat, self.clock = setting, stat, clock
         self.cores = usable_cores()
+        self.cap = thread_cap(len(self.cores))
         self.used: set[int] = set()
         self._last: tuple[float, float, float] | None = None  # (wall, machine busy, own cpu)
 
     def start(self) -> int:
-        threads = self.setting or len(self.cores)
+        threads = self.setting or self.cap
         self._apply(threads)
         self._last = self._sample()
         return threads
@@ -84,7 +94,7 @@ class ThreadGovernor:
         wall, busy, own = (a - b for a, b in zip(sample, self._last))
         self._last = sample
         others = max(0.0, (busy - own) / wall) if wall > 0 else 0.0
-        self._apply(threads_for(len(self.cores), others))
+        self._apply(min(self.cap, threads_for(len(self.cores), others)))
 
     def _sample(self) -> tuple[float, float, float] | None:
         busy = busy_seconds(self.cores, self.stat)
@@ -100,5 +110,5 @@ def describe(setting: int) -> dict:
     """environment.json's record: the setting, the cores this process may use, the threads each
     stage starts with (auto then follows the load) and OpenMP's wait policy."""
     cores = len(usable_cores())
-    return {"setting": setting or "auto", "usable_cores": cores, "threads_at_start": setting or cores,
+    return {"setting": setting or "auto", "usable_cores": cores, "threads_at_start": setting or thread_cap(cores),
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
