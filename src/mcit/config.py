@@ -209,8 +209,8 @@ class TrainConfig:
         False, "recompute activations in the backward pass (less memory, more compute per step); for large models",
         aliases=("grad_checkpointing", "activation_checkpointing"))
     threads: int = _field(
-        0, "torch threads for training; 0 = auto: the cores other processes leave free, re-checked every few "
-        "seconds (a busy neighbour otherwise stalls every thread at each op)",
+        0, "torch threads for training; 0 = auto: the cores other processes leave free (at most OMP_NUM_THREADS "
+        "if set), re-checked every few seconds (a busy neighbour otherwise stalls every thread at each op)",
         aliases=("num_threads", "torch_threads", "cpu_threads"), check=NON_NEGATIVE)
     compile: bool = _field(
         False, "torch.compile the model for training: faster steps after a one-off compile (about 30 s per "
