@@ -317,7 +317,7 @@ def save_environment(run_dir: str | Path, cfg: Any, extra: dict[str, Any] | None
 
 
 def _threads_record(cfg: Any) -> dict[str, Any] | None:
-    """train.threads, the usable cores and torch's thread count now (mcit.threads loads torch:
+    """train.threads, the usable cores and the threads a stage starts with (mcit.threads loads torch:
     only imported once a run is under way)."""
     train = getattr(cfg, "train", None)
     if train is None or "torch" not in sys.modules:
