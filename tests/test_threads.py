@@ -19,8 +19,8 @@ def _keep_torch_threads():
     torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("cores, others, expected", [(2, 0.0, 2), (2, 0.4, 2), (2, 1.0, 1), (2, 1.8, 1),
-                                                     (2, 5.0, 1), (8, 2.6, 5)])
+@pytest.mark.parametrize("cores, others, expected", [(2, 0.0, 2), (2, 0.2, 2), (2, 0.4, 1), (2, 1.0, 1),
+                                                     (2, 1.8, 1), (2, 5.0, 1), (8, 2.6, 5), (8, 2.8, 5)])
 def test_threads_for_leaves_the_busy_cores(cores, others, expected):
     assert threads_for(cores, others) == expected
 
