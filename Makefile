@@ -4,7 +4,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test venv test-lowest browser
+.PHONY: demo test venv test-lowest browser bench
 venv: $(VENV)/.installed
 
 # CPU torch 2.13.0 goes in first: the pyproject range then installs nothing more, whereas a
@@ -39,3 +39,8 @@ test-lowest:
 	$(LOWEST)/bin/python -m uv pip install --quiet --python $(LOWEST)/bin/python --constraint $(LOWEST)/torch-pin.txt \
 		--resolution lowest-direct -e ".[test]"
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(LOWEST)/bin/python -m pytest -q
+
+# Every bench script (bench/*.py, one at a time), all figures in bench/results.json and the
+# headline ones beside their goals on stdout. Run it on an otherwise idle machine.
+bench: venv
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/run_all.py --out bench/results.json

@@ -216,6 +216,14 @@ class TrainConfig:
     fsdp_cpu_offload: bool = _field(
         False, "fsdp: keep the sharded parameters, gradients and optimizer state in CPU memory (less GPU memory, "
         "slower steps)", aliases=("cpu_offload", "offload"))
+    threads: int = _field(
+        0, "torch threads for training; 0 = auto: the cores other processes leave free (at most OMP_NUM_THREADS "
+        "if set), re-checked every few seconds (a busy neighbour otherwise stalls every thread at each op)",
+        aliases=("num_threads", "torch_threads", "cpu_threads"), check=NON_NEGATIVE)
+    compile: bool = _field(
+        False, "torch.compile the model for training: faster steps after a one-off compile (about 30 s per "
+        "stage on the default model; its time is in each stage's record); float rounding differs slightly",
+        aliases=("torch_compile", "use_compile"))
 
 
 @dataclass

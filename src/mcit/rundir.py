@@ -310,9 +310,20 @@ def save_environment(run_dir: str | Path, cfg: Any, extra: dict[str, Any] | None
         "seed": getattr(cfg, "seed", None),
         "config_hash": config_hash(cfg),
         "argv": redact_argv(sys.argv),
+        "threads": _threads_record(cfg),
     }
     environment.update(extra or {})
     save_json(Path(run_dir) / ENVIRONMENT_FILE, environment)
+
+
+def _threads_record(cfg: Any) -> dict[str, Any] | None:
+    """train.threads, the usable cores and the threads a stage starts with (mcit.threads loads torch:
+    only imported once a run is under way)."""
+    train = getattr(cfg, "train", None)
+    if train is None or "torch" not in sys.modules:
+        return None
+    from .threads import describe
+    return describe(train.threads) | {"compile": train.compile}
 
 
 def _json_default(obj: Any) -> Any:

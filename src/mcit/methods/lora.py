@@ -8,6 +8,7 @@ from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
 from safetensors.torch import load_file
 
 from ..models.adapters import projector_modules, set_trainable, target_regex
+from ..models.fused_lora import use_fused
 from .base import Method
 
 
@@ -16,14 +17,14 @@ class SequentialLoRA(Method):
 
     def lora_config(self, model) -> LoraConfig:
         c = self.cfg
-        return LoraConfig(
+        return use_fused(LoraConfig(
             r=c.lora_r,
             lora_alpha=c.lora_alpha,
             lora_dropout=c.lora_dropout,
             target_modules=target_regex(model, c.target_modules),
             # Saved with the adapter (in full) so a stage checkpoint is self-contained.
             modules_to_save=projector_modules(model) if c.train_projector else None,
-        )
+        ))
 
     def setup(self, model, run_cfg):
         set_trainable(model, language_model=False, projector=False)

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .fused_lora import add_low_rank
+
 IMPLS = ("fused", "reference")
 
 
@@ -57,13 +59,16 @@ def moelora_reference(x: torch.Tensor, lora_A: torch.Tensor, lora_B: torch.Tenso
 
 
 def moelora_fused(x: torch.Tensor, lora_A: torch.Tensor, lora_B: torch.Tensor, gates: torch.Tensor,
-                  scale: float) -> torch.Tensor:
+                  scale: float, into: torch.Tensor | None = None) -> torch.Tensor:
     """The same sum in two matmuls: (x A^T) has E slices of r_e; each slice is scaled by its
-    gate, then one matmul with B adds the experts up. Same FLOPs as one rank-r LoRA."""
+    gate, then one matmul with B adds the experts up. Same FLOPs as one rank-r LoRA. With
+    `into` (the base output) the second matmul accumulates into it: no full-size add."""
     experts = gates.shape[-1]
     h = F.linear(x, lora_A)  # (..., E * r_e)
     # The scale rides on the gates (E numbers per token) instead of on the output (out numbers).
     h = h.unflatten(-1, (experts, -1)) * (gates * scale).unsqueeze(-1)
+    if into is not None:
+        return add_low_rank(into, h.flatten(-2), lora_B, 1.0)
     return F.linear(h.flatten(-2), lora_B)
 
 
@@ -125,16 +130,20 @@ class MoELoRALinear(nn.Module):
         """(gates, probs) for input x (..., in), in float32."""
         return route(self.router(x.to(self.router.weight.dtype)), self.top_k)
 
-    def delta(self, x: torch.Tensor) -> torch.Tensor:
-        """The adapter's contribution (..., out), in the adapter's dtype."""
+    def delta(self, x: torch.Tensor, into: torch.Tensor | None = None) -> torch.Tensor:
+        """The adapter's contribution (..., out), in the adapter's dtype; with `into` (fused
+        kernel only) that contribution added into it."""
         x = x.to(self.lora_A.dtype)
         gates, probs = self.gates(x)
         if self.record_router and self.training and torch.is_grad_enabled():
             self.last_probs = probs
-        return _KERNELS[self.impl](self.dropout(x), self.lora_A, self.lora_B, gates.to(x.dtype), self.scale)
+        args = (self.dropout(x), self.lora_A, self.lora_B, gates.to(x.dtype), self.scale)
+        return moelora_fused(*args, into=into) if into is not None else _KERNELS[self.impl](*args)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base_layer(x)
+        if self.impl == "fused" and out.dtype == self.lora_A.dtype:
+            return self.delta(x, into=out)  # one matmul-accumulate, as fused_lora does for LoRA
         return out + self.delta(x).to(out.dtype)
 
     def merged_weight(self, gates: torch.Tensor | None = None) -> torch.Tensor:
