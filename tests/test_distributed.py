@@ -127,8 +127,9 @@ def test_after_step_sees_the_all_reduced_gradients_of_the_global_batch(tmp_path)
 @pytest.mark.parametrize("method", ["lora", "olora", "lcia"])
 def test_two_processes_give_the_single_process_matrix(tmp_path, monkeypatch, method):
     args = [*SMALL, f"method.name={method}", "train.checkpoint_every=2", f"output_dir={tmp_path / 'runs'}"]
-    if method == "lcia":  # SMALL's two tasks share their instruction line: a threshold above 1 always expands
-        args.append("method.lcia_threshold=1.5")
+    if method == "lcia":  # SMALL's two tasks share their instruction line: a threshold above 1 always expands;
+        # expand tasks keep the projector's balanced EMA, so the coefficients run across processes too
+        args += ["method.lcia_threshold=1.5", "method.lcia_expand_ema=projector"]
     monkeypatch.setenv("MCIT_CACHE", str(tmp_path / "cache1"))
     # One thread, as each launched process gets: CPU float sums depend on the thread count.
     threads = torch.get_num_threads()

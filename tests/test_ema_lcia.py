@@ -312,7 +312,7 @@ def test_decision_at_both_thresholds(base_model):
         method, model = lcia_on(base_model, f"data.instruction_set={iset}")
         assert method.threshold == {"Original": 0.9}.get(iset, 0.3)
         first = new_task(method, model, "A", SHORT)
-        assert first.log["lcia_grouping"]["decision"] == "expand" and method._ema_scope == "projector"
+        assert first.log["lcia_grouping"]["decision"] == "expand" and method._ema_scope == "none"  # official
         ctx = new_task(method, model, "B", PARAPHRASE)
         record = ctx.log["lcia_grouping"]
         assert record["decision"] == decision and record["similarities"]["group0"] == pytest.approx(0.6, abs=0.2)
@@ -322,6 +322,12 @@ def test_decision_at_both_thresholds(base_model):
             assert method.groups[0]["instructions"] == [SHORT, PARAPHRASE]
         else:
             assert record["adapter"] == "group1" and model.active_adapter == "group1" and len(method.groups) == 2
+            assert method._ema_scope == "none"
+    method, model = lcia_on(base_model, "data.instruction_set=Original", "method.lcia_expand_ema=projector")
+    new_task(method, model, "A", SHORT)
+    assert method._ema_scope == "projector"  # the documented option: the shared projector keeps the EMA
+    new_task(method, model, "B", PARAPHRASE)
+    assert method._ema_scope == "projector"
     method, model = lcia_on(base_model, "method.lcia_threshold=0.5")  # an explicit threshold wins
     assert method.threshold == 0.5
 
@@ -451,7 +457,9 @@ def _run(tmp_path, name, *extra):
 
 
 def test_lcia_end_to_end_logs_coefficients_and_grouping_and_resumes(cache):
-    run = _run(cache, "lcia", "method.name=lcia", "data.tasks=[ImageNet,ScienceQA]")
+    # lcia_expand_ema=projector: expand tasks keep the projector's balanced EMA, so both stages
+    # log coefficients (the default, no EMA on expand, is in test_lcia_official.py)
+    run = _run(cache, "lcia", "method.name=lcia", "data.tasks=[ImageNet,ScienceQA]", "method.lcia_expand_ema=projector")
     stage1 = json.loads((run / "stages" / "01-ImageNet" / "done.json").read_text())["method_log"]
     stage2 = json.loads((run / "stages" / "02-ScienceQA" / "done.json").read_text())["method_log"]
     assert stage1["lcia_grouping"]["decision"] == "expand" and stage1["lcia_grouping"]["adapter"] == "default"
@@ -461,7 +469,7 @@ def test_lcia_end_to_end_logs_coefficients_and_grouping_and_resumes(cache):
         lines = (run / "stages" / stage / "lcia_coefficients.jsonl").read_text().splitlines()
         series = [json.loads(line) for line in lines]
         assert [r["step"] for r in series] == [1, 2, 3]  # train.steps_per_task=3
-        assert set(series[0]["a"]) == {"projector"}  # expand: the new adapter trains without EMA
+        assert set(series[0]["a"]) == {"projector"}  # expand: the new adapter's LoRA trains without EMA
         assert all(0 < r["a"]["projector"] < 1 and 0 <= r["fallback"]["projector"] <= 1 for r in series)
         assert log["lcia"]["missing_grads"]["tensor_steps"] == 0
     state = json.loads((run / "stages" / "02-ScienceQA" / "method_state.json").read_text())

@@ -86,8 +86,9 @@ def _predictions(run: Path, stage: str) -> dict:
 @pytest.mark.parametrize("method", ["lora", "full", "lcia"])
 def test_fsdp_on_two_processes_gives_the_single_process_matrix_and_weights(tmp_path, monkeypatch, method):
     args = [*SMALL, f"method.name={method}", f"output_dir={tmp_path / 'runs'}"]
-    if method == "lcia":  # SMALL's two tasks share their instruction line: a threshold above 1 always expands
-        args.append("method.lcia_threshold=1.5")
+    if method == "lcia":  # SMALL's two tasks share their instruction line: a threshold above 1 always expands;
+        # expand tasks keep the projector's balanced EMA, so the coefficients run across processes too
+        args += ["method.lcia_threshold=1.5", "method.lcia_expand_ema=projector"]
     _one_process(args, "one", monkeypatch, tmp_path / "cache")
     done = _torchrun(["-m", "mcit", "run", *args, "train.engine=fsdp", "name=two"], _run_env(tmp_path, "cache"))
     assert done.returncode == 0, done.stderr[-3000:]

@@ -91,10 +91,14 @@ class EMASettings:
 
 
 @dataclass
-class LCIASettings:
+class LCIABalancedSettings:
     lcia_fallback: float = setting(
         0.03, "lcia: the EMA weight used where the balanced coefficient is not in (0, 1)"
         + _TUNED.format(grid="0.01, 0.03, 0.1", paper="the paper: 0.01"), aliases=("fallback",), check=_WEIGHT)
+
+
+@dataclass
+class LCIAGroupingSettings:
     lcia_grouping: bool = setting(
         True, "lcia: instruction grouping (retrain a similar group's adapter or expand with a new one, "
         "route each test sample by its instruction); false = balanced EMA only", aliases=("grouping",))
@@ -104,6 +108,14 @@ class LCIASettings:
     lcia_similarity: Literal["tfidf", "embedding"] = setting(
         "tfidf", 'lcia: instruction similarity: "tfidf" (cosine, English stop words removed) or "embedding" '
         "(the bundled sentence-embedding model)", aliases=("similarity",))
+    lcia_tfidf: Literal["pair", "union"] = setting(
+        "pair", 'lcia: what each TF-IDF vectorizer is fitted on: "pair" (the two strings compared, as the official '
+        'LoRASelect.py does) or "union" (both instruction sets at once; mcit before issue 16, other decisions on '
+        "Diverse/10Type)", aliases=("tfidf_fit",))
+    lcia_expand_ema: Literal["none", "projector"] = setting(
+        "none", 'lcia: EMA on a task that starts a new group (the first task too): "none" (the official scripts, '
+        '--dema False) or "projector" (the balanced EMA on the shared projector only; mcit before issue 16)',
+        aliases=("expand_ema",))
 
 
 @dataclass
@@ -196,9 +208,12 @@ BUILTIN: tuple[MethodSpec, ...] = (
     MethodSpec("lcia", ".lcia:LCIA", BASE, "LCIA: the balanced EMA (per-tensor coefficient from the real gradients "
                "after each step, logged to `stages/NN-task/lcia_coefficients.jsonl`) and instruction grouping "
                "(retrain a similar group's adapter or expand with a new one; each test sample routed by its own "
-               "instruction)", _LORA + (LCIASettings,), rewrites_weights=True,
+               "instruction)", _LORA + (LCIABalancedSettings, LCIAGroupingSettings), rewrites_weights=True,
                refuses={"ewc": _LCIA_SWITCHES.format("ewc's Fisher and anchor"),
                         "lwf": _LCIA_SWITCHES.format("lwf's teacher")}),
+    MethodSpec("lcia-ema", ".lcia:BalancedEMA", BASE, "LCIA's balanced EMA alone on one LoRA, every task, no "
+               "instruction grouping (`lcia` with `lcia_grouping: false`): the ablation row between a fixed EMA "
+               "(`ema`) and LCIA", _LORA + (LCIABalancedSettings,), rewrites_weights=True),
     MethodSpec("replay", ".replay:Replay", ADDITION, "a buffer of earlier samples (reservoir or per-task balanced) "
                "mixed into each task; saved with every stage", (ReplaySettings,)),
     MethodSpec("ewc", ".ewc:EWC", ADDITION, "(lambda/2) sum F (theta - theta*)^2 on the trained weights, diagonal "
