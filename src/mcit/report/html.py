@@ -16,6 +16,7 @@ from typing import Any
 from ..compare import VIEW_METRICS
 from ..io import atomic_write_text
 from ..rundir import RunError, load_json
+from .matrix import FORM_CONTENT_NAME, FORM_CONTENT_TABLES
 from .browse import (VIEWS, default_config, format_duration, format_number, config_differences, is_run_dir, load_view,
                      most_forgotten, read_config, require_run, sample_answers, summarise)
 
@@ -84,6 +85,31 @@ def _matrix_sections(run: Path) -> list[str]:
     return out
 
 
+def _form_content_sections(run: Path) -> list[str]:
+    """The format vs content tables of form_content.json (written at the end of a sequential run)."""
+    path = run / f"{FORM_CONTENT_NAME}.json"
+    if not path.is_file():
+        return []
+    record = load_json(path)
+    tasks = record.get("tasks") if isinstance(record, dict) else None
+    cells = record.get("cells") if isinstance(record, dict) else None
+    numbers_ok = isinstance(cells, dict) and all(
+        isinstance(row, dict) and all(isinstance(cell, dict) and all(v is None or isinstance(v, (int, float))
+                                                                      for v in cell.values())
+                                      for cell in row.values()) for row in cells.values())
+    if not (isinstance(tasks, list) and all(isinstance(t, str) for t in tasks) and numbers_ok):
+        raise RunError(f"{path} is damaged (expected 'tasks', a list of names, and 'cells' of numbers); "
+                       "delete it to leave it out of the report")
+    labels = [label for label in ["base", *tasks] if label in cells]
+    out = ["<h2>Format vs content</h2>",
+           "<p>Every answer decided twice: does it have the form its instruction asks for, and is its "
+           "content right in any form.</p>"]
+    for key, heading in FORM_CONTENT_TABLES:
+        rows = [[label] + [format_number(cells[label].get(t, {}).get(key)) for t in tasks] for label in labels]
+        out += [f"<h3>{escape(heading)}</h3>", _table(["after stage"] + tasks, rows)]
+    return out
+
+
 def _answers_section(run: Path, per_task: int) -> list[str]:
     samples = sample_answers(run, per_task)
     if not samples:
@@ -115,7 +141,7 @@ def run_report(run: str | Path, per_task: int = 3) -> str:
     body = [f"<h1>{escape(run.name)}</h1>",
             f"<p class=meta>method {escape(s.method)} · tasks {escape(', '.join(s.tasks))} · status "
             f"{escape(s.status)} · time {escape(format_duration(s.seconds))}</p>"]
-    body += _metrics_section(s) + _figures_section(run) + _matrix_sections(run)
+    body += _metrics_section(s) + _figures_section(run) + _matrix_sections(run) + _form_content_sections(run)
     body += _answers_section(run, per_task) + _config_sections(run)
     return _page(f"mcit run {run.name}", body)
 
