@@ -15,7 +15,8 @@ module splits every prediction into two independent decisions:
   ``yes/no``  (every reference is yes or no): "yes" or "no".
   ``number``  (every reference is a number): a number, digits or a number word ("2", "two").
   ``phrase``  (otherwise): a single word or short phrase: at most :data:`PHRASE_WORDS` words, or
-              as many as the longest reference (long book titles are still phrases).
+              as many as the longest reference (long book titles are still phrases), and no
+              sentence ("the sign says stop": a verb such as is/says/shows the references lack).
 
   Where the question text allows 'Unanswerable' (VizWiz), that word is a valid answer of any
   form, but a refusal worded otherwise ("I cannot tell") is not. For every form but ``letter`` and
@@ -60,6 +61,10 @@ _REFUSALS = ("unanswerable", "not answerable", "cannot answer", "can't answer", 
              "cannot determine", "can't determine", "unknown", "not sure", "i don't know", "unclear",
              "not enough information", "insufficient information")
 _YES_NO = ("yes", "no")
+# Verbs that make an answer a sentence ("it is red", "the sign says stop") rather than a phrase;
+# a verb that a reference itself holds ("This Is Us") does not count.
+_SENTENCE_VERBS = frozenset({"is", "are", "was", "were", "'s", "says", "say", "shows", "show", "see", "think",
+                             "looks", "appears", "contains", "reads", "answer"})
 _NUMBER = re.compile(r"^\d+(?:\.\d+)?$")
 _NUMBER_IN_TEXT = re.compile(r"(?<![\w.])\d+(?:\.\d+)?(?![\w.])")
 # "[x1, y1, x2, y2]" as the training answers write it: brackets, commas, four plain numbers.
@@ -196,8 +201,11 @@ def _foreign_form(prediction: str, sample: Sample) -> bool:
 
 
 def _valid_phrase(said: str, sample: Sample) -> bool:
-    longest = max((len(normalize_answer(a).split()) for a in sample.answers), default=0)
-    return 0 < len(said.split()) <= max(PHRASE_WORDS, longest)
+    references = [normalize_answer(a).split() for a in sample.answers]
+    longest = max((len(words) for words in references), default=0)
+    allowed = {w for words in references for w in words}
+    sentence = any(w in _SENTENCE_VERBS and w not in allowed for w in said.split())
+    return 0 < len(said.split()) <= max(PHRASE_WORDS, longest) and not sentence
 
 
 def _format_valid(form: str, prediction: str, sample: Sample) -> bool:
