@@ -14,8 +14,9 @@ from mcit.eval.form_content import (content_text, decide, decide_record, expecte
 from mcit.metrics import form_content_summary
 from mcit.report.matrix import form_content_cells, save_form_content
 
-MC = "What color is the square?\nA. red\nB. green\nC. blue\nAnswer with the option's letter from the given choices directly."
-MC_COUNT = "How many shapes are in the image?\nA. 1\nB. 2\nC. 3\nAnswer with the option's letter from the given choices directly."
+MC_INSTRUCTION = "Answer with the option's letter from the given choices directly."
+MC = "What color is the square?\nA. red\nB. green\nC. blue\n" + MC_INSTRUCTION
+MC_COUNT = "How many shapes are in the image?\nA. 1\nB. 2\nC. 3\n" + MC_INSTRUCTION
 MC_SHAPE = "Which shape is shown in the image?\nA. circle\nB. square\nReply with only the letter of the correct option."
 # LLaVA's ScienceQA layout: the options inline on one line
 MC_INLINE = ("Which of these states is farthest north?\nContext: N/A\nOptions: (A) West Virginia (B) Louisiana "
@@ -290,3 +291,30 @@ def test_offline_judge_reads_an_option_letter_as_its_option_text(embedding):
     ])
     assert letter_right == 10.0 and text_right == 10.0
     assert letter_wrong <= 5.0  # blue vs red: similarity alone, never a full mark
+
+
+# ----------------------------------------------------------------------------- a real run
+
+
+def test_a_run_keeps_both_decisions_per_record_and_writes_the_tables(tmp_path, monkeypatch):
+    from mcit.cli import main
+    from mcit.report.matrix import load_matrix
+    from test_end_to_end import SMALL
+
+    monkeypatch.setenv("MCIT_CACHE", str(tmp_path / "cache"))
+    assert main(["run", *SMALL, f"output_dir={tmp_path / 'runs'}", "name=fc"]) == 0
+    run = tmp_path / "runs" / "fc"
+    records = [json.loads(line) for line in
+               (run / "stages" / "02-VQAv2" / "predictions" / "ImageNet.jsonl").read_text().splitlines()]
+    assert records and all(r["form"] == "label" and isinstance(r["format_valid"], bool) and 0 <= r["content"] <= 1
+                           for r in records)
+    assert all(decide_record({k: v for k, v in r.items() if k not in ("form", "format_valid", "content")})
+               == decide_record(r) for r in records)  # what was stored is what the saved record says
+    record = json.loads((run / "form_content.json").read_text())
+    tasks, matrix, _, metrics = load_matrix(run / "matrix.json")
+    for t, stage in enumerate(tasks):  # the IF score of every cell is the accuracy matrix's
+        for i in range(t + 1):
+            assert record["cells"][stage][tasks[i]]["score"] == pytest.approx(matrix[t][i])
+    assert record["metrics"]["score"]["BWT"] == pytest.approx(metrics["BWT"])
+    assert "Format vs content" in (run / "report.html").read_text()
+    assert (run / "form_content.md").read_text().startswith("# Format vs content · fc")

@@ -16,7 +16,7 @@ from typing import Any
 from ..compare import VIEW_METRICS
 from ..io import atomic_write_text
 from ..rundir import RunError, load_json
-from .matrix import FORM_CONTENT_NAME, FORM_CONTENT_TABLES
+from .matrix import FORM_CONTENT_NAME, FORM_CONTENT_TABLES, load_form_content
 from .browse import (VIEWS, default_config, format_duration, format_number, config_differences, is_run_dir, load_view,
                      most_forgotten, read_config, require_run, sample_answers, summarise)
 
@@ -90,16 +90,7 @@ def _form_content_sections(run: Path) -> list[str]:
     path = run / f"{FORM_CONTENT_NAME}.json"
     if not path.is_file():
         return []
-    record = load_json(path)
-    tasks = record.get("tasks") if isinstance(record, dict) else None
-    cells = record.get("cells") if isinstance(record, dict) else None
-    numbers_ok = isinstance(cells, dict) and all(
-        isinstance(row, dict) and all(isinstance(cell, dict) and all(v is None or isinstance(v, (int, float))
-                                                                      for v in cell.values())
-                                      for cell in row.values()) for row in cells.values())
-    if not (isinstance(tasks, list) and all(isinstance(t, str) for t in tasks) and numbers_ok):
-        raise RunError(f"{path} is damaged (expected 'tasks', a list of names, and 'cells' of numbers); "
-                       "delete it to leave it out of the report")
+    tasks, cells = load_form_content(path)
     labels = [label for label in ["base", *tasks] if label in cells]
     out = ["<h2>Format vs content</h2>",
            "<p>Every answer decided twice: does it have the form its instruction asks for, and is its "

@@ -21,10 +21,10 @@ from mcit.errors import RunError
 from mcit.eval.form_content import decide_record
 from mcit.io import atomic_write_bytes, atomic_write_text
 from mcit.metrics import METRIC_NAMES, as_matrix, compute_metrics, form_content_summary
-from mcit.rundir import BASE_STAGE, stage_dir
+from mcit.rundir import BASE_STAGE, load_json, stage_dir
 
-__all__ = ["figure_caption", "figure_title", "form_content_cells", "form_content_markdown", "format_table", "load_matrix",
-           "save_form_content", "save_matrix"]
+__all__ = ["figure_caption", "figure_title", "form_content_cells", "form_content_markdown", "format_table",
+           "load_form_content", "load_matrix", "save_form_content", "save_matrix"]
 
 MISSING = "-"
 
@@ -299,17 +299,12 @@ FORM_CONTENT_TABLES = (
 
 
 def _read_records(path: Path) -> list[dict]:
-    records = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise RunError(f"{path} (line {lineno}): not valid JSON: {exc.msg}") from None
-        if not isinstance(rec, dict) or not isinstance(rec.get("text"), str) or not isinstance(rec.get("answers"), list):
-            raise RunError(f"{path} (line {lineno}): not a prediction record (fields 'text', 'answers')")
-        records.append(rec)
+    from .browse import read_predictions  # browse imports this module: imported on use
+
+    records = read_predictions(path)
+    for n, rec in enumerate(records, 1):
+        if not (isinstance(rec, dict) and isinstance(rec.get("text"), str) and isinstance(rec.get("answers"), list)):
+            raise RunError(f"{path}, record {n}: not a prediction record (fields 'text', 'answers')")
     return records
 
 
@@ -378,6 +373,27 @@ def form_content_markdown(record: dict, title: str = "Format vs content") -> str
             lines.append(f"| {key} | " + " | ".join(_fmt(values.get(m), 2) for m in names) + " |")
         lines.append("")
     return "\n".join(lines)
+
+
+def load_form_content(path: str | Path) -> tuple[list[str], dict[str, dict[str, dict]]]:
+    """(tasks, cells) of a form_content.json; RunError naming the field that is damaged."""
+    path = Path(path)
+    record = load_json(path)
+    if not isinstance(record, dict):
+        raise RunError(f"{path} is damaged: expected a JSON object, got {type(record).__name__}")
+    tasks, cells = record.get("tasks"), record.get("cells")
+    if not (isinstance(tasks, list) and all(isinstance(t, str) for t in tasks)):
+        raise RunError(f"{path} is damaged: field 'tasks' must be a list of task names")
+    if not (isinstance(cells, dict) and all(isinstance(row, dict) and all(isinstance(c, dict) for c in row.values())
+                                            for row in cells.values())):
+        raise RunError(f"{path} is damaged: field 'cells' must map each stage to tasks to their numbers")
+    for stage, row in cells.items():
+        for task, cell in row.items():
+            for key, value in cell.items():
+                if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                    raise RunError(f"{path} is damaged: field 'cells.{stage}.{task}.{key}' must be a number, "
+                                   f"got {type(value).__name__}")
+    return tasks, cells
 
 
 def save_form_content(run_dir: str | Path, tasks: Sequence[str]) -> dict[str, Path]:
