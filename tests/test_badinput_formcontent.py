@@ -36,7 +36,10 @@ def _set(key, value):
 def _first_cell(value):
     def change(data):
         row = next(iter(data["cells"].values()))
-        row[next(iter(row))]["content"] = value
+        if value is None:
+            del row[next(iter(row))]["score"]
+        else:
+            row[next(iter(row))]["content"] = value
         return data
     return change
 
@@ -52,6 +55,8 @@ CASES = {
     "row-not-a-mapping": (lambda run: _edit(run, _set("cells", {"base": [1]})), ["form_content.json", "'cells'"]),
     "cell-value-a-string": (lambda run: _edit(run, _first_cell("12.5")),
                             ["form_content.json", "cells.base.ImageNet.content", "got str"]),
+    "cell-without-score": (lambda run: _edit(run, _first_cell(None)),
+                           ["form_content.json", "cells.base.ImageNet", "'score'"]),
 }
 
 

@@ -11,7 +11,7 @@ from mcit.data.coin_format import format_bbox
 from mcit.data.schema import Sample
 from mcit.eval.form_content import (content_text, decide, decide_record, expected_form, given_labels, option_texts,
                                     resolve_option)
-from mcit.metrics import form_content_summary
+from mcit.metrics import form_content_summary, pool_form_content
 from mcit.report.matrix import form_content_cells, save_form_content
 
 MC_INSTRUCTION = "Answer with the option's letter from the given choices directly."
@@ -83,6 +83,7 @@ CASES = [
     ("phrase-wrong", "exact", SHORT, "square", "circle", True, 0.0),
     ("phrase-long-sentence", "exact", SHORT, "square", "It is the square to the left of the circle.", False, 1.0),
     ("phrase-option-letter", "exact", SHORT, "square", "C", False, 0.0),
+    ("phrase-box-cut-short", "exact", SHORT, "square", "[0.38, 0.", False, 0.0),
     ("phrase-soft-vqa", "vqa_soft", SIGN, TEXTVQA_ANSWERS, "STOP", True, 1.0),
     ("phrase-soft-vqa-sentence", "vqa_soft", SIGN, TEXTVQA_ANSWERS, "The sign says stop", False, 1.0),
     ("phrase-soft-vqa-rare-answer", "vqa_soft", SIGN, TEXTVQA_ANSWERS, "stp", True, 0.3),
@@ -216,6 +217,19 @@ def test_form_content_summary_without_errors_or_records():
                                         "format_error_share": None, "recovered_share": None}
 
 
+def test_pool_form_content_weighs_every_answer_alike():
+    a = form_content_summary([rec(0.0, False, 1.0), rec(1.0, True, 1.0)])   # 1 error, a format failure
+    b = form_content_summary([rec(0.0, True, 0.0)] * 3 + [rec(0.0, False, 0.0)])  # 4 errors, 1 format failure
+    pooled = pool_form_content([a, b, form_content_summary([])])
+    assert pooled["n"] == 6
+    assert pooled["score"] == pytest.approx(100 / 6)
+    assert pooled["format_valid"] == pytest.approx(100 * 4 / 6)
+    assert pooled["content"] == pytest.approx(100 * 2 / 6)
+    assert pooled["format_error_share"] == pytest.approx(100 * 2 / 5)  # (1 + 1) of 5 errors
+    assert pooled["recovered_share"] == pytest.approx(100 * 1 / 5)
+    assert pool_form_content([])["score"] is None
+
+
 # ----------------------------------------------------------------------------- run files
 
 
@@ -256,6 +270,9 @@ def test_save_form_content_tables_per_task_and_stage(tmp_path):
     assert record["metrics"]["score"]["BWT"] == pytest.approx(-100.0)
     assert record["metrics"]["content"]["BWT"] == pytest.approx(-50.0)
     assert record["metrics"]["format_valid"]["BWT"] == pytest.approx(-100.0)
+    # after the last stage the earlier task SQA: 2 errors, both format failures, one right in content
+    final = record["pooled"]["final stage, earlier tasks"]
+    assert (final["n"], final["format_error_share"], final["recovered_share"]) == (2, 100.0, 50.0)
     md = paths["md"].read_text()
     assert "## format-valid rate (%)" in md and "## content accuracy (%)" in md
     assert "| YN | 0.0 | 100.0 |" in md  # format-valid after stage 2: SQA 0, YN 100

@@ -14,7 +14,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["FORM_CONTENT_NAMES", "METRIC_NAMES", "as_matrix", "compute_metrics", "form_content_summary"]
+__all__ = ["FORM_CONTENT_NAMES", "METRIC_NAMES", "as_matrix", "compute_metrics", "form_content_summary",
+           "pool_form_content"]
 
 METRIC_NAMES = ("MFT", "MFN", "MAA", "BWT", "Forgetting", "FWT")
 # One cell of the format/content decomposition (form_content_summary), all in percent.
@@ -137,3 +138,23 @@ def form_content_summary(records: Sequence[dict]) -> dict[str, float | int | Non
         "format_error_share": share(e for e, r in zip(errors, records) if not r["format_valid"]),
         "recovered_share": share(max(0.0, float(r["content"]) - float(r["score"])) for r in records),
     }
+
+
+def pool_form_content(summaries: Sequence[dict]) -> dict[str, float | int | None]:
+    """Several cells of :func:`form_content_summary` as one, each answer weighing the same (the
+    shares weighted by each cell's IF error): e.g. the old tasks after the last stage."""
+    cells = [c for c in summaries if c.get("n")]
+    n = sum(c["n"] for c in cells)
+    if n == 0:
+        return {"n": 0, **{k: None for k in FORM_CONTENT_NAMES}}
+    errors = [c["n"] * (100.0 - c["score"]) / 100.0 for c in cells]
+    total = sum(errors)
+
+    def mean(key: str) -> float:
+        return sum(c["n"] * c[key] for c in cells) / n
+
+    def share(key: str) -> float | None:
+        return None if total <= 0.0 else sum(e * (c[key] or 0.0) for e, c in zip(errors, cells)) / total
+
+    return {"n": n, "score": mean("score"), "format_valid": mean("format_valid"), "content": mean("content"),
+            "format_error_share": share("format_error_share"), "recovered_share": share("recovered_share")}

@@ -45,8 +45,9 @@ from typing import Sequence
 
 from mcit.data.schema import Sample
 
-from .scorers import (OPTION_LETTERS, _WHOLE_LETTER, _class_match, normalize_answer, parse_box, parse_option_letter,
-                      score_bbox, score_class, score_exact, score_vqa_soft)
+# The scorers' own rules, private there, reused so that both views read a letter or a label alike.
+from .scorers import (OPTION_LETTERS, _WHOLE_LETTER, _class_match, normalize_answer, parse_option_letter, score_bbox,
+                      score_class, score_exact, score_vqa_soft)
 
 __all__ = ["FORMS", "FormContent", "PHRASE_WORDS", "content_text", "decide", "decide_record", "expected_form",
            "given_labels", "option_texts", "record_fields", "resolve_option"]
@@ -192,12 +193,12 @@ def _valid_box(prediction: str) -> bool:
 
 def _foreign_form(prediction: str, sample: Sample) -> bool:
     """An answer in another task's form: a bare upper-case option letter (unless a letter is the
-    reference) or a bracketed box."""
+    reference) or a box, whole or cut short ("[0.38, 0." when the token budget ran out)."""
     text = prediction.strip()
     letter = re.fullmatch(r"\(?([A-E])\)?\.?", text)
     if letter:
         return letter.group(1) not in {a.strip().upper() for a in sample.answers}
-    return text.startswith("[") and parse_box(text) is not None
+    return text.startswith("[")
 
 
 def _valid_phrase(said: str, sample: Sample) -> bool:

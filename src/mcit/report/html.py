@@ -16,7 +16,8 @@ from typing import Any
 from ..compare import VIEW_METRICS
 from ..io import atomic_write_text
 from ..rundir import RunError, load_json
-from .matrix import FORM_CONTENT_NAME, FORM_CONTENT_TABLES, load_form_content
+from ..metrics import FORM_CONTENT_NAMES
+from .matrix import FORM_CONTENT_NAME, FORM_CONTENT_TABLES, form_content_pools, load_form_content
 from .browse import (VIEWS, default_config, format_duration, format_number, config_differences, is_run_dir, load_view,
                      most_forgotten, read_config, require_run, sample_answers, summarise)
 
@@ -98,7 +99,9 @@ def _form_content_sections(run: Path) -> list[str]:
     for key, heading in FORM_CONTENT_TABLES:
         rows = [[label] + [format_number(cells[label].get(t, {}).get(key)) for t in tasks] for label in labels]
         out += [f"<h3>{escape(heading)}</h3>", _table(["after stage"] + tasks, rows)]
-    return out
+    pooled = form_content_pools(tasks, cells)
+    rows = [[name, pool["n"]] + [format_number(pool[k]) for k in FORM_CONTENT_NAMES] for name, pool in pooled.items()]
+    return out + ["<h3>pooled (%)</h3>", _table(["cells", "answers", *FORM_CONTENT_NAMES], rows)]
 
 
 def _answers_section(run: Path, per_task: int) -> list[str]:

@@ -20,11 +20,12 @@ import numpy as np
 from mcit.errors import RunError
 from mcit.eval.form_content import decide_record
 from mcit.io import atomic_write_bytes, atomic_write_text
-from mcit.metrics import METRIC_NAMES, as_matrix, compute_metrics, form_content_summary
+from mcit.metrics import (FORM_CONTENT_NAMES, METRIC_NAMES, as_matrix, compute_metrics, form_content_summary,
+                          pool_form_content)
 from mcit.rundir import BASE_STAGE, load_json, stage_dir
 
-__all__ = ["figure_caption", "figure_title", "form_content_cells", "form_content_markdown", "format_table",
-           "load_form_content", "load_matrix", "save_form_content", "save_matrix"]
+__all__ = ["figure_caption", "figure_title", "form_content_cells", "form_content_markdown", "form_content_pools",
+           "format_table", "load_form_content", "load_matrix", "save_form_content", "save_matrix"]
 
 MISSING = "-"
 
@@ -349,6 +350,18 @@ def _form_content_metrics(tasks: list[str], cells: dict) -> dict[str, dict[str, 
     return out
 
 
+def form_content_pools(tasks: list[str], cells: dict) -> dict[str, dict]:
+    """The cells that measure forgetting, pooled: the earlier tasks after the last stage, and every
+    task after any later stage (below the diagonal); the trained task itself (the diagonal) apart."""
+    last = tasks[-1] if tasks else None
+    pools = {
+        "final stage, earlier tasks": [cells.get(last, {}).get(t) for t in tasks[:-1]],
+        "later stages, earlier tasks": [cells.get(s, {}).get(t) for k, s in enumerate(tasks) for t in tasks[:k]],
+        "own stage (diagonal)": [cells.get(t, {}).get(t) for t in tasks],
+    }
+    return {name: pool_form_content([c for c in found if c]) for name, found in pools.items()}
+
+
 def form_content_markdown(record: dict, title: str = "Format vs content") -> str:
     """The tables of a form_content.json record: one per quantity, rows after stage, columns tasks."""
     tasks, cells = record["tasks"], record["cells"]
@@ -363,6 +376,13 @@ def form_content_markdown(record: dict, title: str = "Format vs content") -> str
         for label in labels:
             lines.append(f"| {_md_escape(label)} | "
                          + " | ".join(_fmt(cells[label].get(t, {}).get(key), 1) for t in tasks) + " |")
+        lines.append("")
+    pools = record.get("pooled") or {}
+    if pools:
+        lines += ["## pooled (%)", "", "| cells | answers | " + " | ".join(FORM_CONTENT_NAMES) + " |",
+                  "|---|---:|" + "---:|" * len(FORM_CONTENT_NAMES)]
+        lines += [f"| {name} | {pool['n']} | " + " | ".join(_fmt(pool.get(k), 1) for k in FORM_CONTENT_NAMES) + " |"
+                  for name, pool in pools.items()]
         lines.append("")
     metrics = record.get("metrics") or {}
     if metrics:
@@ -389,6 +409,9 @@ def load_form_content(path: str | Path) -> tuple[list[str], dict[str, dict[str, 
         raise RunError(f"{path} is damaged: field 'cells' must map each stage to tasks to their numbers")
     for stage, row in cells.items():
         for task, cell in row.items():
+            missing = [k for k in ("n", *FORM_CONTENT_NAMES) if k not in cell]
+            if missing:
+                raise RunError(f"{path} is damaged: field 'cells.{stage}.{task}' has no {missing[0]!r}")
             for key, value in cell.items():
                 if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
                     raise RunError(f"{path} is damaged: field 'cells.{stage}.{task}.{key}' must be a number, "
@@ -401,7 +424,8 @@ def save_form_content(run_dir: str | Path, tasks: Sequence[str]) -> dict[str, Pa
     return their paths keyed by extension."""
     run_dir, tasks = Path(run_dir), [str(t) for t in tasks]
     cells = form_content_cells(run_dir, tasks)
-    record = {"tasks": tasks, "cells": cells, "metrics": _form_content_metrics(tasks, cells)}
+    record = {"tasks": tasks, "cells": cells, "pooled": form_content_pools(tasks, cells),
+              "metrics": _form_content_metrics(tasks, cells)}
     paths = {ext: run_dir / f"{FORM_CONTENT_NAME}.{ext}" for ext in ("json", "md")}
     atomic_write_text(paths["json"], json.dumps(record, indent=2) + "\n")
     atomic_write_text(paths["md"], form_content_markdown(record, f"Format vs content · {run_dir.name}"))
