@@ -45,6 +45,9 @@ CASES = [
     ("mc-option-text-capitalized", "letter", MC, "B", "Green.", False, 1.0),
     ("mc-letter-in-a-sentence", "letter", MC, "B", "The answer is B.", False, 1.0),
     ("mc-wrong-option-text", "letter", MC, "B", "red", False, 0.0),
+    ("mc-option-text-in-a-sentence", "letter", MC, "B", "The square is green.", False, 1.0),
+    ("mc-article-and-option-text", "letter", MC, "B", "A green square", False, 1.0),
+    ("mc-two-option-texts", "letter", MC, "B", "red or green", False, 0.0),
     ("mc-empty", "letter", MC, "B", "", False, 0.0),
     ("mc-article-is-not-option-a", "letter", MC_SHAPE, "B", "A square", False, 1.0),
     ("mc-number-word-for-option", "letter", MC_COUNT, "B", "two", False, 1.0),
@@ -149,6 +152,7 @@ def test_resolve_option_and_content_text():
     options = option_texts(MC_SHAPE)
     assert resolve_option("A square", options) == "B"  # the option's text, not the article as option A
     assert resolve_option("The answer is A.", options) == "A"
+    assert resolve_option("It is a square, I think.", options) == "B"
     assert resolve_option("triangle", options) is None and resolve_option("E", options) is None
     assert content_text("B", MC) == "green"
     assert content_text("purple", MC) == "purple" and content_text("B", SHORT) == "B"

@@ -109,12 +109,17 @@ def option_texts(text: str) -> dict[str, str]:
 
 def resolve_option(prediction: str, options: dict[str, str]) -> str | None:
     """The option letter an answer means: an option's text said in any form ("a circle", "two"
-    for "2") first, then a letter read the scorer's way ("B", "The answer is B."); else None.
-    Text first, so that the article in "A circle" is not taken for option A."""
-    said = normalize_answer(prediction)
-    for letter, body in options.items():
-        if said and said == normalize_answer(body):
+    for "2"); else the one option whose text the answer states ("It is green."); else a letter
+    read the scorer's way ("B", "The answer is B."); else None. Text first, so that the article
+    in "A circle" is not taken for option A."""
+    said = normalize_answer(prediction)  # "" for "A" alone (an article): read as a letter below
+    texts = {letter: normalize_answer(body) for letter, body in options.items()}
+    for letter, text in texts.items():
+        if said and said == text:
             return letter
+    stated = [letter for letter, text in texts.items() if _class_match(said, text)]
+    if len(stated) == 1:
+        return stated[0]
     letter = parse_option_letter(prediction)
     return letter if letter in options else None
 
