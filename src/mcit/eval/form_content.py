@@ -24,7 +24,7 @@ module splits every prediction into two independent decisions:
 
 * **content-correct in any form** (a value in [0, 1], the task's corrected scorer applied to what
   the answer says): an option letter stands for its option's text and an option's text counts as
-  its letter; "two" == "2"; a box is judged by its region (the ``bbox`` scorer reads any four
+  its letter, also inside a sentence that names no other option; "two" == "2"; a box is judged by its region (the ``bbox`` scorer reads any four
   numbers and orders the corners); case, punctuation and articles never matter; a reference stated
   inside a longer answer ("It is a goldfish.", "Yes, it is red.") counts; a refusal worded any way
   counts as "unanswerable".
