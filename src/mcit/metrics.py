@@ -14,9 +14,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["METRIC_NAMES", "as_matrix", "compute_metrics"]
+__all__ = ["FORM_CONTENT_NAMES", "METRIC_NAMES", "as_matrix", "compute_metrics", "form_content_summary",
+           "pool_form_content"]
 
 METRIC_NAMES = ("MFT", "MFN", "MAA", "BWT", "Forgetting", "FWT")
+# One cell of the format/content decomposition (form_content_summary), all in percent.
+FORM_CONTENT_NAMES = ("score", "format_valid", "content", "format_error_share", "recovered_share")
 
 
 def _to_float(value: Any, where: str) -> float:
@@ -99,3 +102,59 @@ def compute_metrics(matrix: Any, zero_shot: Sequence[float | None] | None = None
                 fwt = float(np.mean(upper - base))
 
     return {"MFT": mft, "MFN": mfn, "MAA": maa, "BWT": bwt, "Forgetting": forgetting, "FWT": fwt}
+
+
+def form_content_summary(records: Sequence[dict]) -> dict[str, float | int | None]:
+    """The format/content decomposition of one task at one stage, from its prediction records
+    (each with ``score`` and ``content`` in [0, 1] and ``format_valid``, see
+    :mod:`mcit.eval.form_content`). In percent:
+
+    score               the instruction-following (IF) score, 100 * mean(score)
+    format_valid        share of answers in the form the instruction asks for
+    content             content accuracy in any form, 100 * mean(content)
+    format_error_share  share of the IF error that falls on answers of the wrong form; the rest
+                        are content errors (right form, wrong content)
+    recovered_share     share of the IF error that is right in content all the same,
+                        sum(max(0, content - score)) / sum(1 - score): the errors that are lost
+                        alignment and not lost knowledge
+
+    The IF error of an answer is ``1 - score`` (a soft VQA score can be partly wrong). The two
+    shares are None when there is no error to share out; everything but ``n`` is None for no records.
+    """
+    n = len(records)
+    if n == 0:
+        return {"n": 0, **{k: None for k in FORM_CONTENT_NAMES}}
+    errors = [1.0 - float(r["score"]) for r in records]
+    total = sum(errors)
+
+    def share(parts) -> float | None:
+        return None if total <= 0.0 else 100.0 * sum(parts) / total
+
+    return {
+        "n": n,
+        "score": 100.0 * sum(float(r["score"]) for r in records) / n,
+        "format_valid": 100.0 * sum(bool(r["format_valid"]) for r in records) / n,
+        "content": 100.0 * sum(float(r["content"]) for r in records) / n,
+        "format_error_share": share(e for e, r in zip(errors, records) if not r["format_valid"]),
+        "recovered_share": share(max(0.0, float(r["content"]) - float(r["score"])) for r in records),
+    }
+
+
+def pool_form_content(summaries: Sequence[dict]) -> dict[str, float | int | None]:
+    """Several cells of :func:`form_content_summary` as one, each answer weighing the same (the
+    shares weighted by each cell's IF error): e.g. the old tasks after the last stage."""
+    cells = [c for c in summaries if c.get("n")]
+    n = sum(c["n"] for c in cells)
+    if n == 0:
+        return {"n": 0, **{k: None for k in FORM_CONTENT_NAMES}}
+    errors = [c["n"] * (100.0 - c["score"]) / 100.0 for c in cells]
+    total = sum(errors)
+
+    def mean(key: str) -> float:
+        return sum(c["n"] * c[key] for c in cells) / n
+
+    def share(key: str) -> float | None:
+        return None if total <= 0.0 else sum(e * (c[key] or 0.0) for e, c in zip(errors, cells)) / total
+
+    return {"n": n, "score": mean("score"), "format_valid": mean("format_valid"), "content": mean("content"),
+            "format_error_share": share("format_error_share"), "recovered_share": share("recovered_share")}

@@ -37,7 +37,7 @@ from .models.load import load_checkpoint
 from .preflight import check_max_length, check_run_settings
 from .progress import configure as configure_progress
 from .report.curves import save_loss_curve
-from .report.matrix import format_table, load_matrix, save_matrix
+from .report.matrix import format_table, load_matrix, save_form_content, save_matrix
 from .rundir import (BASE_STAGE, ENVIRONMENT_FILE, RunError, completed_stages, create_run_dir, load_json,
                      mark_stage_done, remove_write_leftovers, restore_stage, save_environment, save_json, save_jsonl,
                      save_stage, stage_dir)
@@ -411,6 +411,7 @@ def _finish_sequence(run: _Run) -> dict:
               "metrics": metrics, "seconds": time.time() - run.started}
     if run.main:
         save_matrix(run.run_dir, "matrix", tasks, matrix, zero_shot, metrics)
+        save_form_content(run.run_dir, tasks)  # format-valid rate and content accuracy per task and stage
         for ext in ("json", "csv", "md", "png"):
             (run.run_dir / f"matrix_partial.{ext}").unlink(missing_ok=True)
         save_json(run.run_dir / "metrics.json", {"view": "instruction_following", "scoring": cfg.eval.scoring,

@@ -8,6 +8,7 @@ from ..data.coin_format import format_bbox
 from ..data.schema import Sample
 from .generate import generate_answers
 from .coin_compat import score_mode, scored_text
+from .form_content import record_fields
 from .scorers import parse_box
 
 
@@ -46,6 +47,8 @@ def evaluate_task(model, processor, samples: list[Sample], image_root: Path | No
             "prediction": pred,
             "scorer": scorer,
             "score": score_mode(ec.scoring, scorer, pred, sample),
+            # format and content decided apart (form_content): is the error lost alignment or lost knowledge
+            **record_fields(pred, sample, scorer),
             # the test record as stored, where mcit's reading differs (what CoIN's judge is shown)
             **{k: sample.extra[k] for k in RECORD_FIELDS if k in sample.extra},
         })

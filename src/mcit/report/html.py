@@ -16,6 +16,8 @@ from typing import Any
 from ..compare import VIEW_METRICS
 from ..io import atomic_write_text
 from ..rundir import RunError, load_json
+from ..metrics import FORM_CONTENT_NAMES
+from .matrix import FORM_CONTENT_NAME, FORM_CONTENT_TABLES, form_content_pools, load_form_content
 from .browse import (VIEWS, default_config, format_duration, format_number, config_differences, is_run_dir, load_view,
                      most_forgotten, read_config, require_run, sample_answers, summarise)
 
@@ -84,6 +86,24 @@ def _matrix_sections(run: Path) -> list[str]:
     return out
 
 
+def _form_content_sections(run: Path) -> list[str]:
+    """The format vs content tables of form_content.json (written at the end of a sequential run)."""
+    path = run / f"{FORM_CONTENT_NAME}.json"
+    if not path.is_file():
+        return []
+    tasks, cells = load_form_content(path)
+    labels = [label for label in ["base", *tasks] if label in cells]
+    out = ["<h2>Format vs content</h2>",
+           "<p>Every answer decided twice: does it have the form its instruction asks for, and is its "
+           "content right in any form.</p>"]
+    for key, heading in FORM_CONTENT_TABLES:
+        rows = [[label] + [format_number(cells[label].get(t, {}).get(key)) for t in tasks] for label in labels]
+        out += [f"<h3>{escape(heading)}</h3>", _table(["after stage"] + tasks, rows)]
+    pooled = form_content_pools(tasks, cells)
+    rows = [[name, pool["n"]] + [format_number(pool[k]) for k in FORM_CONTENT_NAMES] for name, pool in pooled.items()]
+    return out + ["<h3>pooled (%)</h3>", _table(["cells", "answers", *FORM_CONTENT_NAMES], rows)]
+
+
 def _answers_section(run: Path, per_task: int) -> list[str]:
     samples = sample_answers(run, per_task)
     if not samples:
@@ -115,7 +135,7 @@ def run_report(run: str | Path, per_task: int = 3) -> str:
     body = [f"<h1>{escape(run.name)}</h1>",
             f"<p class=meta>method {escape(s.method)} · tasks {escape(', '.join(s.tasks))} · status "
             f"{escape(s.status)} · time {escape(format_duration(s.seconds))}</p>"]
-    body += _metrics_section(s) + _figures_section(run) + _matrix_sections(run)
+    body += _metrics_section(s) + _figures_section(run) + _matrix_sections(run) + _form_content_sections(run)
     body += _answers_section(run, per_task) + _config_sections(run)
     return _page(f"mcit run {run.name}", body)
 

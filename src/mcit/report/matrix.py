@@ -17,10 +17,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from mcit.errors import RunError
+from mcit.eval.form_content import decide_record
 from mcit.io import atomic_write_bytes, atomic_write_text
-from mcit.metrics import METRIC_NAMES, as_matrix, compute_metrics
+from mcit.metrics import (FORM_CONTENT_NAMES, METRIC_NAMES, as_matrix, compute_metrics, form_content_summary,
+                          pool_form_content)
+from mcit.rundir import BASE_STAGE, load_json, stage_dir
 
-__all__ = ["figure_caption", "figure_title", "format_table", "load_matrix", "save_matrix"]
+__all__ = ["figure_caption", "figure_title", "form_content_cells", "form_content_markdown", "form_content_pools",
+           "format_table", "load_form_content", "load_matrix", "save_form_content", "save_matrix"]
 
 MISSING = "-"
 
@@ -279,3 +284,149 @@ def format_table(
         lines.append("")
         lines.append("  ".join(f"{k} {_fmt(v, 2)}" for k, v in items))
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------- format vs content
+
+FORM_CONTENT_NAME = "form_content"
+# The tables of form_content.md, in order: (key of form_content_summary, heading).
+FORM_CONTENT_TABLES = (
+    ("format_valid", "format-valid rate (%): answers in the form the instruction asks for"),
+    ("content", "content accuracy (%): right in any form (option text for its letter, 'two' for '2', ...)"),
+    ("score", "instruction-following score (%): the task's own scorer, as in matrix.md"),
+    ("format_error_share", "share of the IF error that is a format failure (%); the rest: right form, wrong content"),
+    ("recovered_share", "share of the IF error whose content is right all the same (%): lost alignment, not knowledge"),
+)
+
+
+def _read_records(path: Path) -> list[dict]:
+    from .browse import read_predictions  # browse imports this module: imported on use
+
+    records = read_predictions(path)
+    for n, rec in enumerate(records, 1):
+        if not (isinstance(rec, dict) and isinstance(rec.get("text"), str) and isinstance(rec.get("answers"), list)):
+            raise RunError(f"{path}, record {n}: not a prediction record (fields 'text', 'answers')")
+    return records
+
+
+def _decided(records: list[dict]) -> list[dict]:
+    return [{"score": r.get("score", 0.0), **decide_record(r)} for r in records]
+
+
+def form_content_cells(run_dir: str | Path, tasks: Sequence[str]) -> dict[str, dict[str, dict]]:
+    """{stage label: {task: form_content_summary}} from a sequential run's saved predictions:
+    "base" (zero-shot, when evaluated) and one label per stage, the task it trained. Records saved
+    before they carried format/content fields are decided from their text."""
+    run_dir = Path(run_dir)
+    folders = [("base", run_dir / "stages" / BASE_STAGE)]
+    folders += [(task, stage_dir(run_dir, t, task)) for t, task in enumerate(tasks)]
+    cells: dict[str, dict[str, dict]] = {}
+    for label, folder in folders:
+        row = {}
+        for task in tasks:
+            path = folder / "predictions" / f"{task}.jsonl"
+            if path.is_file():
+                row[task] = form_content_summary(_decided(_read_records(path)))
+        if row:
+            cells[label] = row
+    return cells
+
+
+def _form_content_matrix(tasks: list[str], cells: dict, key: str) -> list[list[float | None]]:
+    return [[cells.get(task, {}).get(t, {}).get(key) for t in tasks] for task in tasks]
+
+
+def _form_content_metrics(tasks: list[str], cells: dict) -> dict[str, dict[str, float | None]]:
+    """MFT/MFN/BWT/... of the format-valid and the content matrices, next to the IF ones: the
+    forgetting of each, when the lower triangle is complete."""
+    out = {}
+    base = cells.get("base")
+    for key in ("score", "format_valid", "content"):
+        try:
+            zero_shot = [base.get(t, {}).get(key) for t in tasks] if base else None
+            out[key] = _clean_metrics(compute_metrics(_form_content_matrix(tasks, cells, key), zero_shot))
+        except ValueError:  # an unfinished run: no metrics over a partial triangle
+            continue
+    return out
+
+
+def form_content_pools(tasks: list[str], cells: dict) -> dict[str, dict]:
+    """The cells that measure forgetting, pooled: the earlier tasks after the last stage, and every
+    task after any later stage (below the diagonal); the trained task itself (the diagonal) apart."""
+    last = tasks[-1] if tasks else None
+    pools = {
+        "final stage, earlier tasks": [cells.get(last, {}).get(t) for t in tasks[:-1]],
+        "later stages, earlier tasks": [cells.get(s, {}).get(t) for k, s in enumerate(tasks) for t in tasks[:k]],
+        "own stage (diagonal)": [cells.get(t, {}).get(t) for t in tasks],
+    }
+    return {name: pool_form_content([c for c in found if c]) for name, found in pools.items()}
+
+
+def form_content_markdown(record: dict, title: str = "Format vs content") -> str:
+    """The tables of a form_content.json record: one per quantity, rows after stage, columns tasks."""
+    tasks, cells = record["tasks"], record["cells"]
+    labels = [label for label in ["base", *tasks] if label in cells]
+    lines = [f"# {title}", "",
+             "Every answer is decided twice (mcit.eval.form_content): does it have the form its instruction "
+             "asks for, and is its content right in any form. Rows: after stage (task trained); columns: "
+             "evaluated on.", ""]
+    for key, heading in FORM_CONTENT_TABLES:
+        lines += [f"## {heading}", "", "| after stage | " + " | ".join(_md_escape(t) for t in tasks) + " |",
+                  "|---|" + "---:|" * len(tasks)]
+        for label in labels:
+            lines.append(f"| {_md_escape(label)} | "
+                         + " | ".join(_fmt(cells[label].get(t, {}).get(key), 1) for t in tasks) + " |")
+        lines.append("")
+    pools = record.get("pooled") or {}
+    if pools:
+        lines += ["## pooled (%)", "", "| cells | answers | " + " | ".join(FORM_CONTENT_NAMES) + " |",
+                  "|---|---:|" + "---:|" * len(FORM_CONTENT_NAMES)]
+        lines += [f"| {name} | {pool['n']} | " + " | ".join(_fmt(pool.get(k), 1) for k in FORM_CONTENT_NAMES) + " |"
+                  for name, pool in pools.items()]
+        lines.append("")
+    metrics = record.get("metrics") or {}
+    if metrics:
+        names = [m for m in METRIC_NAMES if any(m in v for v in metrics.values())]
+        lines += ["## metrics of each view", "", "| view | " + " | ".join(names) + " |",
+                  "|---|" + "---:|" * len(names)]
+        for key, values in metrics.items():
+            lines.append(f"| {key} | " + " | ".join(_fmt(values.get(m), 2) for m in names) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def load_form_content(path: str | Path) -> tuple[list[str], dict[str, dict[str, dict]]]:
+    """(tasks, cells) of a form_content.json; RunError naming the field that is damaged."""
+    path = Path(path)
+    record = load_json(path)
+    if not isinstance(record, dict):
+        raise RunError(f"{path} is damaged: expected a JSON object, got {type(record).__name__}")
+    tasks, cells = record.get("tasks"), record.get("cells")
+    if not (isinstance(tasks, list) and all(isinstance(t, str) for t in tasks)):
+        raise RunError(f"{path} is damaged: field 'tasks' must be a list of task names")
+    if not (isinstance(cells, dict) and all(isinstance(row, dict) and all(isinstance(c, dict) for c in row.values())
+                                            for row in cells.values())):
+        raise RunError(f"{path} is damaged: field 'cells' must map each stage to tasks to their numbers")
+    for stage, row in cells.items():
+        for task, cell in row.items():
+            missing = [k for k in ("n", *FORM_CONTENT_NAMES) if k not in cell]
+            if missing:
+                raise RunError(f"{path} is damaged: field 'cells.{stage}.{task}' has no {missing[0]!r}")
+            for key, value in cell.items():
+                if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                    raise RunError(f"{path} is damaged: field 'cells.{stage}.{task}.{key}' must be a number, "
+                                   f"got {type(value).__name__}")
+    return tasks, cells
+
+
+def save_form_content(run_dir: str | Path, tasks: Sequence[str]) -> dict[str, Path]:
+    """Write ``form_content.json`` and ``form_content.md`` of a sequential run (atomically) and
+    return their paths keyed by extension."""
+    run_dir, tasks = Path(run_dir), [str(t) for t in tasks]
+    cells = form_content_cells(run_dir, tasks)
+    record = {"tasks": tasks, "cells": cells, "pooled": form_content_pools(tasks, cells),
+              "metrics": _form_content_metrics(tasks, cells)}
+    paths = {ext: run_dir / f"{FORM_CONTENT_NAME}.{ext}" for ext in ("json", "md")}
+    atomic_write_text(paths["json"], json.dumps(record, indent=2) + "\n")
+    atomic_write_text(paths["md"], form_content_markdown(record, f"Format vs content · {run_dir.name}"))
+    return paths
