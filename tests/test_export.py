@@ -26,6 +26,7 @@ METHODS = {
     "moelora": ["method.name=moelora", "method.moe_experts=1"],
     "projector": ["method.name=projector"],
     "olora": ["method.name=olora"],
+    "lcia-ema": ["method.name=lcia-ema"],  # the balanced EMA changes the weights, the merge sees one LoRA
 }
 STAGES = {1: "01-ImageNet", 2: "02-VQAv2"}
 

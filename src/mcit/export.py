@@ -22,6 +22,7 @@ from .rundir import ENVIRONMENT_FILE, RunError, load_json
 MERGEABLE = {
     "lora": "PEFT merge_and_unload (LoRA and the projector copy it trained)",
     "multitask": "PEFT merge_and_unload (one LoRA trained on all tasks)",
+    "lcia-ema": "PEFT merge_and_unload (one LoRA and its projector copy, as lora; no instruction groups)",
     "olora": "PEFT merge_and_unload of every task's LoRA (all active and summed at inference)",
     "moelora": "W0 + scale * B A of its single expert (exact only with method.moe_experts=1)",
     "projector": "nothing to merge: the trained projector is written into the model",
