@@ -277,14 +277,41 @@ def full_value(tensor: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def gather_into(sharded: torch.nn.Module, plain: torch.nn.Module, device) -> None:
+def gather_into(sharded: torch.nn.Module, plain: torch.nn.Module, device, trainable_only: bool = False) -> None:
     """Copy the trained weights of `sharded` (a `shard_for_training` copy) into `plain`, then move
     `plain` to `device`; every process must call it (each sharded tensor is all-gathered, one at
-    a time)."""
+    a time). `trainable_only`: the parameters that require grad (an in-task checkpoint: the frozen
+    ones are still those `sharded` was copied from)."""
     target = dict(plain.named_parameters())
     for name, param in sharded.named_parameters():  # the same names: fully_shard keeps them
+        if trainable_only and not param.requires_grad:
+            continue
         target[name].copy_(full_value(param).to(target[name].device, target[name].dtype))
     plain.to(device)
+
+
+def shard_like(template: torch.Tensor, whole: torch.Tensor) -> torch.Tensor:
+    """`whole` split across processes as the sharded `template` is (a DTensor on its mesh and
+    placements), an ordinary tensor as it is. No communication: every process holds `whole` (read
+    from the same file) and keeps its own part."""
+    if not is_sharded(template):
+        return whole
+    from torch.distributed.tensor import distribute_tensor
+
+    return distribute_tensor(whole.to(template.device), template.device_mesh, template.placements, src_data_rank=None)
+
+
+@torch.no_grad()
+def scatter_into(plain: torch.nn.Module, sharded: torch.nn.Module, trainable_only: bool = False) -> None:
+    """The inverse of `gather_into`: the weights of `plain` into each process's shards of
+    `sharded` (a `shard_for_training` copy of it), e.g. after an in-task checkpoint was loaded
+    into `plain`."""
+    source = dict(plain.named_parameters())
+    for name, param in sharded.named_parameters():
+        if trainable_only and not param.requires_grad:
+            continue
+        part = shard_like(param, source[name].detach())
+        local_shard(param).copy_(local_shard(part))
 
 
 def is_sharded(tensor: torch.Tensor) -> bool:

@@ -63,13 +63,15 @@ def _batches(loader: DataLoader):
 def train_task(model, method: Method, ctx: TaskContext, items: list[dict], run_cfg, pad_id: int,
                seed: int, desc: str, steps: int | None = None, on_step=None,
                checkpoint: Path | None = None, resume_from: Path | None = None,
-               train_log: TrainLog | None = None) -> dict:
+               train_log: TrainLog | None = None, whole: torch.nn.Module | None = None) -> dict:
     """Train `model` on encoded `items` for one task (`steps` optimizer steps, default: the
     task's budget); returns loss statistics. `on_step(step)`, if given, runs after each
     optimizer step (1-based; EMT tracking evaluates there). With `checkpoint` (the stage
     folder) an in-task checkpoint is saved every train.checkpoint_every steps; `resume_from`
     (a checkpoint folder) continues from the step it was saved at. ``train_log`` gets one record
-    per optimizer step (loss, its task and method parts, learning rate, gradient norm)."""
+    per optimizer step (loss, its task and method parts, learning rate, gradient norm). ``whole``
+    (train.engine=fsdp): the unsharded model `model` is a sharded copy of; checkpoints are written
+    from it and read into it."""
     tc = run_cfg.train
     acc = ctx.accelerator
     if acc.num_processes > 1 and not getattr(acc, "split_batches", False):
@@ -103,7 +105,7 @@ def train_task(model, method: Method, ctx: TaskContext, items: list[dict], run_c
     if resume_from is not None:
         live = acc.unwrap_model(model)
         state = ckpt.load(resume_from, acc, model=live, method=method, ctx=ctx, optimizer=optimizer,
-                          scheduler=scheduler)
+                          scheduler=scheduler, whole=whole)
         start, losses, extras = state["step"], list(state["losses"]), list(state["extras"])
         for _ in range(start * tc.grad_accum):  # the sampler's position: replay the seeded order
             next(batches)
@@ -154,7 +156,7 @@ def train_task(model, method: Method, ctx: TaskContext, items: list[dict], run_c
                 train_log.flush()
             ckpt.save(checkpoint, acc, model=acc.unwrap_model(model), method=method, ctx=ctx, optimizer=optimizer,
                       scheduler=scheduler, step=ctx.step, batches=ctx.step * tc.grad_accum, losses=losses,
-                      extras=extras)
+                      extras=extras, whole=whole)
         recent = losses[-10:]
         progress.update(loss=sum(recent) / len(recent), lr=lr)
     progress.close(loss=sum(losses[-10:]) / max(1, len(losses[-10:])))

@@ -114,8 +114,6 @@ def _set_up(cfg, log, resume: bool) -> _Run:
     set_seed(cfg.seed)
     if not acc.is_main_process:  # one voice: only the main process prints
         log = lambda *args, **kwargs: None  # noqa: E731
-    if uses_fsdp(cfg, acc) and cfg.train.checkpoint_every:
-        log("train.engine=fsdp writes no in-task checkpoints yet: a stage cut off is redone from its start")
     started = time.time()
     method = build_method(cfg.method)  # fail on a bad method before any expensive work
     tracker = EmtTracker(cfg, log) if cfg.emt.every_steps > 0 else None  # EMT sets too (off by default)
@@ -271,10 +269,8 @@ def _train_stage(run: _Run, t: int, name: str, trained: list[str]) -> tuple[Task
     on_step = (run.tracker.stage(acc.unwrap_model(run.model), run.processor, t, name, steps, acc.device)
                if run.tracker else None)
     # In-task checkpoints only where they resume exactly (EMT points are per stage, and a method
-    # may keep in-task state it does not checkpoint).
-    # fsdp: not yet (the optimizer and method state are sharded); a cut stage is redone from its start.
-    in_task = (cfg.train.checkpoint_every > 0 and run.tracker is None and method.resumable_mid_task
-               and not sharded)
+    # may keep in-task state it does not checkpoint). fsdp: written from the whole model `run.model`.
+    in_task = cfg.train.checkpoint_every > 0 and run.tracker is None and method.resumable_mid_task
     stage = stage_dir(run.run_dir, t, name)
     resume_from = _in_task_checkpoint(stage, acc, run.log) if in_task and run.resume else None
     # Per-step records: the stage's train_log.jsonl and the trackers, at the run's step count.
@@ -284,7 +280,7 @@ def _train_stage(run: _Run, t: int, name: str, trained: list[str]) -> tuple[Task
     stats = train_task(trainee, method, ctx, items, cfg, _pad_id(run),
                        seed=cfg.seed * 1000 + t, desc=f"stage {t + 1}/{len(run.stages)} {name}", steps=steps,
                        on_step=on_step, checkpoint=stage if in_task else None, resume_from=resume_from,
-                       train_log=train_log)
+                       train_log=train_log, whole=run.model if sharded else None)
     method.after_task(ctx)
     if sharded:  # the stage's weights back into the whole model, which is saved and evaluated
         gather_into(trainee, run.model, acc.device)
@@ -368,7 +364,7 @@ def _in_task_checkpoint(stage: Path, acc, log) -> Path | None:
     if saved != acc.num_processes:  # per-process RNG states cannot be mapped: redo the stage
         log(f"{found} was written by {saved} processes, this run has {acc.num_processes}: redoing the stage")
         return None
-    log(f"continuing {stage.name} from its in-task checkpoint")
+    log(f"continuing {stage.name} from its in-task checkpoint (step {ckpt.saved_step(found)})")
     return found
 
 
