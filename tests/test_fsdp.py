@@ -22,6 +22,7 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
+from safetensors.torch import load_file
 from test_distributed import _env, _free_port, _tensors, _torchrun
 from test_end_to_end import SMALL
 
@@ -130,10 +131,11 @@ def _torchrun_cmd(args: list[str]) -> list[str]:
 def test_fsdp_run_killed_mid_stage_resumes_from_its_checkpoint_to_the_uninterrupted_matrix(tmp_path):
     """SIGKILL to torchrun and both workers while stage 2 trains, once its first in-task checkpoint
     (train.checkpoint_every=4) is written; `--resume` with 2 fsdp processes continues the stage
-    from the checkpoint's step and ends as the uninterrupted run, bit for bit."""
+    from the checkpoint's step and ends as the uninterrupted run, bit for bit. EMA on LoRA: its
+    shadows are per-process shards, kept per process in the checkpoint."""
     env = _run_env(tmp_path, "cache")
     args = [*[a for a in SMALL if not a.startswith("train.steps_per_task")], "train.steps_per_task=12",
-            "train.checkpoint_every=4", "log.every_steps=2", "method.name=lora", "train.engine=fsdp",
+            "train.checkpoint_every=4", "log.every_steps=2", "method.name=ema", "train.engine=fsdp",
             f"output_dir={tmp_path / 'runs'}"]
     whole = subprocess.run(_torchrun_cmd(["-m", "mcit", "run", *args, "name=whole"]), env=env,
                            capture_output=True, text=True, timeout=300)
@@ -155,6 +157,13 @@ def test_fsdp_run_killed_mid_stage_resumes_from_its_checkpoint_to_the_uninterrup
     step = ckpt.saved_step(found)
     assert step in (4, 8)
     _assert_whole_tensors(found)
+    # EMA's shadows: each process's part of each trainable weight, together the whole weight's shape
+    state = load_file(str(found / "method_state.safetensors"))
+    names = [k.removeprefix("task/0/") for k in state if k.startswith("task/0/shadow/")]
+    assert names and all(k.startswith(("task/0/", "task/1/")) for k in state)
+    whole_shapes = [tuple(torch.cat([state[f"task/{r}/{n}"] for r in (0, 1)]).shape) for n in names]
+    assert sorted(whole_shapes) == _weight_shapes(found)
+    assert any(state[f"task/1/{n}"].shape[0] < whole[0] for n, whole in zip(names, whole_shapes))
 
     resumed = subprocess.run(_torchrun_cmd(["-m", "mcit", "run", "--resume", str(cut)]), env=env,
                              capture_output=True, text=True, timeout=300)
@@ -176,15 +185,16 @@ def test_fsdp_run_killed_mid_stage_resumes_from_its_checkpoint_to_the_uninterrup
     assert ckpt.find(stage2) is None  # a completed stage drops its checkpoint
 
 
+def _weight_shapes(checkpoint: Path) -> list[tuple]:
+    weights = load_file(str(checkpoint / "model" / "adapter_model.safetensors"))
+    return sorted(tuple(v.shape) for v in weights.values())
+
+
 def _assert_whole_tensors(checkpoint: Path) -> None:
     """The checkpoint holds whole tensors, not one process's shards: each trainable weight's AdamW
     moments have the weight's full shape (the adapter file lists the trainable weights)."""
-    from safetensors.torch import load_file
-
-    weights = load_file(str(checkpoint / "model" / "adapter_model.safetensors"))
     moments = load_file(str(checkpoint / "optimizer.safetensors"))
-    shapes = sorted(tuple(v.shape) for v in weights.values())
-    assert sorted(tuple(v.shape) for k, v in moments.items() if k.endswith("/exp_avg")) == shapes
+    assert sorted(tuple(v.shape) for k, v in moments.items() if k.endswith("/exp_avg")) == _weight_shapes(checkpoint)
     assert all(v.numel() == 1 for k, v in moments.items() if k.endswith("/step"))
 
 

@@ -12,13 +12,13 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from torch.utils.data import DataLoader
 from transformers import get_cosine_schedule_with_warmup
 
 from . import checkpoint as ckpt
 from .data.encode import collate
-from .distributed import global_loss_kwargs, mean_over_processes
+from .distributed import backward, global_loss_kwargs, mean_over_processes
 from .methods.base import Method, TaskContext
 from .progress import Progress
 from .threads import ThreadGovernor
@@ -93,7 +93,11 @@ def train_task(model, method: Method, ctx: TaskContext, items: list[dict], run_c
     params = [p for g in groups for p in g["params"]]
     optimizer = adamw(groups, tc.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(tc.warmup_ratio * total), total)
-    optimizer, loader, scheduler = acc.prepare(optimizer, loader, scheduler)
+    if acc.distributed_type == DistributedType.DEEPSPEED:  # train.engine=deepspeed-*: the engine is
+        # built from the model and this task's optimizer together (mcit.distributed)
+        model, optimizer, loader, scheduler = acc.prepare(model, optimizer, loader, scheduler)
+    else:
+        optimizer, loader, scheduler = acc.prepare(optimizer, loader, scheduler)
 
     governor = ThreadGovernor(tc.threads)
     governor.start()
@@ -130,7 +134,7 @@ def train_task(model, method: Method, ctx: TaskContext, items: list[dict], run_c
                 if extra is not None:
                     step_extra += extra.detach().float().item() / tc.grad_accum
                     loss = loss + extra
-                acc.backward(loss / tc.grad_accum)
+                backward(acc, loss, micro == tc.grad_accum - 1, tc.grad_accum)
             step_loss += mean_over_processes(acc, out.loss.detach().float()) / tc.grad_accum
         # The norm before clipping, kept as a tensor: read only when the log is written.
         grad_norm = acc.clip_grad_norm_(params, tc.max_grad_norm) if tc.max_grad_norm else None
@@ -162,7 +166,7 @@ def train_task(model, method: Method, ctx: TaskContext, items: list[dict], run_c
     progress.close(loss=sum(losses[-10:]) / max(1, len(losses[-10:])))
     if train_log is not None:
         train_log.flush()
-    _release(acc, optimizer, scheduler, loader)
+    _release(acc, optimizer, scheduler, loader, model)
     model.eval()
     k = max(1, len(losses) // 10)
     stats = {"steps": total, "loss_first": sum(losses[:k]) / k, "loss_last": sum(losses[-k:]) / k}
@@ -179,10 +183,14 @@ def _compiled(model):
     return torch.compile(model)
 
 
-def _release(acc, optimizer, scheduler, loader) -> None:
+def _release(acc, optimizer, scheduler, loader, model) -> None:
     """Forget this task's optimizer state. Accelerate keeps a reference to everything it
     prepared and has no public call to drop one object (free_memory drops the model too), so
     without this every task's AdamW state would stay alive until the run ends."""
     acc._optimizers = [o for o in acc._optimizers if o is not optimizer]
     acc._schedulers = [s for s in acc._schedulers if s is not scheduler]
     acc._dataloaders = [d for d in acc._dataloaders if d is not loader]
+    if getattr(acc, "deepspeed_engine_wrapped", None) is not None:  # this task's DeepSpeed engine
+        acc._models = [m for m in acc._models if m is not model]
+        acc.deepspeed_engine_wrapped.engine.destroy()
+        acc.deepspeed_engine_wrapped = None  # the next task's prepare wraps its own engine
