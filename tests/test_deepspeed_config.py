@@ -88,3 +88,47 @@ def test_accelerates_deepspeed_type_is_accepted_only_with_the_deepspeed_engine()
     for engine in ("ddp", "fsdp"):  # a DeepSpeed plugin from an Accelerate config file
         with pytest.raises(ConfigError, match="train.engine=deepspeed-zero2"):
             check_engine(acc, engine)
+
+
+# -- bench/gpu_check.py: the DeepSpeed runs it adds where the package is installed ------------------
+
+def _gpu_check():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "bench" / "gpu_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_check", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_check_runs_both_zero_stages_when_deepspeed_is_installed(tmp_path, monkeypatch):
+    import importlib.machinery
+    import importlib.util
+
+    check = _gpu_check()
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "deepspeed" else find_spec(name, *a))
+    assert sorted(check._commands(tmp_path)) == ["ddp", "fsdp", "single"]
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: importlib.machinery.ModuleSpec(name, None)
+                        if name == "deepspeed" else find_spec(name, *a))
+    commands = check._commands(tmp_path)
+    assert sorted(commands) == ["ddp", "deepspeed-zero2", "deepspeed-zero3", "fsdp", "single"]
+    for engine in ("deepspeed-zero2", "deepspeed-zero3"):
+        cmd = commands[engine]
+        assert cmd[1:3] == ["-m", "torch.distributed.run"] and cmd[cmd.index("--nproc_per_node") + 1] == "1"
+        assert f"train.engine={engine}" in cmd and f"name={engine}" in cmd and "model.dtype=bfloat16" in cmd
+
+
+def test_gpu_check_without_a_gpu_prints_a_skipped_verdict(monkeypatch, capsys):
+    import json
+
+    import torch
+
+    check = _gpu_check()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr("sys.argv", ["gpu_check.py"])
+    assert check.main() == 0
+    assert json.loads(capsys.readouterr().out)["verdict"] == "skipped"

@@ -58,6 +58,10 @@ def test_each_process_holds_only_its_shard_and_norms_are_summed_over_shards(tmp_
     parts = [a + b for a, b in zip(ranks[0]["local_l1"], ranks[1]["local_l1"])]
     assert parts == pytest.approx(ranks[0]["whole_l1"], rel=1e-6)
     assert all(a < w for a, w in zip(ranks[0]["local_l1"], ranks[0]["whole_l1"]) if w > 0)
+    # whole tensors split as the parameters are (in-task checkpoints): the same local shapes, and
+    # whole weights scattered into the shards give the whole weights again
+    assert all(r["shard_like_local"] == r["local"] for r in ranks)
+    assert all(r["scattered_back"] for r in ranks)
     # gathered back: every process has the whole, changed weights
     assert ranks[0]["gathered"] == ranks[1]["gathered"]
     torch.manual_seed(0)

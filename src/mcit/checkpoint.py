@@ -164,28 +164,26 @@ def save(stage: Path, acc, *, model, method, ctx, optimizer, scheduler, step: in
 
     rng = _rng_state()
     every = gather_object([rng]) if acc.num_processes > 1 else [rng]
-    if whole is not None:  # fsdp: gathered by every process, before the others return
+    per_process = whole is not None  # fsdp: collectives every process joins, before the others return
+    if per_process:
         from .distributed import gather_into
 
         gather_into(model, whole, "cpu", trainable_only=True)  # `whole` waits in CPU memory during the stage
         model = whole
-        opt_flat = _flatten_optimizer(optimizer.state_dict())
-        task_parts = gather_object([_on_cpu(method.task_state_dict())])
+    if per_process or acc.is_main_process:
+        opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
+        task_state = _on_cpu(method.task_state_dict())
+        task_parts = gather_object([task_state]) if per_process else [task_state]
     if not acc.is_main_process:
         return
-    if whole is None:
-        opt_flat = _flatten_optimizer(optimizer.state_dict())
-        task_parts = [_on_cpu(method.task_state_dict())]
     stage = Path(stage)
     stage.mkdir(parents=True, exist_ok=True)
     tmp = stage / f".{NAME}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     method.save_model(model, tmp / "model")
-    opt_tensors, opt_meta = opt_flat
     save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
     method_tensors = {f"stage/{k}": v for k, v in method.state_dict().items()}
-    per_process = whole is not None
     for rank, part in enumerate(task_parts):
         method_tensors |= {f"task/{rank}/{k}" if per_process else f"task/{k}": v for k, v in part.items()}
     save_file(_on_cpu(method_tensors), str(tmp / "method_state.safetensors"))
