@@ -282,11 +282,8 @@ def full_value(tensor: torch.Tensor) -> torch.Tensor:
     an ordinary tensor as it is."""
     if hasattr(tensor, "full_tensor"):
         return tensor.full_tensor()
-    if hasattr(tensor, "ds_id"):  # DeepSpeed ZeRO-3: gathered for the duration of the block
-        import deepspeed
-
-        with deepspeed.zero.GatheredParameters([tensor]):
-            return tensor.detach().clone()
+    if hasattr(tensor, "ds_id") or hasattr(tensor, "_hp_mapping"):  # a parameter of a DeepSpeed engine
+        return _deepspeed_full_value(tensor)
     return tensor
 
 
@@ -353,8 +350,9 @@ def sum_over_shards(values: torch.Tensor, sharded: bool) -> torch.Tensor:
 # trains a copy that Accelerate hands to deepspeed.initialize together with the stage's optimizer
 # and scheduler (fit.train_task prepares them together); the engine scales the loss by the
 # accumulation steps and, at the last micro-batch, clips, steps and zeroes the gradients itself
-# (`backward`). At the stage's end the weights are gathered back into the whole model
-# (`gather_into`; ZeRO-3's partitioned parameters through deepspeed.zero.GatheredParameters).
+# (`backward`). At the stage's end the trained weights are gathered back into the whole model
+# (`gather_into`: the fp32 master weights, ZeRO-3's gathered; the frozen ones never changed and
+# stay as they were, not rounded to bf16).
 # In-task checkpoints are not written: DeepSpeed's own checkpoint format pickles.
 # NOT RUN on the machine mcit is developed on (no GPU, deepspeed not installed): bench/gpu_check.py
 # runs this path where a GPU and deepspeed are present.
@@ -401,7 +399,7 @@ def deepspeed_config(cfg, num_processes: int, bf16: bool) -> dict:
     if stage == 3:
         zero["offload_param"] = dict(offload)
     fp16 = cfg.model.dtype == "float16"
-    return {
+    config = {
         "train_batch_size": tc.batch_size * tc.grad_accum,
         "train_micro_batch_size_per_gpu": per_process_batch(tc.batch_size, num_processes),
         "gradient_accumulation_steps": tc.grad_accum,
@@ -411,6 +409,9 @@ def deepspeed_config(cfg, num_processes: int, bf16: bool) -> dict:
         "zero_optimization": zero,
         "zero_allow_untested_optimizer": True,  # mcit's own AdamW (torch's), not a DeepSpeed one
     }
+    if tc.fsdp_cpu_offload:  # the same AdamW steps on the offloaded state (DeepSpeed asks for its CPUAdam)
+        config["zero_force_ds_cpu_optimizer"] = False
+    return config
 
 
 def accelerator_options(cfg) -> dict:
@@ -446,6 +447,20 @@ def whole_models(cfg, acc):
         yield
     finally:
         acc.state.deepspeed_plugin.set_deepspeed_weakref()
+
+
+def _deepspeed_full_value(param: torch.Tensor) -> torch.Tensor:
+    """The optimizer's fp32 master copy of a trained parameter (with bf16 on, the engine's module
+    holds bf16 weights), else the parameter itself, gathered under ZeRO-3. Both are collectives
+    under ZeRO-3."""
+    import deepspeed
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    master = safe_get_full_fp32_param(param)
+    if master is not None:
+        return master
+    with deepspeed.zero.GatheredParameters([param]):
+        return param.detach().clone()
 
 
 def uses_deepspeed(cfg, acc) -> bool:

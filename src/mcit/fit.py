@@ -191,6 +191,6 @@ def _release(acc, optimizer, scheduler, loader, model) -> None:
     acc._schedulers = [s for s in acc._schedulers if s is not scheduler]
     acc._dataloaders = [d for d in acc._dataloaders if d is not loader]
     if getattr(acc, "deepspeed_engine_wrapped", None) is not None:  # this task's DeepSpeed engine
+        # Not destroyed here: its fp32 master weights are gathered after the task (mcit.train)
         acc._models = [m for m in acc._models if m is not model]
-        acc.deepspeed_engine_wrapped.engine.destroy()
         acc.deepspeed_engine_wrapped = None  # the next task's prepare wraps its own engine

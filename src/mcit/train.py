@@ -293,7 +293,7 @@ def _train_stage(run: _Run, t: int, name: str, trained: list[str]) -> tuple[Task
                        train_log=train_log, whole=run.model if sharded else None)
     method.after_task(ctx)
     if sharded or deepspeed:  # the stage's weights back into the whole model, which is saved and evaluated
-        gather_into(trainee, run.model, acc.device)
+        gather_into(trainee, run.model, acc.device, trainable_only=deepspeed)  # deepspeed: see mcit.distributed
         ctx.model = run.model
     return ctx, stats
 
