@@ -1,7 +1,7 @@
 """Run by tests/test_fsdp.py under torchrun with 2 CPU (gloo) processes: shard a small Llama (built
 from a config, no download) the way train.engine=fsdp does and record, per process, the local
-shapes of its parameters, the L1 norms mcit.distributed sums over shards, and whether gathering
-gives the whole weights back. Usage: torchrun ... fsdp_shard_worker.py OUT_PREFIX"""
+shapes of its parameters, the L1 norms mcit.distributed sums over shards, whether gathering
+gives the whole weights back and whether scattering whole weights gives each process its shards. Usage: torchrun ... fsdp_shard_worker.py OUT_PREFIX"""
 import json
 import sys
 from types import SimpleNamespace
@@ -11,7 +11,8 @@ import torch.distributed as dist
 from torch.distributed.fsdp import FSDPModule
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from mcit.distributed import gather_into, local_shard, shard_for_training, shard_layers, sum_over_shards
+from mcit.distributed import (gather_into, local_shard, scatter_into, shard_for_training, shard_layers, shard_like,
+                              sum_over_shards)
 
 
 def main(prefix: str) -> None:
@@ -32,7 +33,16 @@ def main(prefix: str) -> None:
         for p in params.values():
             p.add_(1.0)
     gather_into(sharded, plain, "cpu")
+    gathered = {n: p.detach().tolist() for n, p in plain.named_parameters()}
+    with torch.no_grad():  # the way back (an in-task checkpoint loaded into the whole model): scatter_into
+        for p in plain.parameters():
+            p.mul_(2.0)
+    scatter_into(plain, sharded)
+    whole = dict(plain.named_parameters())
     record = {
+        # a list, not a generator: full_tensor is a collective, every process must call it for every tensor
+        "scattered_back": all([torch.equal(p.full_tensor(), whole[n]) for n, p in sharded.named_parameters()]),
+        "shard_like_local": {n: list(local_shard(shard_like(p, whole[n].detach())).shape) for n, p in params.items()},
         "layers": [type(m).__name__ for m in shard_layers(plain)],
         "wrapped": [type(m).__name__ for m in sharded.modules() if isinstance(m, FSDPModule)],
         "local": {n: list(local_shard(p).shape) for n, p in params.items()},
@@ -40,7 +50,7 @@ def main(prefix: str) -> None:
         "summed_l1": sum_over_shards(local_l1, True).tolist(),
         "whole_l1": whole_l1.tolist(),
         "local_l1": local_l1.tolist(),
-        "gathered": {n: p.detach().tolist() for n, p in plain.named_parameters()},
+        "gathered": gathered,
     }
     with open(f"{prefix}{rank}.json", "w") as fh:
         json.dump(record, fh)

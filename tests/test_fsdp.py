@@ -8,9 +8,11 @@
   weights (PEFT adapters, or the full model) to a relative 1e-4. Not bit for bit, for the
   reason tests/test_distributed.py gives for DDP: two processes sum their halves of the batch
   and reduce-scatter, a different float summation order than one sum over the whole batch.
-* A 2-process fsdp run killed mid-stage and resumed ends with the uninterrupted run's matrix.
+* A 2-process fsdp run killed mid-stage and resumed continues from its in-task checkpoint (whole
+  tensors in ordinary safetensors files) and ends with the uninterrupted run's matrix, bit for bit.
 """
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -20,9 +22,11 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
+from safetensors.torch import load_file
 from test_distributed import _env, _free_port, _tensors, _torchrun
 from test_end_to_end import SMALL
 
+from mcit import checkpoint as ckpt
 from mcit.cli import main
 from mcit.report.matrix import load_matrix
 
@@ -54,6 +58,10 @@ def test_each_process_holds_only_its_shard_and_norms_are_summed_over_shards(tmp_
     parts = [a + b for a, b in zip(ranks[0]["local_l1"], ranks[1]["local_l1"])]
     assert parts == pytest.approx(ranks[0]["whole_l1"], rel=1e-6)
     assert all(a < w for a, w in zip(ranks[0]["local_l1"], ranks[0]["whole_l1"]) if w > 0)
+    # whole tensors split as the parameters are (in-task checkpoints): the same local shapes, and
+    # whole weights scattered into the shards give the whole weights again
+    assert all(r["shard_like_local"] == r["local"] for r in ranks)
+    assert all(r["scattered_back"] for r in ranks)
     # gathered back: every process has the whole, changed weights
     assert ranks[0]["gathered"] == ranks[1]["gathered"]
     torch.manual_seed(0)
@@ -125,37 +133,51 @@ def _torchrun_cmd(args: list[str]) -> list[str]:
             "--master_port", str(_free_port()), *args]
 
 
-def test_fsdp_run_killed_mid_stage_resumes_to_the_uninterrupted_matrix(tmp_path):
-    """SIGKILL to torchrun and both workers while stage 2 trains (its step log has been written:
-    log.every_steps=2 flushes it every 2 steps); `--resume` with 2 fsdp processes redoes the stage
-    from its start (fsdp writes no in-task checkpoints yet) and ends as the uninterrupted run."""
+def test_fsdp_run_killed_mid_stage_resumes_from_its_checkpoint_to_the_uninterrupted_matrix(tmp_path):
+    """SIGKILL to torchrun and both workers while stage 2 trains, once its first in-task checkpoint
+    (train.checkpoint_every=4) is written; `--resume` with 2 fsdp processes continues the stage
+    from the checkpoint's step and ends as the uninterrupted run, bit for bit. EMA on LoRA: its
+    shadows are per-process shards, kept per process in the checkpoint."""
     env = _run_env(tmp_path, "cache")
     args = [*[a for a in SMALL if not a.startswith("train.steps_per_task")], "train.steps_per_task=12",
-            "log.every_steps=2", "train.checkpoint_every=4", "method.name=lora", "train.engine=fsdp",
+            "train.checkpoint_every=4", "log.every_steps=2", "method.name=ema", "train.engine=fsdp",
             f"output_dir={tmp_path / 'runs'}"]
     whole = subprocess.run(_torchrun_cmd(["-m", "mcit", "run", *args, "name=whole"]), env=env,
                            capture_output=True, text=True, timeout=300)
     assert whole.returncode == 0, whole.stderr[-3000:]
-    assert "writes no in-task checkpoints yet" in whole.stdout
 
     cut = tmp_path / "runs" / "cut"
     stage2 = cut / "stages" / "02-VQAv2"
     proc = subprocess.Popen(_torchrun_cmd(["-m", "mcit", "run", *args, "name=cut"]), env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 180
-    while not (stage2 / "train_log.jsonl").exists() and proc.poll() is None and time.time() < deadline:
+    while not (stage2 / "checkpoint" / "state.json").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)
     for victim in [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]:
         victim.send_signal(signal.SIGKILL)
     proc.wait()
     assert (cut / "stages" / "01-ImageNet" / "done.json").is_file()
-    assert (stage2 / "train_log.jsonl").is_file() and not (stage2 / "done.json").exists()  # cut mid-stage
-    assert not (stage2 / "checkpoint").exists()
+    assert not (stage2 / "done.json").exists()  # cut mid-stage
+    found = ckpt.find(stage2)
+    step = ckpt.saved_step(found)
+    assert step in (4, 8)
+    _assert_whole_tensors(found)
+    # EMA's shadows: each process's part of each trainable weight, together the whole weight's shape
+    state = load_file(str(found / "method_state.safetensors"))
+    names = [k.removeprefix("task/0/") for k in state if k.startswith("task/0/shadow/")]
+    assert names and all(k.startswith(("task/0/", "task/1/")) for k in state)
+    whole_shapes = [tuple(torch.cat([state[f"task/{r}/{n}"] for r in (0, 1)]).shape) for n in names]
+    assert sorted(whole_shapes) == _weight_shapes(found)
+    assert any(state[f"task/1/{n}"].shape[0] < whole[0] for n, whole in zip(names, whole_shapes))
 
     resumed = subprocess.run(_torchrun_cmd(["-m", "mcit", "run", "--resume", str(cut)]), env=env,
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming after stage 1/2" in resumed.stdout
+    assert f"continuing 02-VQAv2 from its in-task checkpoint (step {step})" in resumed.stdout
+    # the progress lines (every 2 steps) of the resumed leg's stage 2 start after the checkpoint's step
+    shown = [int(n) for n in re.findall(r"stage 2/2 VQAv2: (\d+)/12 steps", resumed.stdout)]
+    assert shown and shown[0] == step + 2 and shown[-1] == 12, shown
     whole_dir = tmp_path / "runs" / "whole"
     assert load_matrix(cut / "matrix.json")[1] == load_matrix(whole_dir / "matrix.json")[1]
     s_cut, s_whole = (json.loads((r / "stages" / "02-VQAv2" / "done.json").read_text())["train"]
@@ -165,6 +187,20 @@ def test_fsdp_run_killed_mid_stage_resumes_to_the_uninterrupted_matrix(tmp_path)
         assert (stage2 / "predictions" / f).read_text() == (whole_dir / "stages" / "02-VQAv2" / "predictions" / f).read_text()
     w_cut, w_whole = (_tensors(r / "stages" / "02-VQAv2" / "model") for r in (cut, whole_dir))
     assert w_cut.keys() == w_whole.keys() and all(torch.equal(w_cut[k], w_whole[k]) for k in w_cut)
+    assert ckpt.find(stage2) is None  # a completed stage drops its checkpoint
+
+
+def _weight_shapes(checkpoint: Path) -> list[tuple]:
+    weights = load_file(str(checkpoint / "model" / "adapter_model.safetensors"))
+    return sorted(tuple(v.shape) for v in weights.values())
+
+
+def _assert_whole_tensors(checkpoint: Path) -> None:
+    """The checkpoint holds whole tensors, not one process's shards: each trainable weight's AdamW
+    moments have the weight's full shape (the adapter file lists the trainable weights)."""
+    moments = load_file(str(checkpoint / "optimizer.safetensors"))
+    assert sorted(tuple(v.shape) for k, v in moments.items() if k.endswith("/exp_avg")) == _weight_shapes(checkpoint)
+    assert all(v.numel() == 1 for k, v in moments.items() if k.endswith("/step"))
 
 
 def test_fsdp_refuses_a_method_it_does_not_support_before_any_work(tmp_path):

@@ -12,6 +12,13 @@ last checkpoint instead of from its start, and ends exactly where an uninterrupt
                                  JSON state, the task's log/series and the sha256 of every other
                                  file of the checkpoint (checked before it is used); written last
 
+Under train.engine=fsdp (`whole`: the unsharded model the stage's sharded copy was made from) the
+files are the same ordinary ones: the sharded weights are gathered into the whole model, which
+the method saves as always; each optimizer tensor is gathered whole (DTensor.full_tensor) and split
+again on loading (`distributed.shard_like`). A method's in-task state holds this process's shards
+(an EMA shadow of a sharded weight), so it is kept per process, as "task/<rank>/<key>", like
+the RNG states.
+
 Tensors go to safetensors and the rest to JSON: nothing is pickled. The data order needs no
 state of its own: the sampler is seeded per stage, so resuming replays the first k x grad_accum
 batches of the same seeded order (collation only, no forward pass) to reach the position.
@@ -53,6 +60,10 @@ def remove(stage: Path) -> None:
 
 def saved_processes(directory: Path) -> int:
     return int(load_json(Path(directory) / _STATE)["num_processes"])
+
+
+def saved_step(directory: Path) -> int:
+    return int(load_json(Path(directory) / _STATE)["step"])
 
 
 def verify(directory: Path) -> None:
@@ -108,20 +119,29 @@ def _set_rng_state(tensors: dict, scalars: dict) -> None:
 def _flatten_optimizer(state: dict) -> tuple[dict, dict]:
     import torch
 
+    from .distributed import full_value
+
     tensors, scalars = {}, {}
     for index, values in state["state"].items():
         for key, value in values.items():
-            if torch.is_tensor(value):
-                tensors[f"state/{index}/{key}"] = value.detach().contiguous().cpu()
+            if torch.is_tensor(value):  # fsdp: the whole tensor (a collective, in the same order everywhere)
+                tensors[f"state/{index}/{key}"] = full_value(value.detach()).contiguous().cpu()
             else:
                 scalars.setdefault(str(index), {})[key] = value
     return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
 
 
-def _unflatten_optimizer(tensors: dict, meta: dict) -> dict:
+def _unflatten_optimizer(tensors: dict, meta: dict, params: list) -> dict:
+    """The optimizer state dict; `params` in the optimizer's order: a whole tensor saved for a
+    sharded parameter is split as the parameter is (the step counter stays as it is)."""
+    from .distributed import shard_like
+
     state: dict[int, dict] = {}
     for name, value in tensors.items():
         _, index, key = name.split("/", 2)
+        param = params[int(index)]
+        if value.shape == param.shape:
+            value = shard_like(param, value)
         state.setdefault(int(index), {})[key] = value
     for index, values in meta["scalars"].items():
         state.setdefault(int(index), {}).update(values)
@@ -135,14 +155,25 @@ def _unflatten_optimizer(tensors: dict, meta: dict) -> dict:
 # -- save / load --------------------------------------------------------------------------------
 
 def save(stage: Path, acc, *, model, method, ctx, optimizer, scheduler, step: int, batches: int,
-         losses: list[float], extras: list[float]) -> None:
+         losses: list[float], extras: list[float], whole=None) -> None:
     """Write the checkpoint after optimizer step `step`. A collective: every process calls it
-    (their RNG states are gathered); only the main process writes."""
+    (their RNG states are gathered; with `whole`, fsdp's sharded weights, optimizer state and
+    per-process method state too); only the main process writes."""
     from accelerate.utils import gather_object
     from safetensors.torch import save_file
 
     rng = _rng_state()
     every = gather_object([rng]) if acc.num_processes > 1 else [rng]
+    per_process = whole is not None  # fsdp: collectives every process joins, before the others return
+    if per_process:
+        from .distributed import gather_into
+
+        gather_into(model, whole, "cpu", trainable_only=True)  # `whole` waits in CPU memory during the stage
+        model = whole
+    if per_process or acc.is_main_process:
+        opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
+        task_state = _on_cpu(method.task_state_dict())
+        task_parts = gather_object([task_state]) if per_process else [task_state]
     if not acc.is_main_process:
         return
     stage = Path(stage)
@@ -151,12 +182,11 @@ def save(stage: Path, acc, *, model, method, ctx, optimizer, scheduler, step: in
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     method.save_model(model, tmp / "model")
-    opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
     save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
     method_tensors = {f"stage/{k}": v for k, v in method.state_dict().items()}
-    method_tensors |= {f"task/{k}": v for k, v in method.task_state_dict().items()}
-    save_file({k: v.detach().contiguous().cpu() for k, v in method_tensors.items()},
-              str(tmp / "method_state.safetensors"))
+    for rank, part in enumerate(task_parts):
+        method_tensors |= {f"task/{rank}/{k}" if per_process else f"task/{k}": v for k, v in part.items()}
+    save_file(_on_cpu(method_tensors), str(tmp / "method_state.safetensors"))
     save_file({f"{rank}/{k}": v.contiguous() for rank, (tensors, _) in enumerate(every) for k, v in tensors.items()},
               str(tmp / "rng.safetensors"))
     files = hash_files(tmp, tmp)
@@ -165,6 +195,7 @@ def save(stage: Path, acc, *, model, method, ctx, optimizer, scheduler, step: in
         "losses": losses, "extras": extras, "log": ctx.log, "series": ctx.series,
         "optimizer": opt_meta, "scheduler": scheduler.state_dict(),
         "rng": [scalars for _, scalars in every], "method_json": method.json_state(),
+        "task_state_per_process": per_process,
     })  # last: a folder without state.json is incomplete
     # Swap in: the previous checkpoint stays readable as .checkpoint.old until the new one is in place.
     current, old = stage / NAME, stage / _OLD
@@ -175,26 +206,34 @@ def save(stage: Path, acc, *, model, method, ctx, optimizer, scheduler, step: in
     shutil.rmtree(old, ignore_errors=True)
 
 
-def load(directory: Path, acc, *, model, method, ctx, optimizer, scheduler) -> dict:
+def load(directory: Path, acc, *, model, method, ctx, optimizer, scheduler, whole=None) -> dict:
     """Restore weights, optimizer, scheduler and method state (every process); returns the JSON
     state. RNG states are restored separately (`restore_rng`), after the data order is replayed.
+    With `whole` (fsdp), the weights are loaded into it and split into `model`'s shards.
     RunError when the files are damaged or do not fit the model (nothing is half-restored that
     matters: the run stops)."""
     directory = Path(directory)
     verify(directory)
     try:
-        return _load(directory, model=model, method=method, ctx=ctx, optimizer=optimizer, scheduler=scheduler)
+        return _load(directory, model=model, method=method, ctx=ctx, optimizer=optimizer, scheduler=scheduler,
+                     whole=whole, rank=acc.process_index)
     except Exception as exc:  # noqa: BLE001 - whatever the loader trips on, this folder does not fit the run
         raise RunError(f"{directory}: the in-task checkpoint does not fit this run's model and method "
                        f"({error_summary(exc)}); delete the folder to redo stage "
                        f"{directory.parent.name} from its start") from None
 
 
-def _load(directory: Path, *, model, method, ctx, optimizer, scheduler) -> dict:
+def _load(directory: Path, *, model, method, ctx, optimizer, scheduler, whole, rank: int) -> dict:
     from safetensors.torch import load_file
 
     state = load_json(directory / _STATE)
-    method.load_model(model, directory / "model")
+    if whole is not None:  # fsdp: the method loads the whole model, each process keeps its shards
+        from .distributed import scatter_into
+
+        method.load_model(whole, directory / "model")
+        scatter_into(whole, model, trainable_only=True)  # the frozen shards are those of `whole` already
+    else:
+        method.load_model(model, directory / "model")
     tensors = load_file(str(directory / "method_state.safetensors"))
     stage_part = {k.removeprefix("stage/"): v for k, v in tensors.items() if k.startswith("stage/")}
     if stage_part:
@@ -204,11 +243,17 @@ def _load(directory: Path, *, model, method, ctx, optimizer, scheduler) -> dict:
     ctx.log.update(state["log"])
     ctx.series.update(state["series"])  # before the task state: a method may keep appending to its series
     ctx.step = state["step"]
-    method.load_task_state_dict(ctx, {k.removeprefix("task/"): v for k, v in tensors.items() if k.startswith("task/")})
+    task = f"task/{rank}/" if state.get("task_state_per_process") else "task/"
+    method.load_task_state_dict(ctx, {k.removeprefix(task): v for k, v in tensors.items() if k.startswith(task)})
+    params = [p for group in optimizer.param_groups for p in group["params"]]  # the state dict's numbering
     optimizer.load_state_dict(_unflatten_optimizer(load_file(str(directory / "optimizer.safetensors")),
-                                                   state["optimizer"]))
+                                                   state["optimizer"], params))
     scheduler.load_state_dict(state["scheduler"])
     return state
+
+
+def _on_cpu(tensors: dict) -> dict:
+    return {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
 
 
 def restore_rng(directory: Path, state: dict, rank: int) -> None:

@@ -65,7 +65,8 @@ _field = setting  # a dataclass field with its help, aliases and optional range 
 NAMED_ORDERS = ("coin", "reverse", "random")
 DTYPES = ("float32", "bfloat16", "float16")
 SCORING_MODES = ("corrected", "coin-compat")
-ENGINES = ("ddp", "fsdp")  # train.engine: how several processes share the model (mcit.distributed)
+# train.engine: how several processes share the model (mcit.distributed, DEEPSPEED_ENGINES too)
+ENGINES = ("ddp", "fsdp", "deepspeed-zero2", "deepspeed-zero3")
 JUDGE_BACKENDS = ("embedding", "openai", "local", "none")
 EMT_DECIDERS = ("rule", "rule-lenient", "openai", "local")
 
@@ -210,12 +211,15 @@ class TrainConfig:
         False, "recompute activations in the backward pass (less memory, more compute per step); for large models",
         aliases=("grad_checkpointing", "activation_checkpointing"))
     engine: str = _field(
-        "ddp", '"ddp" (each process holds the whole model) or "fsdp" (PyTorch FSDP2: parameters, gradients and '
-        "optimizer state sharded across processes while a stage trains); one process trains alone either way",
+        "ddp", '"ddp" (each process holds the whole model), "fsdp" (PyTorch FSDP2: parameters, gradients and '
+        'optimizer state sharded across processes while a stage trains) or "deepspeed-zero2" / "deepspeed-zero3" '
+        "(DeepSpeed ZeRO through Accelerate; CUDA GPUs and the deepspeed package); one process trains alone with "
+        "ddp and fsdp",
         aliases=("distributed_engine", "sharding"), check=OneOf(*ENGINES))
     fsdp_cpu_offload: bool = _field(
-        False, "fsdp: keep the sharded parameters, gradients and optimizer state in CPU memory (less GPU memory, "
-        "slower steps)", aliases=("cpu_offload", "offload"))
+        False, "fsdp: keep the sharded parameters, gradients and optimizer state in CPU memory; deepspeed-zero2|3: "
+        "ZeRO-Offload of the optimizer state (zero3: the parameters too) to CPU (less GPU memory, slower steps)",
+        aliases=("cpu_offload", "offload"))
     threads: int = _field(
         0, "torch threads for training; 0 = auto: the cores other processes leave free (at most OMP_NUM_THREADS "
         "if set), re-checked every few seconds (a busy neighbour otherwise stalls every thread at each op)",

@@ -17,10 +17,13 @@ The rules, in one place:
   (`rewrap_if_changed`).
 * **train.engine=fsdp** (PyTorch FSDP2): each stage trains a sharded copy of the model; the
   whole weights are gathered back for evaluation and saving (see the FSDP2 section below).
+* **train.engine=deepspeed-zero2 | deepspeed-zero3** (GPU machines, through Accelerate's
+  DeepSpeedPlugin): the same scheme, each stage trains a DeepSpeed engine built from a copy of the
+  model and that stage's optimizer (see the DeepSpeed section at the end).
 """
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from typing import Any, Callable
 
 import torch
@@ -60,15 +63,18 @@ def check_engine_settings(cfg, acc) -> None:
                           "gathers at the end of a stage: use train.engine=ddp for EMT tracking")
 
 
-def check_engine(acc) -> None:
+def check_engine(acc, engine: str = "ddp") -> None:
     """The loop runs on one process or on a plain process group (torchrun, `accelerate launch
-    --multi_gpu`), where it wraps the model itself: DDP, or FSDP2 with train.engine=fsdp.
-    Accelerate's own DeepSpeed and FSDP plugins need the model prepared together with each
-    task's optimizer, which the loop does not do: refused, not silently wrong."""
+    --multi_gpu`), where it wraps the model itself: DDP, or FSDP2 with train.engine=fsdp, or a
+    DeepSpeed engine per stage with train.engine=deepspeed-zero2|3 (the plugin mcit builds).
+    A DeepSpeed or FSDP plugin from an Accelerate config file would prepare the model once, not
+    together with each task's optimizer: refused, not silently wrong."""
+    if acc.distributed_type == DistributedType.DEEPSPEED and engine in DEEPSPEED_ENGINES:
+        return
     if acc.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
-        raise ConfigError(f"the continual loop does not use Accelerate's {acc.distributed_type.value} plugin (see "
-                          "README, Multi-GPU): launch with src/mcit/configs/accelerate/ddp.yaml, and add "
-                          "train.engine=fsdp to shard the model with PyTorch FSDP2")
+        raise ConfigError(f"the continual loop does not use Accelerate's {acc.distributed_type.value} plugin from a "
+                          "config file (see README, Multi-GPU): launch with src/mcit/configs/accelerate/ddp.yaml, and "
+                          "add train.engine=fsdp or train.engine=deepspeed-zero2 (or -zero3) to shard the model")
 
 
 # -- evaluation -------------------------------------------------------------------------------
@@ -272,19 +278,51 @@ def shard_for_training(plain: torch.nn.Module, cfg, device) -> torch.nn.Module:
 
 
 def full_value(tensor: torch.Tensor) -> torch.Tensor:
-    """The whole tensor of a sharded DTensor (a collective), an ordinary tensor as it is."""
-    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+    """The whole tensor of a sharded DTensor or of a ZeRO-3 partitioned parameter (a collective),
+    an ordinary tensor as it is."""
+    if hasattr(tensor, "full_tensor"):
+        return tensor.full_tensor()
+    if hasattr(tensor, "ds_id") or hasattr(tensor, "_hp_mapping"):  # a parameter of a DeepSpeed engine
+        return _deepspeed_full_value(tensor)
+    return tensor
 
 
 @torch.no_grad()
-def gather_into(sharded: torch.nn.Module, plain: torch.nn.Module, device) -> None:
+def gather_into(sharded: torch.nn.Module, plain: torch.nn.Module, device, trainable_only: bool = False) -> None:
     """Copy the trained weights of `sharded` (a `shard_for_training` copy) into `plain`, then move
     `plain` to `device`; every process must call it (each sharded tensor is all-gathered, one at
-    a time)."""
+    a time). `trainable_only`: the parameters that require grad (an in-task checkpoint: the frozen
+    ones are still those `sharded` was copied from)."""
     target = dict(plain.named_parameters())
     for name, param in sharded.named_parameters():  # the same names: fully_shard keeps them
+        if trainable_only and not param.requires_grad:
+            continue
         target[name].copy_(full_value(param).to(target[name].device, target[name].dtype))
     plain.to(device)
+
+
+def shard_like(template: torch.Tensor, whole: torch.Tensor) -> torch.Tensor:
+    """`whole` split across processes as the sharded `template` is (a DTensor on its mesh and
+    placements), an ordinary tensor as it is. No communication: every process holds `whole` (read
+    from the same file) and keeps its own part."""
+    if not is_sharded(template):
+        return whole
+    from torch.distributed.tensor import distribute_tensor
+
+    return distribute_tensor(whole.to(template.device), template.device_mesh, template.placements, src_data_rank=None)
+
+
+@torch.no_grad()
+def scatter_into(plain: torch.nn.Module, sharded: torch.nn.Module, trainable_only: bool = False) -> None:
+    """The inverse of `gather_into`: the weights of `plain` into each process's shards of
+    `sharded` (a `shard_for_training` copy of it), e.g. after an in-task checkpoint was loaded
+    into `plain`."""
+    source = dict(plain.named_parameters())
+    for name, param in sharded.named_parameters():
+        if trainable_only and not param.requires_grad:
+            continue
+        part = shard_like(param, source[name].detach())
+        local_shard(param).copy_(local_shard(part))
 
 
 def is_sharded(tensor: torch.Tensor) -> bool:
@@ -304,3 +342,153 @@ def sum_over_shards(values: torch.Tensor, sharded: bool) -> torch.Tensor:
         values = values.clone()
         torch.distributed.all_reduce(values, op=torch.distributed.ReduceOp.SUM)
     return values
+
+
+# -- DeepSpeed ZeRO-2/3 (train.engine=deepspeed-zero2 | deepspeed-zero3) ---------------------------
+#
+# GPU machines only. As with fsdp, the whole model waits in CPU memory between stages; each stage
+# trains a copy that Accelerate hands to deepspeed.initialize together with the stage's optimizer
+# and scheduler (fit.train_task prepares them together); the engine scales the loss by the
+# accumulation steps and, at the last micro-batch, clips, steps and zeroes the gradients itself
+# (`backward`). At the stage's end the trained weights are gathered back into the whole model
+# (`gather_into`: the fp32 master weights, ZeRO-3's gathered; the frozen ones never changed and
+# stay as they were, not rounded to bf16).
+# In-task checkpoints are not written: DeepSpeed's own checkpoint format pickles.
+# NOT RUN on the machine mcit is developed on (no GPU, deepspeed not installed): bench/gpu_check.py
+# runs this path where a GPU and deepspeed are present.
+
+DEEPSPEED_ENGINES = {"deepspeed-zero2": 2, "deepspeed-zero3": 3}
+# Methods that read nothing of the weights or gradients between steps: under ZeRO the gradients
+# are partitioned and zeroed inside the engine's step, and ZeRO-3 partitions the weights too.
+DEEPSPEED_METHODS = ("lora", "full")
+
+
+def check_deepspeed(cfg) -> None:
+    """train.engine=deepspeed-*: refused before any work where it cannot run (no CUDA GPU, the
+    deepspeed package missing) or with what it cannot follow; one line naming the setting."""
+    engine = cfg.train.engine
+    if engine not in DEEPSPEED_ENGINES:
+        return
+    import importlib.util
+
+    if not torch.cuda.is_available():
+        raise ConfigError(f"train.engine={engine} needs a CUDA GPU and this machine has none; use "
+                          "train.engine=fsdp to shard on CPU processes")
+    if importlib.util.find_spec("deepspeed") is None:
+        raise ConfigError(f"train.engine={engine} needs the deepspeed package, which is not installed "
+                          "(pip install deepspeed); or use train.engine=fsdp")
+    unsupported = [m for m in (cfg.method.name, *cfg.method.with_) if m not in DEEPSPEED_METHODS]
+    if unsupported:
+        raise ConfigError(f"train.engine={engine}: method {unsupported[0]!r} is not supported with DeepSpeed "
+                          f"(supported: {', '.join(DEEPSPEED_METHODS)}); use train.engine=fsdp or ddp")
+    if cfg.emt.every_steps > 0:
+        raise ConfigError(f"emt.every_steps evaluates mid-stage on the whole model, which train.engine={engine} "
+                          "only gathers at the end of a stage: use train.engine=ddp for EMT tracking")
+
+
+def deepspeed_config(cfg, num_processes: int, bf16: bool) -> dict:
+    """The DeepSpeed config mcit hands to Accelerate for train.engine=deepspeed-zero2|3, every value
+    from the run's own settings (none left "auto", so config.yaml says what ran): the global batch
+    split over the processes, train.grad_accum, train.max_grad_norm, bf16 where the GPU has it
+    (fp16 with loss scaling for model.dtype=float16), and train.fsdp_cpu_offload as ZeRO-Offload
+    (the optimizer state; for ZeRO-3 the parameters too)."""
+    tc = cfg.train
+    stage = DEEPSPEED_ENGINES[tc.engine]
+    offload = {"device": "cpu", "pin_memory": True} if tc.fsdp_cpu_offload else {"device": "none"}
+    zero: dict[str, Any] = {"stage": stage, "offload_optimizer": dict(offload)}
+    if stage == 3:
+        zero["offload_param"] = dict(offload)
+    fp16 = cfg.model.dtype == "float16"
+    config = {
+        "train_batch_size": tc.batch_size * tc.grad_accum,
+        "train_micro_batch_size_per_gpu": per_process_batch(tc.batch_size, num_processes),
+        "gradient_accumulation_steps": tc.grad_accum,
+        "gradient_clipping": tc.max_grad_norm,
+        "bf16": {"enabled": bf16 and not fp16},
+        "fp16": {"enabled": fp16},
+        "zero_optimization": zero,
+        "zero_allow_untested_optimizer": True,  # mcit's own AdamW (torch's), not a DeepSpeed one
+    }
+    if tc.fsdp_cpu_offload:  # the same AdamW steps on the offloaded state (DeepSpeed asks for its CPUAdam)
+        config["zero_force_ds_cpu_optimizer"] = False
+    return config
+
+
+def accelerator_options(cfg) -> dict:
+    """Extra Accelerator arguments for the engine: the DeepSpeed plugin for deepspeed-zero2|3
+    (after `check_deepspeed`), nothing otherwise. The launcher (torchrun, accelerate launch) sets
+    WORLD_SIZE, which the per-GPU micro-batch needs before the accelerator exists."""
+    if cfg.train.engine not in DEEPSPEED_ENGINES:
+        return {}
+    import os
+
+    from accelerate.utils import DeepSpeedPlugin
+
+    bf16 = torch.cuda.is_bf16_supported()
+    config = deepspeed_config(cfg, int(os.environ.get("WORLD_SIZE", "1")), bf16)
+    precision = "fp16" if config["fp16"]["enabled"] else "bf16" if config["bf16"]["enabled"] else "no"
+    # zero3_init_flag off: the loop keeps the whole model between stages (see whole_models)
+    return {"deepspeed_plugin": DeepSpeedPlugin(hf_ds_config=config, zero3_init_flag=False),
+            "mixed_precision": precision}
+
+
+@contextmanager
+def whole_models(cfg, acc):
+    """Models built or loaded in the block are whole. While Accelerate's ZeRO-3 config is active,
+    transformers builds models already partitioned (deepspeed.zero.Init); the loop keeps the whole
+    model between stages and lets each stage's engine partition its own copy."""
+    if not uses_deepspeed(cfg, acc):
+        yield
+        return
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        acc.state.deepspeed_plugin.set_deepspeed_weakref()
+
+
+def _deepspeed_full_value(param: torch.Tensor) -> torch.Tensor:
+    """The optimizer's fp32 master copy of a trained parameter (with bf16 on, the engine's module
+    holds bf16 weights), else the parameter itself, gathered under ZeRO-3. Both are collectives
+    under ZeRO-3."""
+    import deepspeed
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    master = safe_get_full_fp32_param(param)
+    if master is not None:
+        return master
+    with deepspeed.zero.GatheredParameters([param]):
+        return param.detach().clone()
+
+
+def uses_deepspeed(cfg, acc) -> bool:
+    return cfg.train.engine in DEEPSPEED_ENGINES and acc.distributed_type == DistributedType.DEEPSPEED
+
+
+def engine_in_use(cfg, acc) -> str:
+    """What environment.json records: the engine that trained the stages."""
+    if uses_fsdp(cfg, acc):
+        return "fsdp"
+    return cfg.train.engine if uses_deepspeed(cfg, acc) else "ddp"
+
+
+def copy_for_engine(plain: torch.nn.Module) -> torch.nn.Module:
+    """The copy a stage's DeepSpeed engine trains (ZeRO-3 partitions it in place, bf16 casts it);
+    made in CPU memory, where `plain` waits, as `shard_for_training` does."""
+    import copy
+
+    plain.to("cpu")
+    return copy.deepcopy(plain)
+
+
+def backward(acc, loss: torch.Tensor, last_micro: bool, grad_accum: int) -> None:
+    """The backward pass of one of `grad_accum` micro-batches. DeepSpeed: the engine divides by its
+    gradient_accumulation_steps itself and, at the last micro-batch, clips, steps the optimizer and
+    the scheduler and zeroes the gradients (the loop's own calls are Accelerate's no-ops there)."""
+    engine = getattr(acc, "deepspeed_engine_wrapped", None)
+    if engine is None:
+        acc.backward(loss / grad_accum)
+    else:
+        engine.backward(loss, sync_gradients=last_micro)

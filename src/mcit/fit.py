@@ -12,13 +12,13 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from torch.utils.data import DataLoader
 from transformers import get_cosine_schedule_with_warmup
 
 from . import checkpoint as ckpt
 from .data.encode import collate
-from .distributed import global_loss_kwargs, mean_over_processes
+from .distributed import backward, global_loss_kwargs, mean_over_processes
 from .methods.base import Method, TaskContext
 from .progress import Progress
 from .threads import ThreadGovernor
@@ -63,13 +63,15 @@ def _batches(loader: DataLoader):
 def train_task(model, method: Method, ctx: TaskContext, items: list[dict], run_cfg, pad_id: int,
                seed: int, desc: str, steps: int | None = None, on_step=None,
                checkpoint: Path | None = None, resume_from: Path | None = None,
-               train_log: TrainLog | None = None) -> dict:
+               train_log: TrainLog | None = None, whole: torch.nn.Module | None = None) -> dict:
     """Train `model` on encoded `items` for one task (`steps` optimizer steps, default: the
     task's budget); returns loss statistics. `on_step(step)`, if given, runs after each
     optimizer step (1-based; EMT tracking evaluates there). With `checkpoint` (the stage
     folder) an in-task checkpoint is saved every train.checkpoint_every steps; `resume_from`
     (a checkpoint folder) continues from the step it was saved at. ``train_log`` gets one record
-    per optimizer step (loss, its task and method parts, learning rate, gradient norm)."""
+    per optimizer step (loss, its task and method parts, learning rate, gradient norm). ``whole``
+    (train.engine=fsdp): the unsharded model `model` is a sharded copy of; checkpoints are written
+    from it and read into it."""
     tc = run_cfg.train
     acc = ctx.accelerator
     if acc.num_processes > 1 and not getattr(acc, "split_batches", False):
@@ -91,7 +93,11 @@ def train_task(model, method: Method, ctx: TaskContext, items: list[dict], run_c
     params = [p for g in groups for p in g["params"]]
     optimizer = adamw(groups, tc.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(tc.warmup_ratio * total), total)
-    optimizer, loader, scheduler = acc.prepare(optimizer, loader, scheduler)
+    if acc.distributed_type == DistributedType.DEEPSPEED:  # train.engine=deepspeed-*: the engine is
+        # built from the model and this task's optimizer together (mcit.distributed)
+        model, optimizer, loader, scheduler = acc.prepare(model, optimizer, loader, scheduler)
+    else:
+        optimizer, loader, scheduler = acc.prepare(optimizer, loader, scheduler)
 
     governor = ThreadGovernor(tc.threads)
     governor.start()
@@ -103,7 +109,7 @@ def train_task(model, method: Method, ctx: TaskContext, items: list[dict], run_c
     if resume_from is not None:
         live = acc.unwrap_model(model)
         state = ckpt.load(resume_from, acc, model=live, method=method, ctx=ctx, optimizer=optimizer,
-                          scheduler=scheduler)
+                          scheduler=scheduler, whole=whole)
         start, losses, extras = state["step"], list(state["losses"]), list(state["extras"])
         for _ in range(start * tc.grad_accum):  # the sampler's position: replay the seeded order
             next(batches)
@@ -128,7 +134,7 @@ def train_task(model, method: Method, ctx: TaskContext, items: list[dict], run_c
                 if extra is not None:
                     step_extra += extra.detach().float().item() / tc.grad_accum
                     loss = loss + extra
-                acc.backward(loss / tc.grad_accum)
+                backward(acc, loss, micro == tc.grad_accum - 1, tc.grad_accum)
             step_loss += mean_over_processes(acc, out.loss.detach().float()) / tc.grad_accum
         # The norm before clipping, kept as a tensor: read only when the log is written.
         grad_norm = acc.clip_grad_norm_(params, tc.max_grad_norm) if tc.max_grad_norm else None
@@ -154,13 +160,13 @@ def train_task(model, method: Method, ctx: TaskContext, items: list[dict], run_c
                 train_log.flush()
             ckpt.save(checkpoint, acc, model=acc.unwrap_model(model), method=method, ctx=ctx, optimizer=optimizer,
                       scheduler=scheduler, step=ctx.step, batches=ctx.step * tc.grad_accum, losses=losses,
-                      extras=extras)
+                      extras=extras, whole=whole)
         recent = losses[-10:]
         progress.update(loss=sum(recent) / len(recent), lr=lr)
     progress.close(loss=sum(losses[-10:]) / max(1, len(losses[-10:])))
     if train_log is not None:
         train_log.flush()
-    _release(acc, optimizer, scheduler, loader)
+    _release(acc, optimizer, scheduler, loader, model)
     model.eval()
     k = max(1, len(losses) // 10)
     stats = {"steps": total, "loss_first": sum(losses[:k]) / k, "loss_last": sum(losses[-k:]) / k}
@@ -177,10 +183,14 @@ def _compiled(model):
     return torch.compile(model)
 
 
-def _release(acc, optimizer, scheduler, loader) -> None:
+def _release(acc, optimizer, scheduler, loader, model) -> None:
     """Forget this task's optimizer state. Accelerate keeps a reference to everything it
     prepared and has no public call to drop one object (free_memory drops the model too), so
     without this every task's AdamW state would stay alive until the run ends."""
     acc._optimizers = [o for o in acc._optimizers if o is not optimizer]
     acc._schedulers = [s for s in acc._schedulers if s is not scheduler]
     acc._dataloaders = [d for d in acc._dataloaders if d is not loader]
+    if getattr(acc, "deepspeed_engine_wrapped", None) is not None:  # this task's DeepSpeed engine
+        # Not destroyed here: its fp32 master weights are gathered after the task (mcit.train)
+        acc._models = [m for m in acc._models if m is not model]
+        acc.deepspeed_engine_wrapped = None  # the next task's prepare wraps its own engine

@@ -23,9 +23,10 @@ from .data.benchmark import load_benchmark
 from .data.check import DataCheckFailed, check_stream_config
 from .data.encode import encode_for_training
 from .data.stream import Stream, build_stream, cache_dir
-from .distributed import (check_engine, check_engine_settings, enable_gradient_checkpointing, gather_into,
-                          gather_records, merge_shards, on_main, per_process_batch, rewrap_if_changed, shard,
-                          shard_for_training, trainable_ids, uses_fsdp)
+from .distributed import (accelerator_options, check_deepspeed, check_engine, check_engine_settings,
+                          copy_for_engine, enable_gradient_checkpointing, engine_in_use, gather_into, gather_records,
+                          merge_shards, on_main, per_process_batch, rewrap_if_changed, shard, shard_for_training,
+                          trainable_ids, uses_deepspeed, uses_fsdp, whole_models)
 from .emt.curve import EmtTracker
 from .eval.evaluate import evaluate_task, max_new_tokens_for, trivial_baseline
 from .export import base_model_record
@@ -105,26 +106,31 @@ class _Run:
 
 def _set_up(cfg, log, resume: bool) -> _Run:
     check_run_settings(cfg)  # the benchmark's task names, coin-mini's limits, the output folder: before any work
+    check_deepspeed(cfg)  # no GPU or no deepspeed: refused before the accelerator would fail on it
     # split_batches: train.batch_size is the global batch, each process gets its slice of it
     # (and the LR schedule steps once per optimizer step whatever the process count).
-    acc = Accelerator(cpu=not torch.cuda.is_available(), dataloader_config=DataLoaderConfiguration(split_batches=True))
+    acc = Accelerator(cpu=not torch.cuda.is_available(), dataloader_config=DataLoaderConfiguration(split_batches=True),
+                      **accelerator_options(cfg))
     _check_settings(cfg, acc)
     check_installed(cfg.log.report_to)  # a tracker's missing package stops the run now
     configure_progress(cfg.log.every_steps, cfg.log.every_seconds)
     set_seed(cfg.seed)
     if not acc.is_main_process:  # one voice: only the main process prints
         log = lambda *args, **kwargs: None  # noqa: E731
-    if uses_fsdp(cfg, acc) and cfg.train.checkpoint_every:
-        log("train.engine=fsdp writes no in-task checkpoints yet: a stage cut off is redone from its start")
+    if uses_deepspeed(cfg, acc) and cfg.train.checkpoint_every:
+        log(f"train.engine={cfg.train.engine} writes no in-task checkpoints (DeepSpeed's own format pickles): "
+            "a stage cut off is redone from its start")
     started = time.time()
     method = build_method(cfg.method)  # fail on a bad method before any expensive work
     tracker = EmtTracker(cfg, log) if cfg.emt.every_steps > 0 else None  # EMT sets too (off by default)
     stream = _read_stream(cfg, acc)
-    checkpoint, model, processor = _build_model(cfg, stream, acc, log)
+    with whole_models(cfg, acc):  # deepspeed-zero3: not partitioned at load
+        checkpoint, model, processor = _build_model(cfg, stream, acc, log)
     check_max_length(cfg, stream, processor)  # every task's samples fit, or stop before stage 1
     model = method.setup(model, cfg)
-    # fsdp: the whole model stays unwrapped between stages; each stage trains a sharded copy
-    model = model.to(acc.device) if uses_fsdp(cfg, acc) else acc.prepare_model(model)
+    # fsdp, deepspeed: the whole model stays unwrapped between stages; each stage trains a copy
+    per_stage = uses_fsdp(cfg, acc) or uses_deepspeed(cfg, acc)
+    model = model.to(acc.device) if per_stage else acc.prepare_model(model)
     run_dir = on_main(acc, lambda: create_run_dir(cfg))  # created by the main process, known to all
     stages = method.plan(stream.tasks)
     run = _Run(cfg=cfg, acc=acc, log=log, stream=stream, method=method, model=model, processor=processor,
@@ -147,7 +153,7 @@ def _set_up(cfg, log, resume: bool) -> _Run:
 def _check_settings(cfg, acc) -> None:
     """Settings that need the accelerator or the judge's files (the rest is checked at config load and by
     mcit.preflight): the engine, the batch split, the judge."""
-    check_engine(acc)
+    check_engine(acc, cfg.train.engine)
     check_engine_settings(cfg, acc)
     per_process_batch(cfg.train.batch_size, acc.num_processes)
     check_run_settings(cfg)  # the torch-free checks, also made by `mcit run` before importing torch
@@ -191,7 +197,7 @@ def _describe_run(run: _Run, checkpoint: Path, resume: bool) -> None:
     info = {
         "device": str(acc.device),
         "num_processes": acc.num_processes,
-        "engine": "fsdp" if uses_fsdp(cfg, acc) else "ddp",  # fsdp: each stage trained sharded
+        "engine": engine_in_use(cfg, acc),  # fsdp, deepspeed-zero2|3: each stage trained sharded
         # train.batch_size is the global batch (split across processes): an optimizer step
         # sees batch_size x grad_accum samples whatever the number of processes.
         "effective_batch": cfg.train.batch_size * cfg.train.grad_accum,
@@ -265,16 +271,16 @@ def _train_stage(run: _Run, t: int, name: str, trained: list[str]) -> tuple[Task
     steps = _stage_steps(run, trained)
     # A method that added an adapter or moved requires_grad: DDP must register the new set.
     run.model, run.wrapped = rewrap_if_changed(acc, run.model, run.wrapped)
-    sharded = uses_fsdp(cfg, acc)
-    trainee = shard_for_training(run.model, cfg, acc.device) if sharded else run.model
+    sharded, deepspeed = uses_fsdp(cfg, acc), uses_deepspeed(cfg, acc)
+    trainee = (shard_for_training(run.model, cfg, acc.device) if sharded
+               else copy_for_engine(run.model) if deepspeed else run.model)
     ctx.model = trainee
     on_step = (run.tracker.stage(acc.unwrap_model(run.model), run.processor, t, name, steps, acc.device)
                if run.tracker else None)
     # In-task checkpoints only where they resume exactly (EMT points are per stage, and a method
-    # may keep in-task state it does not checkpoint).
-    # fsdp: not yet (the optimizer and method state are sharded); a cut stage is redone from its start.
+    # may keep in-task state it does not checkpoint). fsdp: written from the whole model `run.model`.
     in_task = (cfg.train.checkpoint_every > 0 and run.tracker is None and method.resumable_mid_task
-               and not sharded)
+               and not deepspeed)
     stage = stage_dir(run.run_dir, t, name)
     resume_from = _in_task_checkpoint(stage, acc, run.log) if in_task and run.resume else None
     # Per-step records: the stage's train_log.jsonl and the trackers, at the run's step count.
@@ -284,10 +290,10 @@ def _train_stage(run: _Run, t: int, name: str, trained: list[str]) -> tuple[Task
     stats = train_task(trainee, method, ctx, items, cfg, _pad_id(run),
                        seed=cfg.seed * 1000 + t, desc=f"stage {t + 1}/{len(run.stages)} {name}", steps=steps,
                        on_step=on_step, checkpoint=stage if in_task else None, resume_from=resume_from,
-                       train_log=train_log)
+                       train_log=train_log, whole=run.model if sharded else None)
     method.after_task(ctx)
-    if sharded:  # the stage's weights back into the whole model, which is saved and evaluated
-        gather_into(trainee, run.model, acc.device)
+    if sharded or deepspeed:  # the stage's weights back into the whole model, which is saved and evaluated
+        gather_into(trainee, run.model, acc.device, trainable_only=deepspeed)  # deepspeed: see mcit.distributed
         ctx.model = run.model
     return ctx, stats
 
@@ -368,7 +374,7 @@ def _in_task_checkpoint(stage: Path, acc, log) -> Path | None:
     if saved != acc.num_processes:  # per-process RNG states cannot be mapped: redo the stage
         log(f"{found} was written by {saved} processes, this run has {acc.num_processes}: redoing the stage")
         return None
-    log(f"continuing {stage.name} from its in-task checkpoint")
+    log(f"continuing {stage.name} from its in-task checkpoint (step {ckpt.saved_step(found)})")
     return found
 
 

@@ -22,7 +22,7 @@ from ..data.coin_format import read_train_json
 from ..data.encode import encode_for_training
 from ..data.benchmark import load_benchmark
 from ..data.stream import coin_mini_root, generate_coin_mini
-from ..distributed import SingleProcess
+from ..distributed import SingleProcess, uses_deepspeed
 from ..io import atomic_write_text
 from ..methods.base import Method, TaskContext
 from ..fit import train_task
@@ -97,7 +97,8 @@ def _train_base(run_cfg, data_root: Path, target: Path, accelerator: Accelerator
                                   batch_size=mc.base_batch_size, grad_accum=1, projector_lr=None),
     )
     items = [encode_for_training(processor, s, image_root, run_cfg.train.max_length) for s in pretrain]
-    if accelerator.num_processes > 1:  # trained here alone while the others wait: no DDP, no sharding
+    if accelerator.num_processes > 1 or uses_deepspeed(run_cfg, accelerator):  # trained here alone (the others
+        # wait): no DDP, no sharding, no DeepSpeed engine
         accelerator = SingleProcess(accelerator.device)
     model = accelerator.prepare_model(model)
     ctx = TaskContext(task="pretrain", index=-1, tasks=[], model=model, accelerator=accelerator)
