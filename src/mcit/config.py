@@ -65,6 +65,8 @@ _field = setting  # a dataclass field with its help, aliases and optional range 
 NAMED_ORDERS = ("coin", "reverse", "random")
 DTYPES = ("float32", "bfloat16", "float16")
 SCORING_MODES = ("corrected", "coin-compat")
+EVAL_DTYPES = ("float32", "bfloat16")  # eval.dtype (mcit.eval.generate.DTYPES)
+KV_CACHES = ("dynamic", "static")  # eval.kv_cache (mcit.eval.generate.KV_CACHES)
 ENGINES = ("ddp", "fsdp")  # train.engine: how several processes share the model (mcit.distributed)
 JUDGE_BACKENDS = ("embedding", "openai", "local", "none")
 EMT_DECIDERS = ("rule", "rule-lenient", "openai", "local")
@@ -244,6 +246,18 @@ class EvalConfig:
     zero_shot: bool = _field(True, "evaluate the base model before stage 1", aliases=("zeroshot",))
     scoring: str = _field("corrected", '"corrected" scorers, or "coin-compat": the official CoIN scripts, defects included',
                           aliases=("scoring_mode", "scorer"), check=OneOf(*SCORING_MODES))
+    dtype: str = _field(
+        "float32", '"float32", or "bfloat16": generation under bf16 autocast (weights unchanged); faster only on '
+        "larger models or GPUs, and it CHANGES ANSWERS (11-16 of the default run's 480 on the default model)",
+        aliases=("eval_dtype", "eval_precision"), check=OneOf(*EVAL_DTYPES))
+    kv_cache: str = _field(
+        "dynamic", '"dynamic" (transformers\' default: grows with each token) or "static" (a StaticCache '
+        "preallocated to prompt + max_new_tokens, where the model supports it); same answers",
+        aliases=("cache_implementation", "static_cache"), check=OneOf(*KV_CACHES))
+    prompt_cache_mb: int = _field(
+        1024, "MB of encoded test prompts (token ids, pixel values) kept in memory for the run, so each "
+        "test image is read and encoded once, not after every stage; 0 = encode every time",
+        aliases=("preprocess_cache_mb", "prompt_cache"), check=NON_NEGATIVE)
 
 
 @dataclass
