@@ -355,7 +355,7 @@ def _evaluate(run: _Run, task: str, label: str, out: Path | None) -> float:
         run.prompts = PromptCache(run.cfg.eval.prompt_cache_mb * 2**20)
         if run.cfg.eval.dtype == "bfloat16":
             run.log("eval.dtype=bfloat16: answers generated under bf16 autocast; this changes some of them "
-                    "(11-16 of 480 on the default model)")
+                    "(17 of 480 on the default model)")
     records, timing = [], EvalTiming()
     for subset, route in run.method.eval_routes(live, task, stream.test[task]):
         with route:  # each process answers its shard of every route's samples

@@ -48,7 +48,7 @@ class PromptCache:
     """Each test prompt's `encode_prompt` output, kept in memory for the run, so that every later
     evaluation of the same test set reads no image and runs no processor. Bounded: once
     `max_bytes` are held, further prompts are encoded each time they are asked for and not kept.
-    (The default run's 480 prompts of 64x64 images hold about 24 MB.)"""
+    (The default run's 480 prompts of 64x64 images hold 23 MB.)"""
 
     def __init__(self, max_bytes: int):
         self.max_bytes = max_bytes
