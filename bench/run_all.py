@@ -63,6 +63,11 @@ def headline(results: dict) -> list[dict]:
         ("MoELoRA fused step / LoRA step", ("moelora_step", "fused_over_lora"), "<=", 1.15),
         ("LCIA step overhead", ("lcia_overhead", "lcia_overhead"), "<=", 0.05),
         ("batched evaluation / one at a time", ("eval_batching", "speedup"), ">=", 6.0),
+        ("evaluation: test prompts encoded each time / once per run", ("eval_batching", "prompt_cache_speedup"),
+         None, None),
+        ("evaluation: dynamic KV cache / static KV cache", ("eval_batching", "static_cache_speedup"), None, None),
+        ("evaluation seconds per sample (batched, as a run)", ("eval_batching", "batched_seconds_per_sample"),
+         None, None),
     ]
     out = []
     for label, path, op, goal in rows:

@@ -29,6 +29,7 @@ from .distributed import (accelerator_options, check_deepspeed, check_engine, ch
                           trainable_ids, uses_deepspeed, uses_fsdp, whole_models)
 from .emt.curve import EmtTracker
 from .eval.evaluate import evaluate_task, max_new_tokens_for, trivial_baseline
+from .eval.generate import EvalTiming, PromptCache
 from .export import base_model_record
 from .fit import steps_for, train_task
 from .methods import Method, TaskContext, build_method
@@ -85,6 +86,8 @@ class _Run:
     matrix: list[list[float | None]] = field(default_factory=list)  # row per stage, column per task
     zero_shot: list[float] | None = None
     trackers: RunTrackers | None = None  # log.report_to (TensorBoard, MLflow, W&B, ...)
+    prompts: PromptCache | None = None  # the test prompts, encoded once per run (made at the first evaluation)
+    eval_seconds: dict[str, dict] = field(default_factory=dict)  # each task's last evaluation: EvalTiming.record()
 
     @property
     def main(self) -> bool:
@@ -252,6 +255,7 @@ def _zero_shot(run: _Run) -> None:
     out = run.writing and run.run_dir / "stages" / BASE_STAGE
     run.zero_shot = [_evaluate(run, task, "base", out) for task in run.stream.tasks]
     if run.main:
+        save_json(out / "eval_seconds.json", run.eval_seconds)
         save_json(run.run_dir / "zero_shot.json", dict(zip(run.stream.tasks, run.zero_shot)))
     if run.trackers:
         run.trackers.log_row("if", 0, dict(zip(run.stream.tasks, run.zero_shot)))
@@ -339,6 +343,7 @@ def _save_and_evaluate_stage(run: _Run, t: int, name: str, trained: list[str], c
         # zero-shot row it builds on, so that a resumed run finds them as they were.
         builds_on = (run.run_dir / "zero_shot.json", run.run_dir / "stages" / BASE_STAGE) if t == 0 else ()
         mark_stage_done(stage, {"task": name, "train": stats, "scores": row, "method_log": ctx.log,
+                                "eval": {tasks[i]: run.eval_seconds[tasks[i]] for i in evaluated},
                                 "elapsed_seconds": time.time() - run.started}, also=builds_on)
         ckpt.remove(stage)  # the stage is complete: its in-task checkpoint is not needed any more
         if _sequential(run):
@@ -352,13 +357,20 @@ def _save_and_evaluate_stage(run: _Run, t: int, name: str, trained: list[str], c
 def _evaluate(run: _Run, task: str, label: str, out: Path | None) -> float:
     """The task's score (0-100); every process answers its shard, the main one saves them all."""
     acc, stream, live = run.acc, run.stream, run.acc.unwrap_model(run.model)
-    records = []
+    if run.prompts is None:
+        run.prompts = PromptCache(run.cfg.eval.prompt_cache_mb * 2**20)
+        if run.cfg.eval.dtype == "bfloat16":
+            run.log("eval.dtype=bfloat16: answers generated under bf16 autocast; this changes some of them "
+                    "(17 of 480 on the default model)")
+    records, timing = [], EvalTiming()
     for subset, route in run.method.eval_routes(live, task, stream.test[task]):
         with route:  # each process answers its shard of every route's samples
             records += evaluate_task(live, run.processor, shard(subset, acc.process_index, acc.num_processes),
                                      stream.image_root, stream.scorers[task], run.cfg.eval, device=acc.device,
                                      desc=f"eval {label} on {task}", show_progress=run.main,
-                                     max_new_tokens=max_new_tokens_for(run.cfg.eval, stream.specs[task]))[1]
+                                     max_new_tokens=max_new_tokens_for(run.cfg.eval, stream.specs[task]),
+                                     prompts=run.prompts, timing=timing)[1]
+    run.eval_seconds[task] = timing.record()  # this process's shard
     records = merge_shards(gather_records(acc, records), [s.id for s in stream.test[task]])
     if out is not None:
         save_jsonl(out / "predictions" / f"{task}.jsonl", records)

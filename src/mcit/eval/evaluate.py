@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..data.coin_format import format_bbox
 from ..data.schema import Sample
-from .generate import generate_answers
+from .generate import EvalTiming, PromptCache, generate_answers
 from .coin_compat import score_mode, scored_text
 from .form_content import record_fields
 from .scorers import parse_box
@@ -28,13 +28,16 @@ def max_new_tokens_for(ec, spec) -> int:
 
 def evaluate_task(model, processor, samples: list[Sample], image_root: Path | None, scorer: str,
                   ec, device=None, desc: str = "eval", show_progress: bool = True,
-                  max_new_tokens: int | None = None) -> tuple[float, list[dict]]:
+                  max_new_tokens: int | None = None, prompts: PromptCache | None = None,
+                  timing: EvalTiming | None = None) -> tuple[float, list[dict]]:
     """Returns the task score (0-100) and one record per sample. ``max_new_tokens``: the task's
-    limit (:func:`max_new_tokens_for`); None = ``ec.max_new_tokens`` or coin-mini's."""
+    limit (:func:`max_new_tokens_for`); None = ``ec.max_new_tokens`` or coin-mini's. ``prompts``:
+    the run's encoded test prompts (see generate.PromptCache); ``timing``: where the seconds went."""
     budget = max_new_tokens or ec.max_new_tokens or COIN_MINI_MAX_NEW_TOKENS
     raw = generate_answers(model, processor, samples, image_root, batch_size=ec.batch_size,
                            max_new_tokens=budget, device=device, desc=desc,
-                           show_progress=show_progress)
+                           show_progress=show_progress, prompts=prompts, kv_cache=ec.kv_cache,
+                           dtype=ec.dtype, timing=timing)
     records = []
     for sample, text in zip(samples, raw):
         pred = scored_text(ec.scoring, sample.task, text)
