@@ -7,6 +7,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MCIT_CACHE", tempfile.mkdtemp(prefix="mcit-test-cache-"))
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Under pytest-xdist (`make test` runs one worker per core) each worker and every process it spawns
+# uses one thread: two workers with a thread per core each would stall at every op's barrier
+# whenever the other worker holds a core (issue 15: a 2-thread step went from 167 to 556 ms).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["MKL_NUM_THREADS"] = "1"
 
 
 def save_tiny_checkpoint(path, texts=("What color is the shape? red blue yes no",), image_size=32, **dims):
