@@ -43,6 +43,7 @@ def test_busy_seconds_counts_the_usable_cores_only(tmp_path):
 def test_auto_drops_to_the_free_cores_and_comes_back(tmp_path, monkeypatch):
     monkeypatch.setattr(threads, "usable_cores", lambda: [0, 1])
     monkeypatch.setattr(threads, "own_cpu_seconds", lambda: 0.0)  # all the busy time is another process's
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # no ceiling (pytest-xdist workers set 1)
     hz = threads.os.sysconf("SC_CLK_TCK")
     stat, now = tmp_path / "stat", [0.0]
     _stat(stat, [0, 0])
