@@ -43,7 +43,7 @@ def base_stage_key(model_cfg, data_cfg, seed: int) -> str:
     shape = {k: v for k, v in dataclasses.asdict(model_cfg).items() if k not in ("name", "dtype")}
     world = {k: getattr(data_cfg, k) for k in ("pretrain_size", "image_size", "train_per_task")}
     world["coin_mini_version"] = coin_mini.VERSION
-    return config_hash({"model": shape, "world": world, "seed": seed, "version": 2})
+    return config_hash({"model": shape, "world": world, "seed": seed, "version": 3})
 
 
 def ensure_base_model(run_cfg, data_root: Path, cache_dir: Path, accelerator: Accelerator, log=print) -> Path:

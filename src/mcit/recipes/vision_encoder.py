@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from PIL import Image
 from transformers import get_cosine_schedule_with_warmup
 
+from ..fit import adamw
 from ..progress import Progress
 
 
@@ -45,7 +46,7 @@ def pretrain_vision(model, image_processor, items: list[tuple[Image.Image, dict[
     width = model.config.vision_config.hidden_size
     heads = torch.nn.ModuleDict({a: torch.nn.Linear(width, len(names)) for a, names in classes.items()})
     params = list(vision.parameters()) + list(heads.parameters())
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    optimizer = adamw([{"params": params, "lr": lr}], weight_decay=0.0)  # fused, as in the task stages
     scheduler = get_cosine_schedule_with_warmup(optimizer, max(1, steps // 20), steps)
     gen = torch.Generator().manual_seed(seed)
 
