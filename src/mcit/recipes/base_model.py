@@ -88,7 +88,8 @@ def _train_base(run_cfg, data_root: Path, target: Path, accelerator: Accelerator
     vision = pretrain_vision(model, processor.image_processor,
                              coin_mini.vision_items(run_cfg.data_seed, mc.vision_images, dc.image_size),
                              steps=mc.vision_steps, batch_size=mc.vision_batch_size, lr=mc.base_lr,
-                             seed=run_cfg.data_seed, show_progress=accelerator.is_main_process)
+                             seed=run_cfg.data_seed, show_progress=accelerator.is_main_process,
+                             threads=run_cfg.train.threads)
     model.model.vision_tower.requires_grad_(False)
 
     stage_cfg = dataclasses.replace(
