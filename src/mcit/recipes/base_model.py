@@ -43,7 +43,7 @@ def base_stage_key(model_cfg, data_cfg, seed: int) -> str:
     shape = {k: v for k, v in dataclasses.asdict(model_cfg).items() if k not in ("name", "dtype")}
     world = {k: getattr(data_cfg, k) for k in ("pretrain_size", "image_size", "train_per_task")}
     world["coin_mini_version"] = coin_mini.VERSION
-    return config_hash({"model": shape, "world": world, "seed": seed, "version": 2})
+    return config_hash({"model": shape, "world": world, "seed": seed, "version": 3})
 
 
 def ensure_base_model(run_cfg, data_root: Path, cache_dir: Path, accelerator: Accelerator, log=print) -> Path:
@@ -88,7 +88,8 @@ def _train_base(run_cfg, data_root: Path, target: Path, accelerator: Accelerator
     vision = pretrain_vision(model, processor.image_processor,
                              coin_mini.vision_items(run_cfg.data_seed, mc.vision_images, dc.image_size),
                              steps=mc.vision_steps, batch_size=mc.vision_batch_size, lr=mc.base_lr,
-                             seed=run_cfg.data_seed, show_progress=accelerator.is_main_process)
+                             seed=run_cfg.data_seed, show_progress=accelerator.is_main_process,
+                             threads=run_cfg.train.threads)
     model.model.vision_tower.requires_grad_(False)
 
     stage_cfg = dataclasses.replace(

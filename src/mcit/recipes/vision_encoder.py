@@ -17,7 +17,9 @@ import torch.nn.functional as F
 from PIL import Image
 from transformers import get_cosine_schedule_with_warmup
 
+from ..fit import adamw
 from ..progress import Progress
+from ..threads import ThreadGovernor
 
 
 def patch_features(model, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -35,8 +37,10 @@ def label_tensors(labels: list[dict[str, str]]) -> tuple[dict[str, list[str]], d
 
 
 def pretrain_vision(model, image_processor, items: list[tuple[Image.Image, dict[str, str]]], *, steps: int,
-                    batch_size: int, lr: float, seed: int, show_progress: bool = True) -> dict:
-    """Train ``model``'s vision tower in place; returns loss statistics."""
+                    batch_size: int, lr: float, seed: int, show_progress: bool = True, threads: int = 0) -> dict:
+    """Train ``model``'s vision tower in place; returns loss statistics. ``threads`` is train.threads
+    (0 = follow the load), as in the task stages: on a busy machine two spinning threads ran this stage
+    2-2.5x slower than one."""
     if steps <= 0 or not items:  # tiny test configs: keep the random tower
         return {"steps": 0, "images": len(items)}
     classes, targets = label_tensors([labels for _, labels in items])
@@ -45,9 +49,11 @@ def pretrain_vision(model, image_processor, items: list[tuple[Image.Image, dict[
     width = model.config.vision_config.hidden_size
     heads = torch.nn.ModuleDict({a: torch.nn.Linear(width, len(names)) for a, names in classes.items()})
     params = list(vision.parameters()) + list(heads.parameters())
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    optimizer = adamw([{"params": params, "lr": lr}], weight_decay=0.0)  # fused, as in the task stages
     scheduler = get_cosine_schedule_with_warmup(optimizer, max(1, steps // 20), steps)
     gen = torch.Generator().manual_seed(seed)
+    governor = ThreadGovernor(threads)
+    governor.start()
 
     vision.train()
     losses = []
@@ -65,6 +71,7 @@ def pretrain_vision(model, image_processor, items: list[tuple[Image.Image, dict[
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())
         progress.update(loss=losses[-1])
+        governor.tick()
     progress.close(loss=losses[-1])
     k = max(1, steps // 10)
     return {"steps": steps, "images": len(items), "attributes": {a: len(n) for a, n in classes.items()},
