@@ -26,8 +26,10 @@ browser:
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; } || \
 		echo "chromium not installed: the report's browser test will be skipped"
 
+# One pytest-xdist worker per core (at most 4), a test file per worker at a time (module fixtures
+# built once); each worker uses one thread (tests/conftest.py).
 test: venv browser
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q -n auto --maxprocesses 4 --dist loadfile
 
 # The lowest versions pyproject allows (uv's lowest-direct resolution, torch pinned to the CPU
 # wheel) in their own environment, then the tests: the lower bounds are the ones tested.

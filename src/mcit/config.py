@@ -161,14 +161,14 @@ class ModelConfig:
     vision_layers: int = _field(2, "tiny-llava: layers of the vision tower", check=AT_LEAST_ONE)
     patch_size: int = _field(8, "tiny-llava: vision patch side, in pixels", check=AT_LEAST_ONE)
     vocab_size: int = _field(1024, "tiny-llava: tokenizer vocabulary size", check=AT_LEAST_ONE)
-    vision_steps: int = _field(500, "tiny-llava: optimizer steps of the vision-encoder pretraining stage",
+    vision_steps: int = _field(800, "tiny-llava: optimizer steps of the vision-encoder pretraining stage",
                                check=AT_LEAST_ONE)
     vision_images: int = _field(8000, "tiny-llava: labelled images (generated) for the vision-encoder stage",
                                 check=AT_LEAST_ONE)
     vision_batch_size: int = _field(64, "tiny-llava: batch size of the vision-encoder stage", check=AT_LEAST_ONE)
-    base_steps: int = _field(300, "tiny-llava: optimizer steps of the base-model (alignment) stage",
+    base_steps: int = _field(1300, "tiny-llava: optimizer steps of the base-model (alignment) stage",
                              check=AT_LEAST_ONE)
-    base_lr: float = _field(2e-3, "tiny-llava: learning rate of the base-model stage",
+    base_lr: float = _field(1e-3, "tiny-llava: learning rate of the base-model stage",
                             aliases=("base_learning_rate",), check=POSITIVE)
     base_batch_size: int = _field(32, "tiny-llava: batch size of the base-model stage", check=AT_LEAST_ONE)
     dtype: str = _field("float32", "parameter dtype: float32, bfloat16 or float16",
