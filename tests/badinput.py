@@ -72,3 +72,18 @@ def rerecord(path: str | Path) -> None:
     done = load_json(stage / "done.json")
     done["files"][path.relative_to(stage.parent.parent).as_posix()] = file_sha256(path)
     save_json(stage / "done.json", done)
+
+
+@contextlib.contextmanager
+def tiny_run(tmp_path_factory, label: str):
+    """One real run folder made by a tiny `mcit run` (its own cache), for cases that damage copies of it."""
+    import pytest
+
+    from test_end_to_end import SMALL
+
+    root = tmp_path_factory.mktemp(label)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MCIT_CACHE", str(root / "cache"))
+        code, _, err = invoke(["run", *SMALL, f"output_dir={root / 'runs'}", "name=lora"])
+        assert code == 0, err
+        yield root / "runs" / "lora"

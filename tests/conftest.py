@@ -29,3 +29,15 @@ def save_tiny_checkpoint(path, texts=("What color is the shape? red blue yes no"
     build_model(ModelConfig(**shape), processor, image_size).save_pretrained(path)
     processor.save_pretrained(path)
     return path
+
+
+def train_losses(model, optimizer, batch, steps):
+    """The loss of each of `steps` plain training steps on one batch (forward, backward, step)."""
+    losses = []
+    for _ in range(steps):
+        loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    return losses

@@ -8,18 +8,13 @@ import shutil
 
 import pytest
 
-from badinput import assert_rejected, invoke, rerecord
-from test_end_to_end import SMALL
+from badinput import assert_rejected, rerecord, tiny_run
 
 
 @pytest.fixture(scope="module")
 def made(tmp_path_factory):
-    root = tmp_path_factory.mktemp("badbrowse")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MCIT_CACHE", str(root / "cache"))
-        code, _, err = invoke(["run", *SMALL, f"output_dir={root / 'runs'}", "name=lora"])
-        assert code == 0, err
-        yield root / "runs" / "lora"
+    with tiny_run(tmp_path_factory, "badbrowse") as run:
+        yield run
 
 
 def _write(path, text):

@@ -6,18 +6,13 @@ import shutil
 
 import pytest
 
-from badinput import assert_rejected, invoke
-from test_end_to_end import SMALL
+from badinput import assert_rejected, tiny_run
 
 
 @pytest.fixture(scope="module")
 def made(tmp_path_factory):
-    root = tmp_path_factory.mktemp("badformcontent")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MCIT_CACHE", str(root / "cache"))
-        code, _, err = invoke(["run", *SMALL, f"output_dir={root / 'runs'}", "name=lora"])
-        assert code == 0, err
-        yield root / "runs" / "lora"
+    with tiny_run(tmp_path_factory, "badformcontent") as run:
+        yield run
 
 
 def _edit(run, change):

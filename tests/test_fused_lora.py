@@ -5,6 +5,7 @@ import copy
 
 import pytest
 import torch
+from conftest import train_losses
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora import Linear as PeftLoraLinear
 
@@ -80,13 +81,7 @@ def test_training_steps_match_peft_forward():
     for key, model in (("plain", plain), ("fused", fused)):
         model.train()
         opt = torch.optim.AdamW(method.param_groups(model, cfg), lr=1e-2)
-        losses[key] = []
-        for _ in range(4):
-            loss = model(**batch).loss
-            loss.backward()
-            opt.step()
-            opt.zero_grad()
-            losses[key].append(loss.item())
+        losses[key] = train_losses(model, opt, batch, 4)
     assert losses["plain"][0] != losses["plain"][-1]  # the steps did train
     torch.testing.assert_close(torch.tensor(losses["fused"]), torch.tensor(losses["plain"]), **TOL)
     trained = dict(plain.named_parameters())

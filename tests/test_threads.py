@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from conftest import train_losses
 
 from mcit import threads
 from mcit.config import load_config
@@ -94,13 +95,7 @@ def test_losses_do_not_depend_on_the_thread_count():
         torch.manual_seed(0)
         model = method.setup(copy.deepcopy(base), cfg).train()
         opt = torch.optim.AdamW(method.param_groups(model, cfg), lr=1e-2)
-        losses[n] = []
-        for _ in range(3):
-            loss = model(**batch).loss
-            loss.backward()
-            opt.step()
-            opt.zero_grad()
-            losses[n].append(loss.item())
+        losses[n] = train_losses(model, opt, batch, 3)
     assert losses[1] == losses[2]
 
 
