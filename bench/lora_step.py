@@ -3,7 +3,8 @@
 Variants, per model size (the default tiny LLaVA and wider ones, same batch for all):
   full       every LM weight trains (mcit's `full` method), fused AdamW (mcit.fit.adamw)
   lora       mcit's `lora`: low-rank product added into the base output (models/fused_lora.py), fused AdamW
-  lora_peft  PEFT's own LoRA layer (`result + B(A(x)) * scaling`) and for-each AdamW: the code before issue 15
+  lora_peft  PEFT's own LoRA layer (`result + B(A(x)) * scaling`), for-each AdamW and logits at every
+             position: the code before issue 15 (the others compute them at the answer positions only)
   lora_compiled (default size, unless --no-compile) `lora` under torch.compile; its compile time reported
 One step = forward + backward + AdamW step + zero_grad, timed in interleaved rounds (bench/_tiny.py).
 Utilisation = the FLOPs torch counts in a step / step time / the machine's fp32 matmul peak measured
@@ -23,7 +24,7 @@ import time
 import torch
 
 from mcit.config import load_config
-from mcit.fit import adamw
+from mcit.fit import adamw, answer_forward
 from mcit.methods import build_method
 from mcit.threads import usable_cores
 
@@ -59,7 +60,7 @@ def bench_size(hidden: int, args, peak: float) -> dict:
         model, optimizer = build_variant(base, "lora")
         compiled = torch.compile(model)
         start = time.perf_counter()
-        compiled(**batch).loss.backward()  # the first call compiles forward and backward
+        answer_forward(compiled, batch).loss.backward()  # the first call compiles forward and backward
         compile_s = time.perf_counter() - start
         optimizer.zero_grad(set_to_none=True)
         runs["lora_compiled"] = (compiled, optimizer)
@@ -67,7 +68,9 @@ def bench_size(hidden: int, args, peak: float) -> dict:
 
     def step(key: str) -> None:
         model, optimizer = runs[key]
-        model(**batch).loss.backward()
+        # mcit's loss (logits at the answer positions only, mcit.fit.answer_forward); lora_peft: the
+        # code before issue 15, transformers' loss over every position
+        (model(**batch) if key == "lora_peft" else answer_forward(model, batch)).loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 

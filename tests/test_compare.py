@@ -87,3 +87,28 @@ def test_tune_bad_arguments_fail_before_any_run(cache, capsys, argv, message):
     assert main(["tune", *SMALL, "--method", "ema", *argv, "--out", str(out)]) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_compare_vary_runs_each_method_at_each_value(cache, monkeypatch):
+    """A study: --vary key=v1,v2 gives a row per (method, value), each run with that value set."""
+    out = cache / "study"
+    assert main(["compare", *SMALL, "--methods", "lora", "--vary", "data.order=coin,reverse", "--out", str(out)]) == 0
+    record = json.loads((out / "compare.json").read_text())
+    assert list(record["table"]) == ["lora order=coin", "lora order=reverse"]
+    assert record["vary"] == ["data.order=coin,reverse"]
+    orders = {}
+    for name in ("lora-order=coin-seed0", "lora-order=reverse-seed0"):
+        matrix = json.loads((out / "runs" / name / "metrics.json").read_text())
+        orders[name] = json.loads((out / "runs" / name / "environment.json").read_text())["tasks"]
+        assert matrix["MFN"] is not None
+    assert orders["lora-order=reverse-seed0"] == orders["lora-order=coin-seed0"][::-1]
+    assert "| lora order=reverse |" in (out / "compare.md").read_text()
+
+
+@pytest.mark.parametrize("vary, message", [("data.order", "write key=v1,v2"), ("data.order=coin,sideways", "random-<seed>"),
+                                           ("data.nope=1", "nope")])
+def test_compare_bad_vary_fails_before_any_run(cache, capsys, vary, message):
+    out = cache / "v-bad"
+    assert main(["compare", *SMALL, "--methods", "lora", "--vary", vary, "--out", str(out)]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()

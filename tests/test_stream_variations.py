@@ -6,7 +6,7 @@ import pytest
 from mcit.cli import main
 from mcit.config import ConfigError, DataConfig, TrainConfig
 from mcit.data import coin_mini
-from mcit.data.stream import stream_order
+from mcit.data.stream import stream_order, train_share
 from mcit.fit import steps_for
 
 from test_end_to_end import SMALL, _run, cache  # noqa: F401  (cache is a fixture)
@@ -21,13 +21,44 @@ def test_named_orders():
     assert stream_order(DataConfig(order="random"), seed=1) != shuffled
 
 
-def test_explicit_subset_wins_and_repeats_are_refused():
-    dc = DataConfig(tasks=["VQAv2", "ScienceQA"], order="reverse")
-    assert stream_order(dc, seed=0) == ["VQAv2", "ScienceQA"]
+def test_random_n_is_fixed_by_its_own_seed_whatever_the_data_seed():
+    first = stream_order(DataConfig(order="random-1"), seed=0)
+    assert stream_order(DataConfig(order="random-1"), seed=7) == first
+    assert first == stream_order(DataConfig(order="random"), seed=1)  # random = random-<data seed>
+    assert stream_order(DataConfig(order="random-2"), seed=0) != first
+    assert sorted(first) == sorted(coin_mini.TASKS)
+
+
+def test_named_orders_apply_to_a_listed_subset_and_repeats_are_refused():
+    tasks = ["TextVQA", "ImageNet", "GQA", "VQAv2"]
+    assert stream_order(DataConfig(tasks=tasks), seed=0) == tasks  # coin: as listed
+    assert stream_order(DataConfig(tasks=tasks, order="reverse"), seed=0) == tasks[::-1]
+    shuffled = stream_order(DataConfig(tasks=tasks, order="random-1"), seed=0)
+    assert sorted(shuffled) == sorted(tasks) and shuffled != tasks
     with pytest.raises(ConfigError, match=r"\['GQA'\] listed more than once"):
         stream_order(DataConfig(tasks=["GQA", "VizWiz", "GQA"]), seed=0)
     with pytest.raises(ConfigError, match="data.order: 'sideways'"):
         stream_order(DataConfig(order="sideways"), seed=0)
+
+
+def test_train_fraction_keeps_a_seeded_share_in_file_order():
+    samples = list(range(10))
+    assert train_share(samples, 1.0, seed=0, task="GQA") is samples
+    quarter = train_share(samples, 0.25, seed=0, task="GQA")
+    assert len(quarter) == 2 and quarter == sorted(quarter)  # round(2.5) = 2, file order kept
+    assert train_share(samples, 0.25, seed=0, task="GQA") == quarter  # fixed by seed and task
+    assert len(train_share(samples, 0.5, seed=0, task="GQA")) == 5
+    assert len(train_share(samples, 0.01, seed=0, task="GQA")) == 1  # never an empty task
+    assert {tuple(train_share(samples, 0.5, seed=s, task="GQA")) for s in range(5)} != {tuple(quarter)}
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("data.order=random-x", "random-<seed>"), ("data.order=sideways", "random-<seed>"),
+    ("data.train_fraction=0", "data.train_fraction"), ("data.train_fraction=1.5", "data.train_fraction"),
+])
+def test_bad_order_or_fraction_is_refused_by_the_config(bad, message, capsys):
+    assert main(["config", "show", bad]) == 2
+    assert message in capsys.readouterr().err
 
 
 def test_per_task_budgets():

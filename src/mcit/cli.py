@@ -1,5 +1,5 @@
 """`mcit` command line: `mcit run [CONFIG.yaml] [key=value ...]`, `mcit compare`, `mcit judge RUN_DIR`,
-`mcit emt MODEL_OR_RUN_STAGE`, `mcit data check`,
+`mcit emt MODEL_OR_RUN_STAGE`, `mcit data check`, `mcit base-model`,
 `mcit ls`, `mcit show`, `mcit diff`, `mcit report`, `mcit config show`, `mcit export`."""
 from __future__ import annotations
 
@@ -140,14 +140,16 @@ def _emt_judge_config(decider: str, overrides: list[str]):
 
 
 def cmd_compare(args) -> int:
-    from .compare import compare, parse_list
+    from .compare import compare, grid_points, parse_list
 
     methods = parse_list(args.methods, "methods")
     seeds = parse_list(args.seeds, "seeds", int)
+    points = grid_points(args.vary, "vary")
     out = output_folder(args.out, "--out")
     for method in methods:  # every run's config checked before the first (long) run and before torch
-        load_checked_config(args.config, [*args.overrides, f"method.name={method}"])
-    compare(_config_path(args.config), args.overrides, methods, seeds, out)
+        for point in points:
+            load_checked_config(args.config, [*args.overrides, f"method.name={method}", *point])
+    compare(_config_path(args.config), args.overrides, methods, seeds, out, vary=args.vary)
     return 0
 
 
@@ -158,6 +160,43 @@ def cmd_tune(args) -> int:
     out = output_folder(args.out, "--out")
     load_checked_config(args.config, [*args.overrides, f"method.name={args.method}"])  # the grid: by tune()
     tune(_config_path(args.config), args.overrides, args.method, args.grid, seeds, out, args.select)
+    return 0
+
+
+def cmd_base_model(args) -> int:
+    """Build the built-in model's base stage from nothing into --out; with --check, compare it bit for
+    bit with the shipped one (or --against's); exit 1 if any file differs."""
+    from .recipes.shipped_base import ASSET, differences, read_manifest
+
+    cfg = load_checked_config(args.config, args.overrides)
+    if cfg.model.name != "tiny-llava":
+        raise UserError(f"model.name={cfg.model.name}: `mcit base-model` builds the built-in tiny-llava's base model")
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"--out {out}: exists and is not an empty folder (nothing is overwritten)")
+    reference = Path(args.against) if args.against else ASSET
+    manifest = read_manifest(reference) if args.check else None
+    if args.check and manifest is None:
+        raise UserError(f"--check: {reference / 'manifest.json'} is missing or not JSON")
+    from .recipes.base_model import base_stage_key, build_base_model
+
+    key = base_stage_key(cfg.model, cfg.data, cfg.data_seed)
+    if manifest is not None and manifest.get("key") != key:
+        raise UserError(f"--check: {reference} was built for base-stage key {manifest.get('key')}, these settings "
+                        f"give {key}: compare the settings it was built with (the defaults for the shipped one)")
+    from .threads import usable_cores
+
+    threads = args.threads or (manifest or {}).get("built_with", {}).get("threads") or len(usable_cores())
+    build_base_model(cfg, out, threads)
+    print(f"mcit: base model (key {key}) written to {out}, manifest {out / 'manifest.json'}")
+    if manifest is None:
+        return 0
+    differ = differences(out, manifest)
+    if differ:
+        print(f"mcit: {len(differ)} file(s) differ from {reference}: {', '.join(differ)} (built on "
+              f"{manifest.get('built_with', {}).get('cpu', '?')}; other CPUs round some matmuls differently)")
+        return 1
+    print(f"mcit: bit for bit the same as {reference} ({len(manifest['files'])} files)")
     return 0
 
 
@@ -271,6 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
                                       "of MFT, MFN, MAA, BWT and Forgetting in both views. Finished runs are "
                                       "reused, interrupted ones resumed.")
     comp.add_argument("--methods", required=True, help="comma-separated method names, e.g. lora,ema,lcia")
+    comp.add_argument("--vary", action="append", default=[], metavar="KEY=V1,V2,...",
+                      help="a study of one setting: each method at each value (repeat for a product), e.g. "
+                           "--vary data.instruction_set=Original,Diverse,10Type; a row per method and value")
     _add_sweep_args(comp, out="compare")
     comp.set_defaults(func=cmd_compare)
     tun = sub.add_parser("tune", help="a method's hyper-parameters over a grid; picks the best mean metric",
@@ -318,6 +360,22 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("config", nargs="?", help="YAML config (default: the built-in default.yaml)")
     check.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.root=/data/CoIN")
     check.set_defaults(func=cmd_data_check)
+    base = sub.add_parser("base-model", help="build the built-in model's base stage from nothing; check it against "
+                                             "the shipped one",
+                          description="Train the tiny LLaVA's base stage (vision encoder, alignment) for CONFIG's "
+                                      "model and data settings into --out, with a manifest of SHA-256 digests. "
+                                      "With --check, compare bit for bit with the base model shipped with mcit "
+                                      "(or --against FOLDER); exit 1 if a file differs.")
+    base.add_argument("config", nargs="?", help="YAML config (default: the built-in default.yaml)")
+    base.add_argument("overrides", nargs="*", help="dotted overrides, e.g. model.base_steps=500")
+    base.add_argument("--out", required=True, metavar="DIR", help="the folder to write (new or empty)")
+    base.add_argument("--check", action="store_true", help="compare with the shipped base model, file by file")
+    base.add_argument("--against", metavar="FOLDER", help="with --check: a base-model folder with a manifest.json "
+                                                         "(default: the one shipped with mcit)")
+    base.add_argument("--threads", type=int, help="torch threads, fixed for the whole build (default: with --check "
+                                                  "the reference's, else every usable core); some kernels round "
+                                                  "differently at another count")
+    base.set_defaults(func=cmd_base_model)
     _add_browse_parsers(sub)
     return parser
 

@@ -32,18 +32,47 @@ def parse_list(text: str, what: str, cast=str) -> list:
         raise ConfigError(f"--{what}: '{text}' is not a comma-separated list of {cast.__name__}") from None
 
 
+def grid_points(grid: list[str], what: str = "grid") -> list[list[str]]:
+    """Every combination of ``key=v1,v2,...`` lists, as lists of overrides ([[]] for no lists)."""
+    axes = []
+    for text in grid:
+        key, sep, values = text.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--{what} '{text}': write key=v1,v2,... (e.g. method.ema_weight=0.005,0.01)")
+        axes.append([f"{key.strip()}={v}" for v in parse_list(values, what)])
+    return [list(p) for p in itertools.product(*axes)]
+
+
+def point_label(point: list[str]) -> str:
+    """"data.order=reverse train.lr=0.003" -> "order=reverse lr=0.003"."""
+    return " ".join(_short(o) for o in point)
+
+
+def point_slug(point: list[str]) -> str:
+    """A run-folder-safe name part for a grid point."""
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", "_".join(_short(o) for o in point))
+
+
 def compare(config: Path, overrides: list[str], methods: list[str], seeds: list[int], out: Path,
-            log: Callable[[str], None] = print) -> dict:
+            log: Callable[[str], None] = print, vary: list[str] = ()) -> dict:
+    """Every method (and, with ``vary``, every point of its ``key=v1,v2,...`` lists: a study of one
+    setting, e.g. the instruction set) over ``seeds``; one row per method and point."""
     from .methods import method_class
 
     if len(set(methods)) != len(methods) or len(set(seeds)) != len(seeds):
         raise ConfigError("--methods and --seeds must not repeat an entry")
+    points = grid_points(list(vary), "vary")
     for m in methods:
         method_class(m)  # an unknown method fails before the first (long) run
-    runs = {m: [_run_or_read(config, [*overrides, f"method.name={m}"], f"{m}-seed{seed}", seed, out, log)
-                for seed in seeds] for m in methods}
-    table = {m: _summarise(rs) for m, rs in runs.items()}
-    record = {"config": str(config), "overrides": overrides, "methods": methods, "seeds": seeds, "table": table}
+    runs = {}
+    for m in methods:
+        for p in points:  # no --vary: one point, no overrides, the row and run names of before
+            row, stem = (f"{m} {point_label(p)}", f"{m}-{point_slug(p)}") if p else (m, m)
+            runs[row] = [_run_or_read(config, [*overrides, f"method.name={m}", *p], f"{stem}-seed{seed}", seed, out,
+                                      log) for seed in seeds]
+    table = {row: _summarise(rs) for row, rs in runs.items()}
+    record = {"config": str(config), "overrides": overrides, "methods": methods, "vary": list(vary),
+              "seeds": seeds, "table": table}
     save_json(out / "compare.json", record)
     text = format_compare(table)
     atomic_write_text(out / "compare.md", text + "\n")
@@ -87,21 +116,14 @@ def tune(config: Path, overrides: list[str], method: str, grid: list[str], seeds
 
     if select not in VIEW_METRICS:
         raise ConfigError(f"--select: one of {', '.join(VIEW_METRICS)}, got '{select}'")
-    axes = []
-    for text in grid:
-        key, sep, values = text.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--grid '{text}': write key=v1,v2,... (e.g. method.ema_weight=0.005,0.01)")
-        axes.append([f"{key.strip()}={v}" for v in parse_list(values, "grid")])
-    points = [list(p) for p in itertools.product(*axes)]
+    points = grid_points(grid)
     for p in points:  # a misspelt key or a bad value fails before the first (long) run
         load_config(config, [*overrides, *p])
     method_class(method)  # after the light checks: a method's module may import torch
     rows = []
     for p in points:
         label = " ".join(p)
-        slug = re.sub(r"[^A-Za-z0-9_.=-]+", "_", "_".join(_short(o) for o in p))
-        runs = [_run_or_read(config, [*overrides, f"method.name={method}", *p], f"{method}-{slug}-seed{seed}",
+        runs = [_run_or_read(config, [*overrides, f"method.name={method}", *p], f"{method}-{point_slug(p)}-seed{seed}",
                              seed, out, log) for seed in seeds]
         rows.append({"point": label, **_summarise(runs)})
     scored = [r for r in rows if r["if"][select] is not None]

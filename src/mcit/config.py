@@ -73,6 +73,13 @@ JUDGE_BACKENDS = ("embedding", "openai", "local", "none")
 EMT_DECIDERS = ("rule", "rule-lenient", "openai", "local")
 
 
+def named_order(value: Any) -> str | None:
+    """data.order's check: a named order or random-<seed>."""
+    if value in NAMED_ORDERS or (isinstance(value, str) and value.startswith("random-") and value[7:].isdigit()):
+        return None
+    return f"must be one of {', '.join(NAMED_ORDERS)} or random-<seed> (e.g. random-1)"
+
+
 def _section(cls: type, help: str) -> Any:
     return field(default_factory=cls, metadata={"help": help, "aliases": ()})
 
@@ -120,11 +127,15 @@ class DataConfig:
         None, "coin: GQA's testdev_balanced_questions.json; when given, its answers are the ground truth and "
         "`mcit data check` lists every test record that disagrees", aliases=("gqa_testdev", "gqa_questions_file"))
     tasks: list[str] | None = _field(
-        None, "the tasks, in stream order (any subset); null = all tasks in the named `order`",
+        None, "the tasks (any subset), streamed in the named `order` (coin = as listed); null = all the benchmark's tasks",
         aliases=("task_order",), check=not_empty)
     order: str = _field(
-        "coin", 'named order when tasks is null: "coin" (the benchmark file\'s order: CoIN\'s for CoIN), "reverse", or "random" (a seeded permutation)',
-        aliases=("stream_order", "named_order"), check=OneOf(*NAMED_ORDERS))
+        "coin", 'the order of data.tasks (as listed), or of all the benchmark\'s tasks when it is null: "coin" (as listed; the benchmark file\'s order: CoIN\'s for CoIN), "reverse", "random" (a permutation fixed by the data seed) or "random-N" (one fixed by the seed N, whatever the data seed: CoIN\'s task-order study)',
+        aliases=("stream_order", "named_order"), check=named_order)
+    train_fraction: float = _field(
+        1.0, "share of each task's training records used (a seeded choice, kept in file order): CoIN's data-volume "
+             "study, e.g. 0.25, 0.5, 1.0; train.epochs then sets the steps, train.steps_per_task does not scale",
+        aliases=("data_fraction", "train_share"), check=Range(0, 1, low_open=True))
     train_per_task: int = _field(
         400, "coin-mini: training samples generated per task (coin: every record of the release is used)",
         aliases=("train_size", "n_train"), check=AT_LEAST_ONE)
@@ -171,6 +182,10 @@ class ModelConfig:
     base_lr: float = _field(1e-3, "tiny-llava: learning rate of the base-model stage",
                             aliases=("base_learning_rate",), check=POSITIVE)
     base_batch_size: int = _field(32, "tiny-llava: batch size of the base-model stage", check=AT_LEAST_ONE)
+    shipped_base: bool = _field(
+        True, "tiny-llava: use the base model shipped with mcit when these model and data settings are the ones it "
+              "was built for (the defaults; `mcit base-model --out DIR --check` rebuilds it and compares bit for "
+              "bit); false = always build it here")
     dtype: str = _field("float32", "parameter dtype: float32, bfloat16 or float16",
                         aliases=("torch_dtype", "precision"), check=OneOf(*DTYPES))
 

@@ -6,12 +6,14 @@ devices and processes; the method hooks are the only variation point.
 """
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from accelerate.utils import DistributedType, set_seed
 from torch.utils.data import DataLoader
 from transformers import get_cosine_schedule_with_warmup
@@ -19,7 +21,7 @@ from transformers import get_cosine_schedule_with_warmup
 from . import checkpoint as ckpt
 from .data.encode import collate
 from .distributed import backward, global_loss_kwargs, mean_over_processes
-from .methods.base import Method, TaskContext
+from .methods.base import Method, TaskContext, needs_all_logits
 from .progress import Progress
 from .threads import ThreadGovernor
 from .tracking import TrainLog
@@ -48,6 +50,30 @@ def adamw(groups: list[dict], weight_decay: float) -> torch.optim.AdamW:
 
 
 _FUSED_DEVICES = ("cpu", "cuda", "xpu", "mps")  # torch 2.13's fused AdamW devices (cpu since 2.4)
+
+
+def answer_forward(forward, batch: dict, num_items_in_batch=None):
+    """The model's output and causal-LM loss with logits computed only at the positions whose next
+    token is scored (an answer token in some row), not at every position: the loss is the same sum
+    over the same tokens as transformers' (float rounding aside), at a fraction of the LM head and
+    its softmax (image and prompt tokens are most of a sequence). ``forward`` must take
+    ``logits_to_keep`` as a tensor of positions (transformers' causal-LM and image-text models do)."""
+    labels = batch["labels"]
+    positions = (labels[:, 1:] != -100).any(0).nonzero().squeeze(1)  # position i predicts token i + 1
+    out = forward(**{k: v for k, v in batch.items() if k != "labels"}, logits_to_keep=positions)
+    logits, targets = out.logits.float(), labels[:, positions + 1]
+    if num_items_in_batch is None:  # transformers' reduction: the mean over scored tokens ...
+        out.loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
+    else:  # ... or, across processes, the sum over the global count (mcit.distributed.global_loss_kwargs)
+        out.loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100,
+                                   reduction="sum") / num_items_in_batch
+    return out
+
+
+def takes_logits_to_keep(model) -> bool:
+    """Whether the (unwrapped, PEFT-stripped) model's forward accepts ``logits_to_keep``."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(inner.forward).parameters
 
 
 def _batches(loader: DataLoader):
@@ -102,6 +128,9 @@ def train_task(model, method: Method, ctx: TaskContext, items: list[dict], run_c
     governor = ThreadGovernor(tc.threads)
     governor.start()
     forward = _compiled(model) if tc.compile else model
+    # Logits only where an answer token is scored, unless a method reads them all (LwF) or the model
+    # cannot be asked for some positions.
+    answers_only = not needs_all_logits(method) and takes_logits_to_keep(acc.unwrap_model(model))
     model.train()
     batches = _batches(loader)
     losses, extras = [], []  # the task's own loss and the method's extra term, logged apart
@@ -128,7 +157,9 @@ def train_task(model, method: Method, ctx: TaskContext, items: list[dict], run_c
             # Only the last micro-batch synchronises gradients across processes.
             sync = nullcontext() if micro == tc.grad_accum - 1 else acc.no_sync(model)
             with sync:
-                out = forward(**batch, **global_loss_kwargs(acc, batch))
+                loss_kwargs = global_loss_kwargs(acc, batch)
+                out = (answer_forward(forward, batch, **loss_kwargs) if answers_only
+                       else forward(**batch, **loss_kwargs))
                 loss = out.loss
                 extra = method.extra_loss(ctx, batch, out)
                 if extra is not None:

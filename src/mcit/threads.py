@@ -5,8 +5,9 @@ one of the cores, one thread waits for a descheduled sibling at every op: on a 2
 with one CPU-bound neighbour a 2-thread step went from 167 to 556 ms, a 1-thread step stayed at
 222 ms (issue 15). `auto` measures what the other processes use of this process's cores
 (machine-wide busy time from /proc/stat minus this process's own CPU time, over a few seconds)
-and uses the cores left free, at least one. Results do not depend on the count: torch's CPU
-kernels give the same numbers with 1 or 2 threads here (checked in tests/test_threads.py).
+and uses the cores left free, at least one. A task stage's results do not depend on the count:
+torch's CPU kernels give the same numbers with 1 or 2 threads here (checked in tests/test_threads.py).
+The vision-encoder stage's do (its last bits), so it runs at a fixed count (recipes/base_model.py).
 Written by hand: neither torch nor Accelerate adapts its thread count to load.
 """
 from __future__ import annotations

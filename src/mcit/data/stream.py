@@ -64,9 +64,10 @@ NAMED_ORDERS = ("coin", "reverse", "random")
 
 
 def stream_order(dc, seed: int, bench: Benchmark | None = None) -> list[str]:
-    """The tasks in stream order: data.tasks as given (any subset of the benchmark's), else a
-    named order of all of them: "coin" (the benchmark file's own order, CoIN's for CoIN),
-    "reverse", or "random" (a permutation fixed by the seed)."""
+    """The tasks in stream order: a named order of data.tasks (any subset of the benchmark's, as
+    listed) or, when it is null, of all the benchmark's tasks (in its file's order, CoIN's for
+    CoIN): "coin" (that order), "reverse", "random" (a permutation fixed by the seed) or
+    "random-N" (fixed by N)."""
     bench = bench or load_benchmark(dc.benchmark)
     if dc.tasks:
         repeated = sorted({t for t in dc.tasks if list(dc.tasks).count(t) > 1})
@@ -74,16 +75,26 @@ def stream_order(dc, seed: int, bench: Benchmark | None = None) -> list[str]:
             raise ConfigError(f"data.tasks: {repeated} listed more than once")
         for t in dc.tasks:
             bench.spec(t)  # an unknown task is an error naming the benchmark's tasks
-        return list(dc.tasks)
-    order = bench.task_names
+    order = list(dc.tasks) if dc.tasks else bench.task_names
     if dc.order == "coin":
         return order
     if dc.order == "reverse":
         return order[::-1]
-    if dc.order == "random":
-        random.Random(f"{seed}:order").shuffle(order)
+    if dc.order == "random" or (dc.order.startswith("random-") and dc.order[7:].isdigit()):
+        random.Random(f"{seed if dc.order == 'random' else int(dc.order[7:])}:order").shuffle(order)
         return order
-    raise ConfigError(f"data.order: '{dc.order}' is not one of {list(NAMED_ORDERS)} (or give data.tasks as a list)")
+    raise ConfigError(f"data.order: '{dc.order}' is not one of {list(NAMED_ORDERS)} or random-<seed> "
+                      "(or give data.tasks as a list)")
+
+
+def train_share(samples: list[Sample], fraction: float, seed: int, task: str) -> list[Sample]:
+    """data.train_fraction of a task's training records: round(fraction x n) of them (at least one),
+    chosen by a seeded shuffle and kept in file order; all of them at 1."""
+    if fraction >= 1 or not samples:
+        return samples
+    keep = max(1, round(fraction * len(samples)))
+    chosen = sorted(random.Random(f"{seed}:{task}:train_fraction").sample(range(len(samples)), keep))
+    return [samples[i] for i in chosen]
 
 
 def data_folders(dc, bench: Benchmark, seed: int, show_progress: bool = True) -> tuple[Path, Path]:
@@ -113,7 +124,8 @@ def build_stream(dc, seed: int, show_progress: bool = True) -> Stream:
         raise ConfigError(f"data.tasks: no folder for {unknown} under {release}")
     specs = {t: bench.spec(t) for t in tasks}
     truth = OfficialTruth.read(dc, image_root, tasks) if bench.official_ground_truth else OfficialTruth()
-    train = {t: _with_rule(read_train_json(release / t / "train.json", t, image_root), specs[t]) for t in tasks}
+    train = {t: _with_rule(train_share(read_train_json(release / t / "train.json", t, image_root),
+                                       dc.train_fraction, seed, t), specs[t]) for t in tasks}
     test = {}
     for t in tasks:
         name = eval_file(specs[t], dc.eval_files)

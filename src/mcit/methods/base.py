@@ -65,6 +65,10 @@ class Method:
     # be combined with, `refuses = {name: reason}`; and `check_config(cfg)`, a static method
     # returning why the method section does not suit it, or None (see methods/registry.py).
     settings: type | None = None
+    # Whether extra_loss reads outputs.logits at every position. False lets the training loop compute
+    # the logits only where an answer token is scored (mcit.fit.answer_forward). None: decided from the
+    # code: a method that overrides extra_loss without saying gets every position's logits.
+    reads_all_logits: bool | None = None
 
     def __init__(self, cfg):
         self.cfg = cfg  # the MethodConfig
@@ -145,6 +149,19 @@ class Method:
         """The stages of a run over ``tasks``: (stage name, tasks it trains). One stage per task,
         in order; a joint method (multitask) trains them all in one stage."""
         return [("multitask", list(tasks))] if self.joint else [(t, [t]) for t in tasks]
+
+
+def needs_all_logits(method: Method) -> bool:
+    """True if any part of ``method`` (an addition and the methods inside it) reads every logit."""
+    part = method
+    while part is not None:
+        reads = part.reads_all_logits
+        if reads is None:
+            reads = type(part).extra_loss not in (Method.extra_loss, Addition.extra_loss)
+        if reads:
+            return True
+        part = getattr(part, "inner", None)
+    return False
 
 
 def add_losses(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:

@@ -118,6 +118,7 @@ class EWC(Addition):
     cut stage is redone instead (resumable_mid_task, set per task in before_task)."""
 
     name = "ewc"
+    reads_all_logits = False  # its penalty reads the weights
 
     def __init__(self, cfg, **kwargs):
         super().__init__(cfg, **kwargs)  # settings checked at config load (methods/registry.py)

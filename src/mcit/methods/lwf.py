@@ -44,6 +44,7 @@ def distillation_kl(new_logits: torch.Tensor, old_logits: torch.Tensor, labels: 
 
 class LwF(Addition):
     name = "lwf"
+    reads_all_logits = True  # distils the previous stage's logits at every answer position
 
     def __init__(self, cfg, **kwargs):
         super().__init__(cfg, **kwargs)  # settings checked at config load (methods/registry.py)

@@ -85,6 +85,7 @@ def merge_moelora(model: nn.Module, gates=None) -> nn.Module:
 
 class MoELoRA(Method):
     name = "moelora"
+    reads_all_logits = False  # its balance loss reads the gates
 
     def __init__(self, cfg):
         super().__init__(cfg)  # settings checked at config load (methods/registry.py)

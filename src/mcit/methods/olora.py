@@ -53,6 +53,7 @@ def orthogonality_loss(model: torch.nn.Module, current: str, previous: list[str]
 
 class OLoRA(PerTaskLoRA):
     name = "olora"
+    reads_all_logits = False  # its loss reads the adapters
     _orth_last = None  # the last orthogonality term (detached), logged at the end of a task
 
     def lora_config(self, model):

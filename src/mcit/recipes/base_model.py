@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 
 from accelerate import Accelerator
+from accelerate.utils import set_seed
 
 from ..config import config_hash
 from ..data import coin_mini
@@ -27,6 +28,8 @@ from ..io import atomic_write_text
 from ..methods.base import Method, TaskContext
 from ..fit import train_task
 from ..models.tiny_llava import build_model, build_processor, train_tokenizer
+from ..threads import thread_cap, usable_cores
+from .shipped_base import install_shipped, write_manifest
 from .vision_encoder import pretrain_vision
 
 
@@ -40,23 +43,25 @@ class _TrainEverything(Method):
 
 
 def base_stage_key(model_cfg, data_cfg, seed: int) -> str:
-    shape = {k: v for k, v in dataclasses.asdict(model_cfg).items() if k not in ("name", "dtype")}
+    shape = {k: v for k, v in dataclasses.asdict(model_cfg).items() if k not in ("name", "dtype", "shipped_base")}
     world = {k: getattr(data_cfg, k) for k in ("pretrain_size", "image_size", "train_per_task")}
     world["coin_mini_version"] = coin_mini.VERSION
-    return config_hash({"model": shape, "world": world, "seed": seed, "version": 3})
+    return config_hash({"model": shape, "world": world, "seed": seed, "version": 4})
 
 
 def ensure_base_model(run_cfg, data_root: Path, cache_dir: Path, accelerator: Accelerator, log=print) -> Path:
-    """Path of the cached base checkpoint for this config; trained first if missing.
+    """Path of the cached base checkpoint for this config; copied from the shipped one or trained
+    first if missing.
 
     ``data_root`` is coin-mini's folder. On a CoIN release, which holds no alignment data for the
     built-in model, the base stage learns from coin-mini generated with the same data settings
     (so it is the same cached base model the default coin-mini run uses)."""
     mc, dc = run_cfg.model, run_cfg.data
-    target = cache_dir / f"tiny-llava-{base_stage_key(mc, dc, run_cfg.data_seed)}"
+    key = base_stage_key(mc, dc, run_cfg.data_seed)
+    target = cache_dir / f"tiny-llava-{key}"
     if (target / "done").is_file():
         return target
-    if accelerator.is_main_process:
+    if accelerator.is_main_process and not (mc.shipped_base and install_shipped(key, target, log)):
         if load_benchmark(dc.benchmark).generator != "coin-mini":
             world = dataclasses.replace(dc, benchmark="coin-mini", root=None, image_root=None)
             log(f"model.name=tiny-llava on data.benchmark={dc.benchmark}: its base model learns from coin-mini, "
@@ -70,6 +75,19 @@ def ensure_base_model(run_cfg, data_root: Path, cache_dir: Path, accelerator: Ac
     return target
 
 
+def build_base_model(run_cfg, out: Path, threads: int, log=print) -> dict:
+    """`mcit base-model`: train this config's base model from nothing into ``out`` (no cache, nothing
+    shipped), on coin-mini generated with the config's data settings, at a fixed number of torch
+    threads (some CPU kernels round differently at another count, and train.threads=0 follows the
+    load: a fixed count makes the build repeatable bit for bit); writes its manifest."""
+    run_cfg = dataclasses.replace(run_cfg, train=dataclasses.replace(run_cfg.train, threads=threads))
+    dc = dataclasses.replace(run_cfg.data, benchmark="coin-mini", root=None, image_root=None)
+    data_root = generate_coin_mini(dc, run_cfg.data_seed)
+    accelerator = Accelerator(cpu=True)
+    _train_base(run_cfg, data_root, out, accelerator, log)
+    return write_manifest(out, base_stage_key(run_cfg.model, run_cfg.data, run_cfg.data_seed), threads)
+
+
 def _train_base(run_cfg, data_root: Path, target: Path, accelerator: Accelerator, log=print) -> None:
     mc, dc = run_cfg.model, run_cfg.data
     image_root = data_root / "images"
@@ -80,6 +98,7 @@ def _train_base(run_cfg, data_root: Path, target: Path, accelerator: Accelerator
     # Always the Original instructions, so one cached base model serves every instruction set.
     for task_dir in sorted((data_root / "Original").iterdir()):
         corpus += [s.text + " " + s.answer for s in read_train_json(task_dir / "train.json", task_dir.name, image_root)]
+    set_seed(run_cfg.data_seed)  # the initial weights: fixed by the seed the cache key names, not by the caller
     tokenizer = train_tokenizer(corpus, mc.vocab_size)
     processor = build_processor(tokenizer, dc.image_size, mc.patch_size)
     model = build_model(mc, processor, dc.image_size)
@@ -89,7 +108,9 @@ def _train_base(run_cfg, data_root: Path, target: Path, accelerator: Accelerator
                              coin_mini.vision_items(run_cfg.data_seed, mc.vision_images, dc.image_size),
                              steps=mc.vision_steps, batch_size=mc.vision_batch_size, lr=mc.base_lr,
                              seed=run_cfg.data_seed, show_progress=accelerator.is_main_process,
-                             threads=run_cfg.train.threads)
+                             # a fixed count, not the load's: this stage's weights change in their last
+                             # bits with the thread count (the alignment stage's do not, tests/test_threads.py)
+                             threads=run_cfg.train.threads or thread_cap(len(usable_cores())))
     model.model.vision_tower.requires_grad_(False)
 
     stage_cfg = dataclasses.replace(
