@@ -105,8 +105,9 @@ def test_compare_vary_runs_each_method_at_each_value(cache, monkeypatch):
     assert "| lora order=reverse |" in (out / "compare.md").read_text()
 
 
-@pytest.mark.parametrize("vary, message", [("data.order", "write key=v1,v2"), ("data.order=coin,sideways", "random-<seed>"),
-                                           ("data.nope=1", "nope")])
+@pytest.mark.parametrize("vary, message", [
+    ("data.order", "write key=v1,v2"), ("data.order=coin,sideways", "random-<seed>"), ("data.nope=1", "nope"),
+])
 def test_compare_bad_vary_fails_before_any_run(cache, capsys, vary, message):
     out = cache / "v-bad"
     assert main(["compare", *SMALL, "--methods", "lora", "--vary", vary, "--out", str(out)]) == 2

@@ -77,7 +77,8 @@ def install_shipped(key: str, target: Path, log=print, asset: Path = ASSET) -> b
     damaged = differences(tmp, manifest)
     if damaged:
         shutil.rmtree(tmp, ignore_errors=True)
-        log(f"the shipped base model in {asset} does not match its manifest ({', '.join(damaged)}): building it instead")
+        log(f"the shipped base model in {asset} does not match its manifest ({', '.join(damaged)}): "
+            "building it instead")
         return False
     shutil.rmtree(target, ignore_errors=True)
     os.replace(tmp, target)
