@@ -73,9 +73,16 @@ JUDGE_BACKENDS = ("embedding", "openai", "local", "none")
 EMT_DECIDERS = ("rule", "rule-lenient", "openai", "local")
 
 
+def random_order_seed(order: Any) -> int | None:
+    """N of a data.order "random-N" (the seed of that permutation); None for any other value."""
+    if isinstance(order, str) and order.startswith("random-") and order[len("random-"):].isdigit():
+        return int(order[len("random-"):])
+    return None
+
+
 def named_order(value: Any) -> str | None:
     """data.order's check: a named order or random-<seed>."""
-    if value in NAMED_ORDERS or (isinstance(value, str) and value.startswith("random-") and value[7:].isdigit()):
+    if value in NAMED_ORDERS or random_order_seed(value) is not None:
         return None
     return f"must be one of {', '.join(NAMED_ORDERS)} or random-<seed> (e.g. random-1)"
 

@@ -13,7 +13,7 @@ from .coin_format import read_test_json, read_train_json
 from .images import set_pixel_limit
 from .release import OfficialTruth, eval_file, resolve_instruction_set
 from .schema import Sample
-from ..config import ConfigError, config_hash
+from ..config import ConfigError, config_hash, random_order_seed
 
 def cache_dir() -> Path:
     """Where generated data and base models are cached: $MCIT_CACHE or ~/.cache/mcit."""
@@ -80,8 +80,9 @@ def stream_order(dc, seed: int, bench: Benchmark | None = None) -> list[str]:
         return order
     if dc.order == "reverse":
         return order[::-1]
-    if dc.order == "random" or (dc.order.startswith("random-") and dc.order[7:].isdigit()):
-        random.Random(f"{seed if dc.order == 'random' else int(dc.order[7:])}:order").shuffle(order)
+    order_seed = seed if dc.order == "random" else random_order_seed(dc.order)
+    if order_seed is not None:
+        random.Random(f"{order_seed}:order").shuffle(order)
         return order
     raise ConfigError(f"data.order: '{dc.order}' is not one of {list(NAMED_ORDERS)} or random-<seed> "
                       "(or give data.tasks as a list)")
