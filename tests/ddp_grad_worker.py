@@ -13,6 +13,7 @@ from accelerate.utils import DataLoaderConfiguration, gather_object
 from transformers.loss.loss_utils import ForCausalLMLoss
 
 from mcit.config import RunConfig
+from mcit.distributed import end_process_group
 from mcit.fit import train_task
 from mcit.methods.base import Method, TaskContext
 
@@ -66,8 +67,7 @@ def main(out: str) -> None:
         with open(out, "w") as fh:
             json.dump({"processes": acc.num_processes, "ranks": every, "weights": weights, "stats": stats}, fh)
     acc.wait_for_everyone()
-    if torch.distributed.is_initialized():  # gloo's threads joined now, not torn down at interpreter exit
-        torch.distributed.destroy_process_group()
+    end_process_group()  # gloo's threads idle and joined now, not at interpreter exit
 
 
 if __name__ == "__main__":

@@ -11,8 +11,8 @@ import torch.distributed as dist
 from torch.distributed.fsdp import FSDPModule
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from mcit.distributed import (gather_into, local_shard, scatter_into, shard_for_training, shard_layers, shard_like,
-                              sum_over_shards)
+from mcit.distributed import (end_process_group, gather_into, local_shard, scatter_into, shard_for_training,
+                              shard_layers, shard_like, sum_over_shards)
 
 
 def main(prefix: str) -> None:
@@ -54,7 +54,7 @@ def main(prefix: str) -> None:
     }
     with open(f"{prefix}{rank}.json", "w") as fh:
         json.dump(record, fh)
-    dist.destroy_process_group()
+    end_process_group()  # gloo's threads idle and joined now, not at interpreter exit
 
 
 if __name__ == "__main__":

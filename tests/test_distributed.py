@@ -98,6 +98,20 @@ def test_deepspeed_and_fsdp_are_refused_clearly():
     check_engine(SimpleNamespace(distributed_type=DistributedType.MULTI_CPU))
 
 
+def test_a_finished_command_tears_its_process_group_down(tmp_path):
+    # Left to the interpreter's exit, gloo's threads can abort a process that finished its work
+    # (a torchrun rank ended with SIGABRT in CI); a command that returns destroys the group itself.
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        assert main(["ls", str(tmp_path)]) == 0
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
 # -- gradients under DDP ------------------------------------------------------------------------
 
 def test_after_step_sees_the_all_reduced_gradients_of_the_global_batch(tmp_path):

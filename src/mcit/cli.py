@@ -337,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="comma-separated sets: digits, coin-shapes, coin-colors, coin-objects, or KIND:ROOT "
                           "for imagefolder, mnist, cifar10, cifar100 (e.g. mnist:/data/mnist)")
     emt.add_argument("--limit", type=int, default=100, help="test images per dataset (default: 100)")
-    emt.add_argument("--probe-train", type=int, default=1000,
+    emt.add_argument("--probe-train", type=int, default=1000,  # mcit.emt.evaluate.PROBE_TRAIN (parser stays light)
                      help="train images per dataset for the encoder's linear probe (default: 1000)")
     emt.add_argument("--out", help="output folder (default: <stage>/emt for a run stage, "
                                    "./emt/<name> for a checkpoint)")
@@ -446,7 +446,12 @@ def main(argv: list[str] | None = None) -> int:
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
-        return args.func(args)
+        code = args.func(args)
+        if "torch.distributed" in sys.modules:  # never imported: no process group, and no torch import to ask
+            from .distributed import end_process_group
+
+            end_process_group()  # only after the command returned: a rank that raised may leave others in a collective
+        return code
     except USER_ERRORS as exc:  # the message never echoes a key given anywhere on the command line
         print(f"mcit: error: {redact_message(str(exc), argv)}", file=sys.stderr)
         return 2

@@ -23,6 +23,8 @@ The rules, in one place:
 """
 from __future__ import annotations
 
+import gc
+import time
 from contextlib import contextmanager, nullcontext
 from typing import Any, Callable
 
@@ -152,6 +154,23 @@ def rewrap_if_changed(acc, model, wrapped: frozenset[int]) -> tuple[Any, frozens
     # The old wrapper goes when the caller drops it; its reducer's gradient hooks only act after
     # a forward pass through it, so they stay inert meanwhile.
     return acc.prepare_model(plain), now
+
+
+def end_process_group() -> None:
+    """Tear this process's group down while the interpreter is fully alive, with gloo's worker
+    threads idle (every launched process calls it when its command returns).
+
+    A gloo thread that drops a finished collective's work releases Python-owned tensors, which
+    needs the GIL. Left to the interpreter's exit that thread cannot get it: the process aborts
+    ("terminate called without an active exception", seen in CI) or hangs, because the group's
+    destructor joins the thread while holding the GIL (seen here: DDP's reducer, the last owner of
+    the group, freed at exit). So: release the GIL briefly so the threads finish dropping their
+    works, free the wrappers that still own the group, then destroy it (pytorch/pytorch#190489)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    time.sleep(0.1)
+    gc.collect()
+    torch.distributed.destroy_process_group()
 
 
 def on_main(acc, fn: Callable[[], Any]) -> Any:
