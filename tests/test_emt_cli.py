@@ -11,7 +11,7 @@ from test_end_to_end import SMALL, _run, cache  # noqa: F401  (cache is a fixtur
 from mcit.cli import main
 from mcit.config import ConfigError, load_config
 from mcit.emt.command import load_target
-from mcit.emt.curve import read_curve
+from mcit.emt.curve import read_curve, read_probe
 from mcit.report.matrix import load_matrix
 
 OUTCOMES = ("correct", "wrong_label", "hallucinated")
@@ -133,6 +133,14 @@ def test_emt_tracking_during_a_run_writes_the_curve(cache):  # noqa: F811
         assert sum(r["shares"].values()) == pytest.approx(100.0) and r["accuracy"] == r["shares"]["correct"]
     assert (run / "emt_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert load_config(run / "config.yaml", []).emt.every_steps == 2  # saved with the run
+    # the reference line: the untouched tower's probe, the number `mcit emt` gives for the same sets and
+    # seed (LoRA leaves the vision tower as it was, so the stage's tower is the base's)
+    probe = read_probe(run)
+    assert list(probe) == ["digits", "coin-shapes"]
+    assert main(["emt", str(run / "stages" / "01-ImageNet"), "--datasets", "digits,coin-shapes", "--limit", "6",
+                 "--max-new-tokens", "4", "--seed", str(load_config(run / "config.yaml", []).seed)]) == 0
+    emt = json.loads((run / "stages" / "01-ImageNet" / "emt" / "emt.json").read_text())
+    assert {k: v["probe"]["accuracy"] for k, v in emt["datasets"].items()} == probe
     plain = _run(cache, "plain", "eval.zero_shot=false")  # tracking only looks: training is unchanged
     assert load_matrix(plain / "matrix.json")[1] == load_matrix(run / "matrix.json")[1]
     assert (plain / "stages" / "02-VQAv2" / "predictions" / "ImageNet.jsonl").read_text() == \

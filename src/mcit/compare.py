@@ -4,7 +4,9 @@ Each (method, seed) is an ordinary run folder under ``<out>/runs/<method>-seed<s
 finished one (its metrics.json exists) is read back instead of re-run, and an interrupted one is
 resumed, so a long comparison can be stopped and started again. The table gives mean ± sample
 std over seeds of each metric in both views (instruction following; general knowledge when a
-judge ran), the trainable parameters and the wall time per method.
+judge ran), the trainable parameters and the wall time per method. Runs that tracked EMT
+(``emt.every_steps``) also give their curves merged over seeds, with 95% bands and the encoder
+probe as reference (``emt_curves.json``, ``emt_curves.png``; :mod:`mcit.emt.bands`).
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from .config import ConfigError, load_config
-from .io import atomic_write_text
+from .io import atomic_write_bytes, atomic_write_text
 from .resume import check_resumable
 from .rundir import check_same_run, load_json, save_json
 
@@ -64,23 +66,41 @@ def compare(config: Path, overrides: list[str], methods: list[str], seeds: list[
     points = grid_points(list(vary), "vary")
     for m in methods:
         method_class(m)  # an unknown method fails before the first (long) run
-    runs = {}
+    runs, folders = {}, {}
     for m in methods:
         for p in points:  # no --vary: one point, no overrides, the row and run names of before
             row, stem = (f"{m} {point_label(p)}", f"{m}-{point_slug(p)}") if p else (m, m)
             runs[row] = [_run_or_read(config, [*overrides, f"method.name={m}", *p], f"{stem}-seed{seed}", seed, out,
                                       log) for seed in seeds]
+            folders[row] = [out / "runs" / f"{stem}-seed{seed}" for seed in seeds]
     table = {row: _summarise(rs) for row, rs in runs.items()}
     record = {"config": str(config), "overrides": overrides, "methods": methods, "vary": list(vary),
               "seeds": seeds, "table": table}
     save_json(out / "compare.json", record)
     text = format_compare(table)
+    emt = _emt_bands(folders, out)
+    if emt:
+        from .emt.bands import BANDS_PLOT, format_bands
+
+        text += f"\n\nEMT accuracy over seeds (mean ± std; curves with 95% bands: {out / BANDS_PLOT}):\n\n"
+        text += format_bands(emt)
     atomic_write_text(out / "compare.md", text + "\n")
     from .report.html import write_report
 
     write_report(out)  # report.html: the table, charts with error bars, the runs (`mcit report` writes it again)
     log(text)
     return record
+
+
+def _emt_bands(folders: dict[str, list[Path]], out: Path) -> dict:
+    """Rows whose runs tracked EMT: their curves merged over seeds (emt_curves.json, emt_curves.png)."""
+    from .emt.bands import BANDS_FILE, BANDS_PLOT, bands_png, row_bands
+
+    emt = {row: bands for row, dirs in folders.items() if (bands := row_bands(dirs)) is not None}
+    if emt:
+        save_json(out / BANDS_FILE, emt)
+        atomic_write_bytes(out / BANDS_PLOT, bands_png(emt))
+    return emt
 
 
 def _run_or_read(config: Path, overrides: list[str], name: str, seed: int, out: Path, log) -> dict:

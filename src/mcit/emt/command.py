@@ -24,7 +24,7 @@ from ..io import atomic_write_text
 from ..rundir import RunError, load_json, save_json
 from .datasets import load_dataset
 from .decide import JUDGE_UNPARSABLE
-from .evaluate import JUDGE_DECIDERS, ask, check_decider, encoder_baseline, parse_specs, prepare, protocol
+from .evaluate import JUDGE_DECIDERS, PROBE_TRAIN, ask, check_decider, encoder_baseline, parse_specs, prepare, protocol
 from ..eval.judge import CACHE_FILE, JudgeCache
 from ..eval.judge_backends import check_judge_config
 from .judge_decider import JudgeDecider, build_judge_decider
@@ -105,7 +105,7 @@ def _file_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._+-]+", "_", name).strip("._") or "_"
 
 
-def run_emt(target: str | Path, specs: list[str], *, limit: int | None = 100, probe_train: int | None = 1000,
+def run_emt(target: str | Path, specs: list[str], *, limit: int | None = 100, probe_train: int | None = PROBE_TRAIN,
             out: str | Path | None = None, decider: str = "rule", judge_cfg=None, batch_size: int = 32,
             max_new_tokens: int = 24, seed: int = 0, log: Callable[[str], None] = print) -> dict:
     """Evaluate ``target`` on every set of ``specs``; write the results; return the record.

@@ -7,6 +7,10 @@ run's ``judge`` section (:mod:`mcit.emt.judge_decider`).
 
 The global step counts optimizer steps over the whole run (stage after stage). A resumed run
 first drops the points of the stage it redoes, so the curve matches an uninterrupted run.
+
+Before the first step the vision tower of the untouched model is also probed (a linear probe
+per set, as ``mcit emt`` does: up to ``PROBE_TRAIN`` train images): ``emt_probe.json``, the
+reference line of the plots. The sets are drawn with the run's seed.
 """
 from __future__ import annotations
 
@@ -16,18 +20,21 @@ from pathlib import Path
 from typing import Callable
 
 from ..io import atomic_write_bytes, atomic_write_text
+from ..rundir import save_json
 from .decide import JUDGE_UNPARSABLE
-from .evaluate import JUDGE_DECIDERS, ask, check_decider, parse_specs, prepare, protocol
+from .evaluate import JUDGE_DECIDERS, PROBE_TRAIN, ask, check_decider, encoder_baseline, parse_specs, prepare, protocol
 from ..eval.evaluate import COIN_MINI_MAX_NEW_TOKENS
 from ..eval.judge import JudgeCache
 from .judge_decider import build_judge_decider
 
 JUDGE_CACHE_FILE = "emt_judge_cache.jsonl"
 
-__all__ = ["CURVE_FILE", "JUDGE_CACHE_FILE", "PLOT_FILE", "EmtTracker", "curve_png", "read_curve"]
+__all__ = ["CURVE_FILE", "JUDGE_CACHE_FILE", "PLOT_FILE", "PROBE_FILE", "EmtTracker", "curve_png", "read_curve",
+           "read_probe"]
 
 CURVE_FILE = "emt_curve.jsonl"
 PLOT_FILE = "emt_curve.png"
+PROBE_FILE = "emt_probe.json"
 
 
 def read_curve(path: Path) -> list[dict]:
@@ -35,6 +42,14 @@ def read_curve(path: Path) -> list[dict]:
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def read_probe(run_dir: Path) -> dict[str, float | None]:
+    """Dataset -> the probe accuracy of the run's untouched vision tower ({} when not written)."""
+    path = Path(run_dir) / PROBE_FILE
+    if not path.is_file():
+        return {}
+    return {name: r["accuracy"] for name, r in json.loads(path.read_text(encoding="utf-8"))["datasets"].items()}
 
 
 class EmtTracker:
@@ -53,7 +68,9 @@ class EmtTracker:
         # a class name is short: the run's own limit, else coin-mini's (never a release's 1024)
         self.max_new_tokens = cfg.eval.max_new_tokens or COIN_MINI_MAX_NEW_TOKENS
         check_decider(ec.decider)
-        self.sets = [prepare(spec, ec.limit, cfg.seed) for spec in parse_specs(ec.datasets)]
+        self.specs = parse_specs(ec.datasets)
+        self.seed = cfg.seed
+        self.sets = [prepare(spec, ec.limit, cfg.seed) for spec in self.specs]
         # a judge decider: the run's judge section configures it (built once, closed by close())
         self.judge = build_judge_decider(cfg.judge, ec.decider) if ec.decider in JUDGE_DECIDERS else None
         self.protocol = protocol(ec.decider, self.max_new_tokens, self.judge)
@@ -82,6 +99,7 @@ class EmtTracker:
             self.point(model, processor, offset + step, index + 1, task, offset, device)
 
         if index == 0:
+            self.probe(model, processor)
             point(0)
 
         def on_step(step: int) -> None:
@@ -110,6 +128,25 @@ class EmtTracker:
             self.log(f"emt step {global_step}: " + "  ".join(f"{r['dataset']} {r['accuracy']:.1f}" for r in rows))
         return rows
 
+    def probe(self, model, processor) -> dict | None:
+        """The reference: a linear probe on the untouched vision tower per set (main process only)."""
+        if self.path is None:
+            return None
+        from .datasets import load_dataset
+
+        datasets = {}
+        for spec, prepared in zip(self.specs, self.sets):
+            train = load_dataset(spec, limit=PROBE_TRAIN, seed=self.seed)
+            baseline = encoder_baseline(model, processor, prepared.dataset, train, seed=self.seed,
+                                        batch_size=self.batch_size)
+            datasets[prepared.name] = {k: baseline["probe"].get(k) for k in ("accuracy", "n_train", "n_test")}
+        record = {"step": 0, "probe_train": PROBE_TRAIN, "seed": self.seed, "datasets": datasets,
+                  "classifier": "logistic regression on the vision tower's mean-pooled patch features"}
+        save_json(self.path.with_name(PROBE_FILE), record)
+        self.log("emt probe: " + "  ".join(f"{k} {v['accuracy']:.1f}" for k, v in datasets.items()
+                                           if v["accuracy"] is not None))
+        return record
+
     def close(self) -> None:
         """Release the judge decider's backend (the endpoint's HTTP client)."""
         if self.judge is not None:
@@ -118,12 +155,14 @@ class EmtTracker:
     def save_plot(self) -> Path | None:
         if self.path is None:
             return None
-        return atomic_write_bytes(self.path.with_name(PLOT_FILE), curve_png(read_curve(self.path)))
+        return atomic_write_bytes(self.path.with_name(PLOT_FILE),
+                                  curve_png(read_curve(self.path), probe=read_probe(self.path.parent)))
 
 
-def curve_png(records: list[dict], title: str = "EMT accuracy during fine-tuning") -> bytes:
+def curve_png(records: list[dict], title: str = "EMT accuracy during fine-tuning",
+              probe: dict[str, float | None] | None = None) -> bytes:
     """Accuracy (top) and hallucinated share (bottom) per dataset over the global step; dashed lines
-    mark where each stage starts, labelled with its task."""
+    mark where each stage starts, labelled with its task; a dotted line per dataset is its probe."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -139,12 +178,14 @@ def curve_png(records: list[dict], title: str = "EMT accuracy during fine-tuning
         line, = top.plot(steps, [r["accuracy"] for r in rows], marker="o", markersize=3, label=name)
         bottom.plot(steps, [r["shares"]["hallucinated"] for r in rows], marker="o", markersize=3,
                     color=line.get_color())
+        if (probe or {}).get(name) is not None:
+            top.axhline(probe[name], color=line.get_color(), linestyle=":", linewidth=1.2)
     for stage, (step, task) in sorted(starts.items()):
         if stage > 1:
             for ax in (top, bottom):
                 ax.axvline(step, color="grey", linestyle="--", linewidth=0.8)
         top.annotate(task, (step, 1.0), xycoords=("data", "axes fraction"), fontsize=7, ha="left", va="bottom")
-    top.set_ylabel("accuracy (%)")
+    top.set_ylabel("accuracy (%)" + (" (dotted: encoder probe)" if probe else ""))
     bottom.set_ylabel("hallucinated (%)")
     bottom.set_xlabel("global optimizer step")
     for ax in (top, bottom):

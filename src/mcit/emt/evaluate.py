@@ -70,6 +70,11 @@ def parse_specs(specs: list[str | Mapping]) -> list[DatasetSpec]:
     return parsed
 
 
+# Train images per set for the encoder's linear probe (`mcit emt --probe-train`, and the reference
+# line of EMT curves): more than the asked test images, so the probe is not starved.
+PROBE_TRAIN = 1000
+
+
 @dataclass
 class Prepared:
     """A classification set ready to be asked: its question, matcher and test samples."""

@@ -186,6 +186,8 @@ def compare_report(folder: str | Path) -> str:
     for view, title, _ in VIEWS:
         if any(row[view].get(m) for row in table.values() for m in VIEW_METRICS):
             body += [f"<h2>{escape(title)}</h2>", _img(_error_bar_chart(table, view), f"{title} by method")]
+    if (folder / "emt_curves.png").is_file():  # EMT tracked: curves over seeds (mcit.emt.bands)
+        body += ["<h2>EMT accuracy over seeds</h2>", _img((folder / "emt_curves.png").read_bytes(), "EMT curves")]
     runs = sorted(p for p in (folder / "runs").glob("*") if is_run_dir(p))
     if runs:
         body += ["<h2>Runs</h2>", _table(["run", "method", "status", "MFN (IF)", "time"],
