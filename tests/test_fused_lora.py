@@ -57,7 +57,28 @@ def _lora_pair(dropout=0.0):
 
 def test_add_low_rank_is_result_plus_scaled_product():
     result, h, b = torch.randn(2, 3, 5), torch.randn(2, 3, 4), torch.randn(5, 4)
-    torch.testing.assert_close(add_low_rank(result, h, b, 0.5), result + 0.5 * (h @ b.T), **TOL)
+    expected = result + 0.5 * (h @ b.T)
+    out = add_low_rank(result, h, b, 0.5)
+    torch.testing.assert_close(out, expected, **TOL)
+    assert out is result  # accumulated in place: no full-size copy of the base output
+    strided = torch.randn(5, 3, 2).transpose(0, 2)  # not contiguous: a new tensor, the input untouched
+    before = strided.clone()
+    torch.testing.assert_close(add_low_rank(strided, h, b, 0.5), before + 0.5 * (h @ b.T), **TOL)
+    assert torch.equal(strided, before)
+
+
+def test_add_low_rank_into_a_linear_output_keeps_the_gradients():
+    # in place into the base layer's fresh output: autograd still gives the out-of-place gradients
+    torch.manual_seed(0)
+    x, w = torch.randn(4, 6, requires_grad=True), torch.randn(5, 6)
+    h, b = torch.randn(4, 3, requires_grad=True), torch.randn(5, 3, requires_grad=True)
+    grads = []
+    for fused in (True, False):
+        base = torch.nn.functional.linear(x, w)
+        y = add_low_rank(base, h, b, 0.5) if fused else base + 0.5 * (h @ b.T)
+        grads.append(torch.autograd.grad((y ** 2).sum(), (x, h, b)))
+    for g1, g2 in zip(*grads):
+        torch.testing.assert_close(g1, g2, **TOL)
 
 
 def test_method_builds_fused_layers_and_saves_plain_peft_config(tmp_path):

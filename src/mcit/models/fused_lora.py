@@ -31,10 +31,15 @@ from peft.tuners.lora import Linear as PeftLoraLinear
 
 
 def add_low_rank(result: torch.Tensor, h: torch.Tensor, lora_B: torch.Tensor, scale: float) -> torch.Tensor:
-    """result + scale * h @ lora_B^T as one addmm: h (..., r), lora_B (out, r), result (..., out).
-    The scale is addmm's alpha, applied inside the matmul instead of a pass over the output."""
-    flat = torch.addmm(result.reshape(-1, result.shape[-1]), h.reshape(-1, h.shape[-1]), lora_B.t(), alpha=scale)
-    return flat.view(result.shape)
+    """result + scale * h @ lora_B^T as one matmul-accumulate: h (..., r), lora_B (out, r), result
+    (..., out). The scale is the matmul's alpha, not a pass over the output; and the sum is
+    accumulated in place into ``result``, which callers pass fresh from the base layer (a linear
+    layer's backward never reads its output), so no full-size copy of it is made either."""
+    if not result.is_contiguous():
+        flat = torch.addmm(result.reshape(-1, result.shape[-1]), h.reshape(-1, h.shape[-1]), lora_B.t(), alpha=scale)
+        return flat.view(result.shape)
+    result.view(-1, result.shape[-1]).addmm_(h.reshape(-1, h.shape[-1]), lora_B.t(), alpha=scale)
+    return result
 
 
 class MergedLowRank(torch.autograd.Function):
