@@ -64,6 +64,54 @@ def test_ls_lists_done_partial_and_failed_runs_and_runs_inside_compare_folders(r
     assert lines["cmp/runs/lora-seed0"][:4] == ["cmp/runs/lora-seed0", "lora", "ImageNet,VQAv2", "done"]
 
 
+def test_ls_and_show_say_running_stopped_failed_and_interrupted(runs, tmp_path, monkeypatch):
+    import os
+    import subprocess
+    import sys
+
+    from mcit import train
+    from mcit.runstate import read_state, write_state
+
+    assert read_state(runs / "a")["state"] == "done"  # a finished run says so
+    # a run stopping on an error in stage 2: the error is recorded; resuming it finishes it
+    monkeypatch.setenv("MCIT_CACHE", str(runs.parent / "cache"))
+    real = train._train_stage
+
+    def breaks_in_stage_2(run, t, name, trained):
+        if t == 1:
+            raise RuntimeError("disk on fire")
+        return real(run, t, name, trained)
+
+    monkeypatch.setattr(train, "_train_stage", breaks_in_stage_2)
+    code, _, err = invoke(["run", *SMALL, f"output_dir={tmp_path}", "name=broken"])
+    assert code == -1 and "RuntimeError: disk on fire" in err  # a bug's traceback, as a user sees it
+    run = tmp_path / "broken"
+    code, out, _ = invoke(["ls", str(tmp_path)])
+    assert code == 0 and out.splitlines()[1].split()[3:5] == ["failed", "1/2"]
+    code, out, _ = invoke(["show", str(run)])
+    assert "status failed 1/2" in out and "error RuntimeError: disk on fire" in out
+
+    write_state(run, "running")  # this process: alive
+    assert invoke(["ls", str(tmp_path)])[1].splitlines()[1].split()[3:5] == ["running", "1/2"]
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    state = read_state(run) | {"pid": int(gone.stdout)}  # a process that died without a word (SIGKILL)
+    (run / "state.json").write_text(json.dumps(state))
+    assert int(gone.stdout) != os.getpid()
+    assert invoke(["ls", str(tmp_path)])[1].splitlines()[1].split()[3:5] == ["stopped", "1/2"]
+
+    def ctrl_c(run, t, name, trained):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "_train_stage", ctrl_c)
+    assert invoke(["run", "--resume", str(run)])[0] == 130
+    assert invoke(["ls", str(tmp_path)])[1].splitlines()[1].split()[3:5] == ["interrupted", "1/2"]
+
+    monkeypatch.setattr(train, "_train_stage", real)
+    assert invoke(["run", "--resume", str(run)])[0] == 0
+    assert read_state(run)["state"] == "done" and "error" not in read_state(run)
+    assert invoke(["ls", str(tmp_path)])[1].splitlines()[1].split()[3] == "done"
+
+
 def test_ls_of_a_folder_without_runs_says_so(tmp_path):
     code, out, _ = invoke(["ls", str(tmp_path)])
     assert code == 0 and out.strip() == f"no run folders under {tmp_path}"

@@ -43,11 +43,14 @@ from .report.matrix import format_table, load_matrix, save_form_content, save_ma
 from .rundir import (BASE_STAGE, ENVIRONMENT_FILE, RunError, completed_stages, create_run_dir, load_json,
                      mark_stage_done, remove_write_leftovers, restore_stage, save_environment, save_json, save_jsonl,
                      save_stage, stage_dir)
+from .runstate import write_state
 from .tracking import TRAIN_LOG, RunTrackers, TrainLog, check_installed
 
 
 def run_stream(cfg, log=print, resume: bool = False) -> dict:
     run = _set_up(cfg, log, resume)
+    if run.main:
+        write_state(run.run_dir, "running")  # `mcit ls`: running, or stopped if this process dies unannounced
     try:
         if run.done:
             _resume(run)
@@ -59,10 +62,18 @@ def run_stream(cfg, log=print, resume: bool = False) -> dict:
             if t >= len(run.done):
                 ctx, stats = _train_stage(run, t, name, trained)
                 _save_and_evaluate_stage(run, t, name, trained, ctx, stats)
-        return _finish(run)
+        result = _finish(run)
+    except BaseException as exc:
+        if run.main:
+            write_state(run.run_dir, "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
+                        error=f"{type(exc).__name__}: {exc}")
+        raise
     finally:
         if run.trackers:  # also when a stage fails: what was logged is kept
             run.trackers.finish()
+    if run.main:
+        write_state(run.run_dir, "done")
+    return result
 
 
 @dataclass

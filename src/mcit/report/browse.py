@@ -16,6 +16,7 @@ from ..compare import VIEW_METRICS
 from ..rundir import (_LOCATION_KEYS, CONFIG_FILE, ENVIRONMENT_FILE, RunError, _differences, completed_stages,
                       is_stage_done, load_json)
 from .matrix import format_table, load_matrix
+from ..runstate import live_state, read_state
 
 VIEWS = (("if", "instruction following", ""), ("gk", "general knowledge", "_gk"))  # key, title, file suffix
 LS_METRICS = ("MFT", "MFN", "BWT")
@@ -28,7 +29,7 @@ class RunSummary:
     path: Path
     method: str
     tasks: list[str]
-    status: str  # done, partial (k of n stages), failed (no stage completed)
+    status: str  # done, or running / stopped / failed / interrupted with k/n stages (mcit.runstate)
     stages_done: int
     stages_total: int
     metrics: dict[str, dict[str, float | None]] = field(default_factory=dict)  # view -> metric -> value
@@ -100,11 +101,26 @@ def summarise(run: Path) -> RunSummary:
     stages = list(env.get("stages") or [])
     done = completed_stages(run, stages)
     metrics = _read_json(run / "metrics.json")
-    status = "done" if metrics else f"partial {len(done)}/{len(stages)}" if done else "failed"
+    status = "done" if metrics else _status(run, len(done), len(stages))
     seconds = (metrics or {}).get("seconds") or (done[-1].get("elapsed_seconds") if done else None)
     return RunSummary(path=run, method=method_label(config), tasks=list(env.get("tasks") or []), status=status,
                       stages_done=len(done), stages_total=len(stages), seconds=seconds,
                       metrics={"if": _view_metrics(metrics), "gk": _view_metrics(_read_json(run / "metrics_gk.json"))})
+
+
+def _status(run: Path, done: int, total: int) -> str:
+    """An unfinished run: running, stopped (its process died unannounced), failed, interrupted, or,
+    for a folder written before runs recorded their state, partial (k of n stages) / failed."""
+    state = live_state(run)
+    if state is None or state.get("state") == "done":  # "done" without metrics.json: files were removed
+        return f"partial {done}/{total}" if done else "failed"
+    return f"{state['state']} {done}/{total}"
+
+
+def run_error(run: Path) -> str | None:
+    """The error a failed run stopped on, as it recorded it."""
+    state = read_state(run)
+    return state.get("error") if state else None
 
 
 # --------------------------------------------------------------------------------- mcit ls
@@ -264,6 +280,7 @@ def show(run: str | Path, per_task: int = 2) -> str:
     env = load_json(run / ENVIRONMENT_FILE)
     lines = [f"run {run}",
              f"method {summary.method}   status {summary.status}   time {format_duration(summary.seconds)}",
+             *([f"error {error}"] if (error := run_error(run)) and summary.status != "done" else []),
              f"tasks {', '.join(summary.tasks)}", f"base model {base_model_line(env)}", "",
              "## config (differences from the defaults)"]
     diffs = config_differences(default_config(), config)
