@@ -52,6 +52,22 @@ def test_train_fraction_keeps_a_seeded_share_in_file_order():
     assert {tuple(train_share(samples, 0.5, seed=s, task="GQA")) for s in range(5)} != {tuple(quarter)}
 
 
+def test_multitask_trains_on_the_shares_when_the_tasks_are_cut(cache):  # noqa: F811
+    from mcit.data.stream import build_stream
+
+    dc = DataConfig(train_per_task=8, test_per_task=2, pretrain_size=4, image_size=32)
+    release = build_stream(dc, 0, show_progress=False).release
+    # CoIN ships Multitask/train.json, the union of the task files; coin-mini does not: write one
+    union = [r for t in coin_mini.TASKS for r in json.loads((release / t / "train.json").read_text())]
+    (release / "Multitask").mkdir()
+    (release / "Multitask" / "train.json").write_text(json.dumps(union))
+    whole = build_stream(dc, 0, show_progress=False)
+    assert len(whole.multitask) == len(union) == sum(len(v) for v in whole.train.values())  # the release's own
+    half = build_stream(DataConfig(**{**dc.__dict__, "train_fraction": 0.5}), 0, show_progress=False)
+    assert half.multitask is None  # the loop then trains on the union of the shares
+    assert all(len(half.train[t]) == round(len(whole.train[t]) / 2) for t in whole.tasks)
+
+
 @pytest.mark.parametrize("bad, message", [
     ("data.order=random-x", "random-<seed>"), ("data.order=sideways", "random-<seed>"),
     ("data.train_fraction=0", "data.train_fraction"), ("data.train_fraction=1.5", "data.train_fraction"),

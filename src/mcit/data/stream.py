@@ -133,7 +133,9 @@ def build_stream(dc, seed: int, show_progress: bool = True) -> Stream:
         test[t] = _with_rule(truth.apply(t, read_test_json(release / t / name, t, image_root), f"{t}/{name}"), specs[t])
     joint = release / "Multitask" / "train.json"
     every_task = set(tasks) == set(bench.task_names)
-    multitask = read_train_json(joint, "Multitask", image_root) if joint.is_file() and every_task else None
+    # a share of each task's records (data.train_fraction): the union of those shares, not the whole file
+    whole = dc.train_fraction == 1.0
+    multitask = read_train_json(joint, "Multitask", image_root) if joint.is_file() and every_task and whole else None
     return Stream(tasks, train, test, image_root, specs, root, release, multitask)
 
 
