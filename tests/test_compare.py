@@ -107,6 +107,9 @@ def test_compare_vary_runs_each_method_at_each_value(cache, monkeypatch):
 
 @pytest.mark.parametrize("vary, message", [
     ("data.order", "write key=v1,v2"), ("data.order=coin,sideways", "random-<seed>"), ("data.nope=1", "nope"),
+    # found before the first value's runs, not when the grid reaches the bad value
+    ("data.instruction_set=Original,Divers", "coin-mini's instruction sets are Original, Diverse, 10Type"),
+    ("data.image_size=32,16", "image_size must be >= 32"),
 ])
 def test_compare_bad_vary_fails_before_any_run(cache, capsys, vary, message):
     out = cache / "v-bad"

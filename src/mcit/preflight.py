@@ -57,6 +57,7 @@ def _benchmark_problems(cfg: Any) -> Iterator[str]:
 def _coin_mini_problems(cfg: Any) -> Iterator[str]:
     """What coin-mini's generator would refuse mid-run, asked of the generator itself."""
     from .data import coin_mini
+    from .data.release import INSTRUCTION_SET_FOLDERS
     from .data.stream import coin_mini_root
 
     dc = cfg.data
@@ -66,6 +67,10 @@ def _coin_mini_problems(cfg: Any) -> Iterator[str]:
     except ValueError as exc:  # "image_size must be >= 32 so that objects stay visible, got 16"
         yield f"data.{exc}"
         return
+    tried = INSTRUCTION_SET_FOLDERS.get(dc.instruction_set, (dc.instruction_set,))
+    if not set(tried) & set(coin_mini.INSTRUCTION_SETS):
+        yield (f"data.instruction_set={dc.instruction_set!r}: coin-mini's instruction sets are "
+               f"{', '.join(coin_mini.INSTRUCTION_SETS)}")
     root = coin_mini_root(dc, cfg.data_seed)
     occupied = root.exists() and (not root.is_dir() or any(root.iterdir()))
     if dc.root and occupied and not coin_mini._complete(root, params):
