@@ -92,6 +92,12 @@ def test_base_model_command_rebuilds_bit_for_bit_and_check_names_what_differs(tm
     assert "model.safetensors" in capsys.readouterr().out
 
 
+def test_base_model_command_keeps_an_omp_thread_limit(tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # a scheduler's or the user's limit, as runs keep it
+    assert main(["base-model", *SMALL, "--out", str(tmp_path / "a")]) == 0
+    assert json.loads((tmp_path / "a" / "manifest.json").read_text())["built_with"]["threads"] == 1
+
+
 def test_base_model_command_refuses_what_it_cannot_do(tmp_path, capsys):
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("keep")

@@ -184,9 +184,10 @@ def cmd_base_model(args) -> int:
     if manifest is not None and manifest.get("key") != key:
         raise UserError(f"--check: {reference} was built for base-stage key {manifest.get('key')}, these settings "
                         f"give {key}: compare the settings it was built with (the defaults for the shipped one)")
-    from .threads import usable_cores
+    from .threads import thread_cap, usable_cores
 
-    threads = args.threads or (manifest or {}).get("built_with", {}).get("threads") or len(usable_cores())
+    # as a run's auto threads: the usable cores, or fewer if OMP_NUM_THREADS says so
+    threads = args.threads or (manifest or {}).get("built_with", {}).get("threads") or thread_cap(len(usable_cores()))
     build_base_model(cfg, out, threads)
     print(f"mcit: base model (key {key}) written to {out}, manifest {out / 'manifest.json'}")
     if manifest is None:
