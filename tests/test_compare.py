@@ -37,6 +37,15 @@ def test_compare_two_methods_two_seeds_then_reuse(cache, capsys, monkeypatch):
     assert [e["seed"] for e in envs] == [0, 1]
     md = (out / "compare.md").read_text()
     assert "| lora |" in md and "BWT (IF)" in md and "trainable params" in md
+    # the score's forgetting split into format and content, each the mean of the runs' form_content.json
+    split = {(m, k): ms for m, k, ms in table["lora"]["form_content"]}
+    fcs = [json.loads((out / "runs" / f"lora-seed{s}" / "form_content.json").read_text())["metrics"] for s in (0, 1)]
+    for measure, k in [("score", "BWT"), ("format_valid", "BWT"), ("content", "BWT"), ("content", "MFN")]:
+        assert split[(measure, k)][0] == pytest.approx(sum(f[measure][k] for f in fcs) / 2)
+    assert split[("score", "BWT")][0] == pytest.approx(table["lora"]["if"]["BWT"][0])  # the same score
+    assert "| method | BWT score | BWT format-valid | BWT content |" in md
+    assert all(ms is None for *_, ms in table["multitask"]["form_content"])  # a joint run has no sequence
+    assert "format vs content" in (out / "report.html").read_text()
 
     import mcit.train
 

@@ -22,6 +22,10 @@ from .resume import check_resumable
 from .rundir import check_same_run, load_json, save_json
 
 VIEW_METRICS = ("MFT", "MFN", "MAA", "BWT", "Forgetting")
+# (measure, metric) pairs of form_content.json compared across methods: how much of the score's
+# forgetting is lost format and how much lost content
+FORM_CONTENT_COLUMNS = (("score", "BWT"), ("format_valid", "BWT"), ("content", "BWT"), ("format_valid", "MFN"),
+                        ("content", "MFN"))
 
 
 def parse_list(text: str, what: str, cast=str) -> list:
@@ -78,6 +82,10 @@ def compare(config: Path, overrides: list[str], methods: list[str], seeds: list[
               "seeds": seeds, "table": table}
     save_json(out / "compare.json", record)
     text = format_compare(table)
+    split = format_form_content(table)
+    if split:
+        text += ("\n\nInstruction following split into format and content (mean ± std; format-valid: the answer "
+                 "has the form its instruction asks for; content: right in any form):\n\n" + split)
     emt = _emt_bands(folders, out)
     if emt:
         from .emt.bands import BANDS_PLOT, format_bands
@@ -168,7 +176,10 @@ def _read_run(run_dir: Path) -> dict:
     metrics = load_json(run_dir / "metrics.json")
     gk = load_json(run_dir / "metrics_gk.json") if (run_dir / "metrics_gk.json").is_file() else {}
     env = load_json(run_dir / "environment.json")
+    fc = load_json(run_dir / "form_content.json").get("metrics", {}) if (run_dir / "form_content.json").is_file() else {}
     return {
+        # the instruction-following score split into its form and its content (mcit.eval.form_content)
+        "form_content": {(measure, k): fc.get(measure, {}).get(k) for measure, k in FORM_CONTENT_COLUMNS},
         "if": {k: metrics.get(k) for k in VIEW_METRICS} if "multitask_mean" not in metrics
         else {"MFN": metrics["multitask_mean"]},  # the joint upper bound: its one row is its final accuracy
         "gk": {k: gk.get(k) for k in VIEW_METRICS},
@@ -191,6 +202,8 @@ def _summarise(runs: list[dict]) -> dict:
     return {
         "if": {k: mean_std([r["if"].get(k) for r in runs]) for k in VIEW_METRICS},
         "gk": {k: mean_std([r["gk"].get(k) for r in runs]) for k in VIEW_METRICS},
+        "form_content": [[measure, k, mean_std([r["form_content"].get((measure, k)) for r in runs])]
+                         for measure, k in FORM_CONTENT_COLUMNS],
         "trainable": runs[0]["trainable"],
         "seconds": mean_std([r["seconds"] for r in runs]),
         "seeds": len(runs),
@@ -199,6 +212,20 @@ def _summarise(runs: list[dict]) -> dict:
 
 def _cell(ms) -> str:
     return "-" if ms is None else f"{ms[0]:.2f} ± {ms[1]:.2f}"
+
+
+def format_form_content(table: dict) -> str:
+    """Markdown: per row, the score's BWT beside the BWT (and MFN) of format validity and of content;
+    empty when no row has the decomposition (joint runs, runs from before it existed)."""
+    rows = {m: row.get("form_content") or [] for m, row in table.items()}
+    if not any(ms for cells in rows.values() for *_, ms in cells):
+        return ""
+    head = ["method"] + [f"{k} {measure.replace('_', '-')}" for measure, k in FORM_CONTENT_COLUMNS]
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    for m, cells in rows.items():
+        if any(ms for *_, ms in cells):
+            lines.append("| " + " | ".join([m] + [_cell(ms) for *_, ms in cells]) + " |")
+    return "\n".join(lines)
 
 
 def format_compare(table: dict) -> str:
