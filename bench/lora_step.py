@@ -5,7 +5,7 @@ Variants, per model size (the default tiny LLaVA and wider ones, same batch for 
   lora       mcit's `lora`: low-rank product added into the base output (models/fused_lora.py), fused AdamW
   lora_peft  PEFT's own LoRA layer (`result + B(A(x)) * scaling`), for-each AdamW and logits at every
              position: the code before issue 15 (the others compute them at the answer positions only)
-  lora_compiled (default size, unless --no-compile) `lora` under torch.compile; its compile time reported
+  lora_compiled (unless --no-compile) `lora` under torch.compile (train.compile=true); its compile time reported
 One step = forward + backward + AdamW step + zero_grad, timed in interleaved rounds (bench/_tiny.py).
 Utilisation = the FLOPs torch counts in a step / step time / the machine's fp32 matmul peak measured
 here at the same thread count. Also: AdamW's step alone on the LoRA parameters, fused vs for-each.
@@ -56,7 +56,7 @@ def bench_size(hidden: int, args, peak: float) -> dict:
     keys = ["full", "lora", "lora_peft"]
     runs = {key: build_variant(base, key) for key in keys}
     compile_s = None
-    if hidden == 128 and not args.no_compile:
+    if not args.no_compile:
         model, optimizer = build_variant(base, "lora")
         compiled = torch.compile(model)
         start = time.perf_counter()

@@ -10,8 +10,10 @@ The step is mcit's default LoRA step (default-size tiny LLaVA, fused LoRA, fused
 alternate quiet and busy phases (the neighbour: `while True: pass` in another process, started
 and stopped by this script); within a phase every policy runs in turn, the order rotating. Each
 turn first steps untimed for --settle seconds (auto re-reads the load every 2 s), then times
---steps steps. Reported: median step per policy and phase, busy/quiet ratios, and the load other
-processes put on these cores during the quiet phases (the machine may not be idle).
+--steps steps. Reported: median step per policy and phase, busy/quiet ratios, the busy step against
+the quiet one-thread step (the floor on 2 cores: the neighbour holds one of them, so busy/quiet cannot
+go below the quiet speed-up of 2 threads over 1), and the load other processes put on these cores
+during the quiet phases (the machine may not be idle).
 Prints one JSON object.
 
     python bench/threads_neighbour.py [--rounds 5] [--steps 4] [--settle 2.5]
@@ -138,6 +140,12 @@ def main() -> None:
         "ms_per_step": ms,
         "busy_over_quiet": {p: round(m["busy"] / m["quiet"], 2) for p, m in ms.items()},
         "busy_over_best_quiet": {p: round(m["busy"] / best_quiet, 2) for p, m in ms.items()},
+        # the floor: a neighbour holding one of the cores leaves at most the others, so no policy's busy
+        # step can beat the quiet step on one core fewer (here, with 2 cores: the quiet one-thread step)
+        "busy_over_quiet_one_core_fewer": {p: round(m["busy"] / ms["threads_1"]["quiet"], 2) for p, m in ms.items()}
+        if "threads_1" in ms else None,
+        "quiet_all_threads_speedup_over_one": round(ms["threads_1"]["quiet"] / ms["threads_all"]["quiet"], 2)
+        if "threads_1" in ms and "threads_all" in ms else None,
         "threads_at_timed_steps": {p: {ph: sorted(s) for ph, s in d.items()} for p, d in threads_seen.items()},
         "background_load_cores": background,
         "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
