@@ -203,7 +203,7 @@ def test_merge_with_fixed_gates_is_exact():
     _randomise(model)
     gates = {name: torch.softmax(torch.randn(4), 0) for name in moelora_layers(model)}
     for name, layer in moelora_layers(model).items():  # pin each router to its fixed gates
-        layer.gates = lambda x, logits=None, g=gates[name]: (g.expand(*x.shape[:-1], 4), g.expand(*x.shape[:-1], 4))
+        layer.gates = lambda x, g=gates[name]: (g.expand(*x.shape[:-1], 4), g.expand(*x.shape[:-1], 4))
     batch = _batch(processor)
     expected = _logits(model, batch)
     merge_moelora(model, gates)

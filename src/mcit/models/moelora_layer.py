@@ -59,13 +59,12 @@ def moelora_reference(x: torch.Tensor, lora_A: torch.Tensor, lora_B: torch.Tenso
 
 
 def moelora_fused(x: torch.Tensor, lora_A: torch.Tensor, lora_B: torch.Tensor, gates: torch.Tensor,
-                  scale: float, into: torch.Tensor | None = None, h: torch.Tensor | None = None) -> torch.Tensor:
+                  scale: float, into: torch.Tensor | None = None) -> torch.Tensor:
     """The same sum in two matmuls: (x A^T) has E slices of r_e; each slice is scaled by its
     gate, then one matmul with B adds the experts up. Same FLOPs as one rank-r LoRA. With
-    `into` (the base output) the second matmul accumulates into it: no full-size add. `h`: x A^T
-    when the caller computed it already."""
+    `into` (the base output) the second matmul accumulates into it: no full-size add."""
     experts = gates.shape[-1]
-    h = F.linear(x, lora_A) if h is None else h  # (..., E * r_e)
+    h = F.linear(x, lora_A)  # (..., E * r_e)
     # The scale rides on the gates (E numbers per token) instead of on the output (out numbers).
     h = h.unflatten(-1, (experts, -1)) * (gates * scale).unsqueeze(-1)
     if into is not None:
@@ -127,30 +126,19 @@ class MoELoRALinear(nn.Module):
     def out_features(self) -> int:
         return self.base_layer.out_features
 
-    def gates(self, x: torch.Tensor, logits: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(gates, probs) for input x (..., in), in float32; `logits`: the router's, if computed already."""
-        return route(self.router(x.to(self.router.weight.dtype)) if logits is None else logits, self.top_k)
+    def gates(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(gates, probs) for input x (..., in), in float32."""
+        return route(self.router(x.to(self.router.weight.dtype)), self.top_k)
 
     def delta(self, x: torch.Tensor, into: torch.Tensor | None = None) -> torch.Tensor:
         """The adapter's contribution (..., out), in the adapter's dtype; with `into` (fused
         kernel only) that contribution added into it."""
         x = x.to(self.lora_A.dtype)
-        if into is not None and isinstance(self.dropout, nn.Identity) and self.router.weight.dtype == x.dtype:
-            # The router reads the same x as the A's: one matmul for both (x is read once, one fewer
-            # matmul forward and backward); h is the first E * r_e columns, the router logits the rest.
-            h, logits = F.linear(x, torch.cat([self.lora_A, self.router.weight])).split(
-                [self.rank, self.experts], dim=-1)
-            gates, probs = self.gates(x, logits)
-            self._keep_probs(probs)
-            return moelora_fused(x, self.lora_A, self.lora_B, gates.to(x.dtype), self.scale, into=into, h=h)
         gates, probs = self.gates(x)
-        self._keep_probs(probs)
-        args = (self.dropout(x), self.lora_A, self.lora_B, gates.to(x.dtype), self.scale)
-        return moelora_fused(*args, into=into) if into is not None else _KERNELS[self.impl](*args)
-
-    def _keep_probs(self, probs: torch.Tensor) -> None:
         if self.record_router and self.training and torch.is_grad_enabled():
             self.last_probs = probs
+        args = (self.dropout(x), self.lora_A, self.lora_B, gates.to(x.dtype), self.scale)
+        return moelora_fused(*args, into=into) if into is not None else _KERNELS[self.impl](*args)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base_layer(x)
