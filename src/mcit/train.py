@@ -49,12 +49,14 @@ from .tracking import TRAIN_LOG, RunTrackers, TrainLog, check_installed
 
 def run_stream(cfg, log=print, resume: bool = False) -> dict:
     run = _set_up(cfg, log, resume)
-    if run.main:
-        write_state(run.run_dir, "running")  # `mcit ls`: running, or stopped if this process dies unannounced
+    started = False
     try:
         if run.done:
-            _resume(run)
-        elif cfg.eval.zero_shot:
+            _resume(run)  # checks the folder first: a refused resume leaves every file, state.json too, as it was
+        if run.main:
+            write_state(run.run_dir, "running")  # `mcit ls`: running, or stopped if this process dies unannounced
+            started = True
+        if not run.done and cfg.eval.zero_shot:
             _zero_shot(run)
         if run.tracker:  # a resumed run drops the EMT points of the stage it redoes
             run.tracker.begin(run.writing, [info["train"]["steps"] for info in run.done])
@@ -64,7 +66,7 @@ def run_stream(cfg, log=print, resume: bool = False) -> dict:
                 _save_and_evaluate_stage(run, t, name, trained, ctx, stats)
         result = _finish(run)
     except BaseException as exc:
-        if run.main:
+        if started:
             write_state(run.run_dir, "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
                         error=f"{type(exc).__name__}: {exc}")
         raise
