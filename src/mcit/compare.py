@@ -70,13 +70,12 @@ def compare(config: Path, overrides: list[str], methods: list[str], seeds: list[
     points = grid_points(list(vary), "vary")
     for m in methods:
         method_class(m)  # an unknown method fails before the first (long) run
-    runs, folders = {}, {}
+    runs = {}
     for m in methods:
         for p in points:  # no --vary: one point, no overrides, the row and run names of before
             row, stem = (f"{m} {point_label(p)}", f"{m}-{point_slug(p)}") if p else (m, m)
             runs[row] = [_run_or_read(config, [*overrides, f"method.name={m}", *p], f"{stem}-seed{seed}", seed, out,
                                       log) for seed in seeds]
-            folders[row] = [out / "runs" / f"{stem}-seed{seed}" for seed in seeds]
     table = {row: _summarise(rs) for row, rs in runs.items()}
     record = {"config": str(config), "overrides": overrides, "methods": methods, "vary": list(vary),
               "seeds": seeds, "table": table}
@@ -86,7 +85,7 @@ def compare(config: Path, overrides: list[str], methods: list[str], seeds: list[
     if split:
         text += ("\n\nInstruction following split into format and content (mean ± std; format-valid: the answer "
                  "has the form its instruction asks for; content: right in any form):\n\n" + split)
-    emt = _emt_bands(folders, out)
+    emt = _emt_bands({row: [r["run_dir"] for r in rs] for row, rs in runs.items()}, out)
     if emt:
         from .emt.bands import BANDS_PLOT, format_bands
 
@@ -178,6 +177,7 @@ def _read_run(run_dir: Path) -> dict:
     env = load_json(run_dir / "environment.json")
     fc = load_json(run_dir / "form_content.json").get("metrics", {}) if (run_dir / "form_content.json").is_file() else {}
     return {
+        "run_dir": run_dir,
         # the instruction-following score split into its form and its content (mcit.eval.form_content)
         "form_content": {(measure, k): fc.get(measure, {}).get(k) for measure, k in FORM_CONTENT_COLUMNS},
         "if": {k: metrics.get(k) for k in VIEW_METRICS} if "multitask_mean" not in metrics
@@ -214,17 +214,22 @@ def _cell(ms) -> str:
     return "-" if ms is None else f"{ms[0]:.2f} ± {ms[1]:.2f}"
 
 
-def format_form_content(table: dict) -> str:
-    """Markdown: per row, the score's BWT beside the BWT (and MFN) of format validity and of content;
-    empty when no row has the decomposition (joint runs, runs from before it existed)."""
-    rows = {m: row.get("form_content") or [] for m, row in table.items()}
-    if not any(ms for cells in rows.values() for *_, ms in cells):
-        return ""
+def form_content_rows(table: dict) -> tuple[list[str], list[tuple[str, list]]]:
+    """(header, [(row name, its (mean, std) cells)]): the score's BWT beside the BWT (and MFN) of
+    format validity and of content, for the rows that have the decomposition (not joint runs, nor
+    runs from before it existed); no rows when none has it."""
     head = ["method"] + [f"{k} {measure.replace('_', '-')}" for measure, k in FORM_CONTENT_COLUMNS]
+    rows = [(m, [ms for *_, ms in row.get("form_content") or []]) for m, row in table.items()]
+    return head, [(m, cells) for m, cells in rows if any(cells)]
+
+
+def format_form_content(table: dict) -> str:
+    """Markdown of :func:`form_content_rows`; empty when no row has the decomposition."""
+    head, rows = form_content_rows(table)
+    if not rows:
+        return ""
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
-    for m, cells in rows.items():
-        if any(ms for *_, ms in cells):
-            lines.append("| " + " | ".join([m] + [_cell(ms) for *_, ms in cells]) + " |")
+    lines += ["| " + " | ".join([m] + [_cell(ms) for ms in cells]) + " |" for m, cells in rows]
     return "\n".join(lines)
 
 

@@ -13,6 +13,7 @@ import io
 import math
 from pathlib import Path
 
+from ..compare import mean_std
 from .curve import CURVE_FILE, read_curve, read_probe
 
 __all__ = ["BANDS_FILE", "BANDS_PLOT", "bands_png", "confidence_band", "format_bands", "merge_seeds", "row_bands"]
@@ -26,8 +27,7 @@ def confidence_band(values: list[float], level: float = 0.95) -> dict:
     from scipy.stats import t
 
     n = len(values)
-    mean = sum(values) / n
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    mean, std = mean_std(values)  # the sample std, as every ± of mcit compare
     half = float(t.ppf(0.5 + level / 2, n - 1)) * std / math.sqrt(n) if n > 1 else 0.0
     return {"n": n, "mean": mean, "std": std, "lo": mean - half, "hi": mean + half}
 

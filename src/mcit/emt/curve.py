@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..io import atomic_write_bytes, atomic_write_text
-from ..rundir import save_json
+from ..rundir import load_json, save_json
 from .decide import JUDGE_UNPARSABLE
 from .evaluate import JUDGE_DECIDERS, PROBE_TRAIN, ask, check_decider, encoder_baseline, parse_specs, prepare, protocol
 from ..eval.evaluate import COIN_MINI_MAX_NEW_TOKENS
@@ -49,7 +49,7 @@ def read_probe(run_dir: Path) -> dict[str, float | None]:
     path = Path(run_dir) / PROBE_FILE
     if not path.is_file():
         return {}
-    return {name: r["accuracy"] for name, r in json.loads(path.read_text(encoding="utf-8"))["datasets"].items()}
+    return {name: r["accuracy"] for name, r in load_json(path)["datasets"].items()}
 
 
 class EmtTracker:

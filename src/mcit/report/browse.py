@@ -16,7 +16,7 @@ from ..compare import VIEW_METRICS
 from ..rundir import (_LOCATION_KEYS, CONFIG_FILE, ENVIRONMENT_FILE, RunError, _differences, completed_stages,
                       is_stage_done, load_json)
 from .matrix import format_table, load_matrix
-from ..runstate import live_state, read_state
+from ..runstate import live_state
 
 VIEWS = (("if", "instruction following", ""), ("gk", "general knowledge", "_gk"))  # key, title, file suffix
 LS_METRICS = ("MFT", "MFN", "BWT")
@@ -34,6 +34,7 @@ class RunSummary:
     stages_total: int
     metrics: dict[str, dict[str, float | None]] = field(default_factory=dict)  # view -> metric -> value
     seconds: float | None = None
+    error: str | None = None  # what an unfinished run stopped on, as it recorded it (state.json)
 
 
 # --------------------------------------------------------------------------------- reading
@@ -101,26 +102,22 @@ def summarise(run: Path) -> RunSummary:
     stages = list(env.get("stages") or [])
     done = completed_stages(run, stages)
     metrics = _read_json(run / "metrics.json")
-    status = "done" if metrics else _status(run, len(done), len(stages))
+    state = None if metrics else live_state(run)
+    status = "done" if metrics else _status(state, len(done), len(stages))
     seconds = (metrics or {}).get("seconds") or (done[-1].get("elapsed_seconds") if done else None)
     return RunSummary(path=run, method=method_label(config), tasks=list(env.get("tasks") or []), status=status,
                       stages_done=len(done), stages_total=len(stages), seconds=seconds,
+                      error=(state or {}).get("error"),
                       metrics={"if": _view_metrics(metrics), "gk": _view_metrics(_read_json(run / "metrics_gk.json"))})
 
 
-def _status(run: Path, done: int, total: int) -> str:
-    """An unfinished run: running, stopped (its process died unannounced), failed, interrupted, or,
-    for a folder written before runs recorded their state, partial (k of n stages) / failed."""
-    state = live_state(run)
+def _status(state: dict | None, done: int, total: int) -> str:
+    """An unfinished run's status from its recorded state (mcit.runstate): running, stopped (its
+    process died unannounced), failed, interrupted; or, for a folder written before runs recorded
+    their state, partial (k of n stages) / failed."""
     if state is None or state.get("state") == "done":  # "done" without metrics.json: files were removed
         return f"partial {done}/{total}" if done else "failed"
     return f"{state['state']} {done}/{total}"
-
-
-def run_error(run: Path) -> str | None:
-    """The error a failed run stopped on, as it recorded it."""
-    state = read_state(run)
-    return state.get("error") if state else None
 
 
 # --------------------------------------------------------------------------------- mcit ls
@@ -280,7 +277,7 @@ def show(run: str | Path, per_task: int = 2) -> str:
     env = load_json(run / ENVIRONMENT_FILE)
     lines = [f"run {run}",
              f"method {summary.method}   status {summary.status}   time {format_duration(summary.seconds)}",
-             *([f"error {error}"] if (error := run_error(run)) and summary.status != "done" else []),
+             *([f"error {summary.error}"] if summary.error else []),
              f"tasks {', '.join(summary.tasks)}", f"base model {base_model_line(env)}", "",
              "## config (differences from the defaults)"]
     diffs = config_differences(default_config(), config)

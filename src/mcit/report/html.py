@@ -13,7 +13,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from ..compare import VIEW_METRICS
+from ..compare import VIEW_METRICS, form_content_rows
 from ..io import atomic_write_text
 from ..rundir import RunError, load_json
 from ..metrics import FORM_CONTENT_NAMES
@@ -183,12 +183,10 @@ def compare_report(folder: str | Path) -> str:
             f"<p class=meta>methods {escape(', '.join(map(str, record.get('methods', []))))} · seeds "
             f"{escape(', '.join(map(str, record.get('seeds', []))))}</p>",
             "<h2>Mean ± std over seeds</h2>", _table(head, rows)]
-    split = [[m] + [_mean_std(ms) for *_, ms in row["form_content"]] for m, row in table.items()
-             if any(ms for *_, ms in row.get("form_content") or [])]
+    split_head, split = form_content_rows(table)
     if split:  # the score's forgetting split into lost format and lost content (mcit.compare)
-        head = ["method"] + [f"{k} {measure.replace('_', '-')}" for measure, k, _ in
-                             next(r["form_content"] for r in table.values() if r.get("form_content"))]
-        body += ["<h2>Instruction following: format vs content</h2>", _table(head, split)]
+        body += ["<h2>Instruction following: format vs content</h2>",
+                 _table(split_head, [[m] + [_mean_std(ms) for ms in cells] for m, cells in split])]
     for view, title, _ in VIEWS:
         if any(row[view].get(m) for row in table.values() for m in VIEW_METRICS):
             body += [f"<h2>{escape(title)}</h2>", _img(_error_bar_chart(table, view), f"{title} by method")]
