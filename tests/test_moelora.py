@@ -10,7 +10,7 @@ from mcit.config import ConfigError, ModelConfig, load_config
 from mcit.methods import build_method
 from mcit.methods.base import TaskContext
 from mcit.methods.moelora import CONFIG_FILE, WEIGHTS_FILE, merge_moelora, moelora_layers, set_impl
-from mcit.models.moelora_layer import MoELoRALinear, load_balancing_loss, moelora_reference, route
+from mcit.models.moelora_layer import DenseMoELoRA, MoELoRALinear, load_balancing_loss, moelora_reference, route
 from mcit.models.tiny_llava import build_model, build_processor, train_tokenizer
 
 IMAGE, PATCH = 32, 8
@@ -46,6 +46,22 @@ def test_fused_equals_reference_outputs_and_gradients(top_k):
     for name in grads_f:
         assert grads_f[name].abs().sum() > 0, name
         torch.testing.assert_close(grads_f[name], grads_r[name], atol=1e-5, rtol=1e-5, msg=name)
+
+
+def test_dense_training_forward_is_the_hand_written_backward_and_gradchecks():
+    layer = _layer()
+    x = torch.randn(2, 3, 16, requires_grad=True)
+    assert type(layer(x).grad_fn).__name__ == "DenseMoELoRABackward"  # what the equality test above covers
+    layer.top_k = 2  # top-k routing and the balance loss's record take the autograd path
+    assert type(layer(x).grad_fn).__name__ != "DenseMoELoRABackward"
+    with torch.no_grad():
+        assert layer(x).grad_fn is None
+    # the backward against finite differences, in float64, every input that takes a gradient
+    g = torch.Generator().manual_seed(1)
+    args = [torch.randn(*shape, generator=g, dtype=torch.float64, requires_grad=grad)
+            for shape, grad in (((2, 3, 6), True), ((5, 6), False), ((5,), False), ((4, 6), True),
+                                ((5, 4), True), ((2, 6), True))]
+    assert torch.autograd.gradcheck(lambda *a: DenseMoELoRA.apply(*a, 0.7), args)
 
 
 @pytest.mark.parametrize("top_k", [None, 1, 3])

@@ -75,6 +75,47 @@ def moelora_fused(x: torch.Tensor, lora_A: torch.Tensor, lora_B: torch.Tensor, g
 _KERNELS = {"reference": moelora_reference, "fused": moelora_fused}
 
 
+class DenseMoELoRA(torch.autograd.Function):
+    """The fused layer with dense routing, forward and backward written out:
+
+        y = x W^T + bias + scale * ((x A^T) * g per rank slice) B^T,   g = softmax(x R^T)
+
+    with gradients for x, A, B and the router R (W and bias frozen). Written by hand because
+    autograd through `moelora_fused(into=...)` records the in-place accumulate into the base
+    output as a copy-on-write of it (a full-size copy of the gradient per wrapped layer) and sums
+    the input gradient from three full-size products; here it is one matmul and two
+    matmul-accumulates: dx = dy W + (dy B * g) A + dlogits R. Saved: x and the rank-r and
+    E-wide products, nothing full-size. Gate gradient: d g_e = scale * sum over expert e's slice
+    of (dy B) * (x A^T); through the softmax, dlogits = g * (d g - sum_e g_e d g_e)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, lora_A, lora_B, router, scale: float):
+        flat_x = x.reshape(-1, x.shape[-1])
+        experts = router.shape[0]
+        gates = torch.softmax(flat_x @ router.t(), dim=-1)
+        h = (flat_x @ lora_A.t()).view(flat_x.shape[0], experts, -1)  # (N, E, r_e)
+        out = torch.nn.functional.linear(x, weight, bias)
+        out.view(-1, out.shape[-1]).addmm_((h * gates.unsqueeze(-1)).flatten(1), lora_B.t(), alpha=scale)
+        ctx.save_for_backward(x, weight, lora_A, lora_B, router, gates, h)
+        ctx.scale = scale
+        return out
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight, lora_A, lora_B, router, gates, h = ctx.saved_tensors
+        s = ctx.scale
+        flat_x, flat_dy = x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1])
+        d_hg = (flat_dy @ lora_B).view_as(h)  # gradient of the gated rank-r activations, / scale
+        d_h = (d_hg * gates.unsqueeze(-1)).flatten(1)
+        d_gates = (d_hg * h).sum(-1)
+        d_logits = gates * (d_gates - (gates * d_gates).sum(-1, keepdim=True))
+        dx = (flat_dy @ weight).addmm_(d_h, lora_A, alpha=s).addmm_(d_logits, router, alpha=s).view(x.shape)
+        dA = d_h.t() @ flat_x * s
+        dB = flat_dy.t() @ (h * gates.unsqueeze(-1)).flatten(1) * s
+        d_router = d_logits.t() @ flat_x * s
+        return dx, None, None, dA, dB, d_router, None
+
+
 class MoELoRALinear(nn.Module):
     """A frozen base nn.Linear plus MoELoRA; starts identical to the base (B = 0)."""
 
@@ -140,7 +181,19 @@ class MoELoRALinear(nn.Module):
         args = (self.dropout(x), self.lora_A, self.lora_B, gates.to(x.dtype), self.scale)
         return moelora_fused(*args, into=into) if into is not None else _KERNELS[self.impl](*args)
 
+    def _dense_fused(self, x: torch.Tensor) -> bool:
+        """Whether the training forward can run as DenseMoELoRA: dense routing without the balance
+        loss's record, float32 throughout, a frozen Linear base, no dropout between x and A."""
+        base = self.base_layer
+        return (self.impl == "fused" and self.top_k is None and not self.record_router
+                and torch.is_grad_enabled() and isinstance(base, nn.Linear) and isinstance(self.dropout, nn.Identity)
+                and x.dtype == base.weight.dtype == self.lora_A.dtype == self.router.weight.dtype == torch.float32
+                and not base.weight.requires_grad and (base.bias is None or not base.bias.requires_grad))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._dense_fused(x):
+            base = self.base_layer
+            return DenseMoELoRA.apply(x, base.weight, base.bias, self.lora_A, self.lora_B, self.router.weight, self.scale)
         out = self.base_layer(x)
         if self.impl == "fused" and out.dtype == self.lora_A.dtype:
             return self.delta(x, into=out)  # one matmul-accumulate, as fused_lora does for LoRA
