@@ -54,6 +54,8 @@ def test_compare_two_methods_two_seeds_then_reuse(cache, capsys, monkeypatch):
 
     monkeypatch.setattr(mcit.train, "run_stream", no_training)
     assert main(args) == 0  # everything read back from the run folders
+    # and with settings that change evaluation's speed, never its answers
+    assert main([*args, "eval.kv_cache=dynamic", "eval.prompt_cache_mb=0"]) == 0
     capsys.readouterr()
     # Other settings under the same --out: the finished runs are not passed off as these.
     assert main([*args, "train.lr=5e-3"]) == 2

@@ -64,6 +64,10 @@ PACKAGES = ("torch", "transformers", "peft", "accelerate", "tokenizers", "numpy"
 # Keys that say where the run folder is, not what the run does: ignored when an existing
 # folder's config.yaml is compared with the current config.
 _LOCATION_KEYS = ("output_dir", "name")
+# Settings that change how fast evaluation runs, never its answers (tests/test_eval_speed.py
+# holds them to identical predictions): a finished run is read back, and a cut one continued,
+# whichever of them it was made with.
+_SPEED_ONLY_KEYS = (("eval", "kv_cache"), ("eval", "prompt_cache_mb"))
 
 
 def _now() -> str:
@@ -82,6 +86,14 @@ def _content_dict(cfg: Any) -> dict[str, Any]:
     data = config_to_dict(redact_config(cfg))  # as saved in config.yaml: URL credentials masked
     for key in _LOCATION_KEYS:
         data.pop(key, None)
+    return data
+
+
+def _result_dict(cfg: Any) -> dict[str, Any]:
+    """The settings that decide a run's results: its content without the speed-only keys."""
+    data = _content_dict(cfg)
+    for section, key in _SPEED_ONLY_KEYS:
+        data.get(section, {}).pop(key, None)
     return data
 
 
@@ -217,7 +229,7 @@ def check_same_run(run_dir: Path, cfg: Any) -> None:
     except RunError as exc:
         raise RunError(f"{run_dir} already holds a run whose config cannot be used ({exc}); "
                        "choose another run name") from None
-    old, new = _content_dict(previous), _content_dict(cfg)
+    old, new = _result_dict(previous), _result_dict(cfg)
     if config_hash(old) != config_hash(new):
         raise RunError(f"{run_dir} already holds a run with a different config ({_diff_text(old, new)}); "
                        "choose another run name or output_dir")

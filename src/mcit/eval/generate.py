@@ -147,14 +147,14 @@ def _static_cache(model, prompt_length: int, max_new_tokens: int) -> dict:
 def generate_answers(model, processor, samples: list[Sample], image_root: Path | None, *,
                      batch_size: int, max_new_tokens: int, device=None, desc: str = "eval",
                      show_progress: bool = True, prompts: PromptCache | None = None,
-                     kv_cache: str = "dynamic", dtype: str = "float32",
+                     kv_cache: str = "static", dtype: str = "float32",
                      timing: EvalTiming | None = None) -> list[str]:
     """Greedy answers for `samples`, in order. Left padding keeps every prompt's last token
     at the same position, so a whole batch decodes together with the KV cache. A batch may
     mix questions with and without an image.
 
     ``prompts``: encodings kept across calls (None: encode each batch afresh); ``kv_cache``:
-    "static" where the model supports it (else the default, dynamic); ``dtype`` "bfloat16":
+    "static" (the default) where the model supports it, else "dynamic"; ``dtype`` "bfloat16":
     computed under bf16 autocast (the weights stay as they are; some answers change);
     ``timing``: where the seconds went, added to it."""
     tok = tokenizer_of(processor)
