@@ -8,7 +8,9 @@ Variants, per model size (the default tiny LLaVA and wider ones, same batch for 
   lora_compiled (unless --no-compile) `lora` under torch.compile (train.compile=true); its compile time reported
 One step = forward + backward + AdamW step + zero_grad, timed in interleaved rounds (bench/_tiny.py).
 Utilisation = the FLOPs torch counts in a step / step time / the machine's fp32 matmul peak measured
-here at the same thread count. Also: AdamW's step alone on the LoRA parameters, fused vs for-each.
+here at the same thread count (best of 20 n x n x n products, before the steps); and the same
+against the median rate of that product timed in the same interleaved rounds as the steps
+(``utilisation_beside_steps``: side by side, so a drift in the machine's speed moves both). Also: AdamW's step alone on the LoRA parameters, fused vs for-each.
 Prints one JSON object.
 
     python bench/lora_step.py [--rounds 30] [--sizes 128,256] [--threads N] [--no-compile]
@@ -50,6 +52,9 @@ def build_variant(base, key: str):
     return model, optimizer
 
 
+PEAK_N = 1024  # the matmul whose rate is the peak: n x n x n
+
+
 def bench_size(hidden: int, args, peak: float) -> dict:
     fields = size_fields(hidden)
     base, _, batch = tiny_model_and_batch(args.batch_size, args.text_tokens, **fields)
@@ -66,7 +71,12 @@ def bench_size(hidden: int, args, peak: float) -> dict:
         runs["lora_compiled"] = (compiled, optimizer)
         keys.append("lora_compiled")
 
+    a, b = torch.randn(PEAK_N, PEAK_N), torch.randn(PEAK_N, PEAK_N)
+
     def step(key: str) -> None:
+        if key == "matmul":  # the machine's matmul rate, timed in the same rounds as the steps
+            a @ b
+            return
         model, optimizer = runs[key]
         # mcit's loss (logits at the answer positions only, mcit.fit.answer_forward); lora_peft: the
         # code before issue 15, transformers' loss over every position
@@ -76,15 +86,22 @@ def bench_size(hidden: int, args, peak: float) -> dict:
 
     flops = {key: step_flops(lambda k=key: step(k)) for key in ("full", "lora", "lora_peft")}
     flops["lora_compiled"] = flops["lora"]
-    times = time_interleaved(step, keys, args.rounds, warmup=2)
+    times = time_interleaved(step, keys + ["matmul"], args.rounds, warmup=2)
+    matmul_ms = times.pop("matmul")
+    rate = 2 * PEAK_N ** 3 / (statistics.median(matmul_ms) / 1000) / 1e9  # GFLOP/s beside the steps
     ms = {key: statistics.median(v) for key, v in times.items()}
     util = {key: flops[key] / (ms[key] / 1000) / (peak * 1e9) for key in keys}
+    util_beside = {key: flops[key] / (ms[key] / 1000) / (rate * 1e9) for key in keys}
     out = {
         "model": model_summary(base, **fields),
         "ms_per_step": {k: round(v, 2) for k, v in ms.items()},
         "ms_per_step_min": {k: round(min(v), 2) for k, v in times.items()},
         "gflop_per_step": {k: round(flops[k] / 1e9, 3) for k in keys},
         "utilisation": {k: round(v, 3) for k, v in util.items()},
+        # against the median rate of the same matmul timed between the steps: the ratio side by side,
+        # which the machine's drifting speed (peaks of 149-193 GFLOP/s measured on one machine) moves far less
+        "matmul_gflops_beside_steps": round(rate, 1),
+        "utilisation_beside_steps": {k: round(v, 3) for k, v in util_beside.items()},
         "lora_over_full": round(ms["lora"] / ms["full"], 3),
         "lora_over_lora_peft": round(ms["lora"] / ms["lora_peft"], 3),
         "lora_peft_over_full": round(ms["lora_peft"] / ms["full"], 3),
@@ -112,7 +129,7 @@ def main() -> None:
     ap.add_argument("--sizes", default="128,256", help="language-model widths (128 is the default model)")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant (about 30 s to compile)")
     args = parse_step_bench_args(ap, rounds=30, threads=len(usable_cores()))
-    peak = matmul_peak_gflops(args.threads)
+    peak = matmul_peak_gflops(args.threads, PEAK_N)
     sizes = {f"hidden_{h}": bench_size(int(h), args, peak) for h in args.sizes.split(",")}
     print(json.dumps({"threads": args.threads, "batch_size": args.batch_size,
                       "matmul_peak_gflops": round(peak, 1), "sizes": sizes,

@@ -16,7 +16,7 @@ go below the quiet speed-up of 2 threads over 1), and the load other processes p
 during the quiet phases (the machine may not be idle).
 Prints one JSON object.
 
-    python bench/threads_neighbour.py [--rounds 5] [--steps 4] [--settle 2.5]
+    python bench/threads_neighbour.py [--rounds 5] [--steps 4] [--settle 4.5]
 """
 from __future__ import annotations
 
@@ -70,12 +70,13 @@ def worker(policy: str) -> None:
         end = time.perf_counter() + float(settle)
         while time.perf_counter() < end:
             step()
-        times = []
+        times, threads = [], set()
         for _ in range(int(steps)):
+            threads.add(torch.get_num_threads())
             start = time.perf_counter()
             step()
             times.append((time.perf_counter() - start) * 1000)
-        print(json.dumps({"ms": times, "threads": torch.get_num_threads()}), flush=True)
+        print(json.dumps({"ms": times, "threads": sorted(threads)}), flush=True)
 
 
 def start_worker(policy: str) -> subprocess.Popen:
@@ -99,7 +100,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--steps", type=int, default=4, help="timed steps per policy per phase per round")
-    ap.add_argument("--settle", type=float, default=2.5, help="untimed seconds of steps before the timed ones")
+    # auto re-reads the load every 2 s over the last 2 s: a sample straddling the neighbour's start or
+    # stop can keep the previous thread count for up to 4 s, so settle longer than that
+    ap.add_argument("--settle", type=float, default=4.5, help="untimed seconds of steps before the timed ones")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -123,7 +126,7 @@ def main() -> None:
                         workers[p].stdin.flush()
                         answer = json.loads(workers[p].stdout.readline())
                         times[p][phase] += answer["ms"]
-                        threads_seen[p][phase].add(answer["threads"])
+                        threads_seen[p][phase].update(answer["threads"])
                 finally:
                     if neighbour is not None:
                         neighbour.kill()
