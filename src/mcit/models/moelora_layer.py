@@ -109,7 +109,9 @@ class DenseMoELoRA(torch.autograd.Function):
         d_h = (d_hg * gates.unsqueeze(-1)).flatten(1)
         d_gates = (d_hg * h).sum(-1)
         d_logits = gates * (d_gates - (gates * d_gates).sum(-1, keepdim=True))
-        dx = (flat_dy @ weight).addmm_(d_h, lora_A, alpha=s).addmm_(d_logits, router, alpha=s).view(x.shape)
+        dx = None
+        if ctx.needs_input_grad[0]:
+            dx = (flat_dy @ weight).addmm_(d_h, lora_A, alpha=s).addmm_(d_logits, router, alpha=s).view(x.shape)
         dA = d_h.t() @ flat_x * s
         dB = flat_dy.t() @ (h * gates.unsqueeze(-1)).flatten(1) * s
         d_router = d_logits.t() @ flat_x * s
