@@ -11,8 +11,9 @@ alternate quiet and busy phases (the neighbour: `while True: pass` in another pr
 and stopped by this script); within a phase every policy runs in turn, the order rotating. Each
 turn first steps untimed for --settle seconds (auto re-reads the load every 2 s), then times
 --steps steps. Reported: median step per policy and phase, busy/quiet ratios, the busy step against
-the quiet one-thread step (the floor on 2 cores: the neighbour holds one of them, so busy/quiet cannot
-go below the quiet speed-up of 2 threads over 1), and the load other processes put on these cores
+the quiet one-thread step (the floor for one process on 2 cores: its threads meet at a barrier in every
+operator, so with the neighbour on a core busy/quiet cannot go below the quiet speed-up of 2 threads
+over 1; two processes do better, bench/ddp_neighbour.py), and the load other processes put on these cores
 during the quiet phases (the machine may not be idle).
 Prints one JSON object.
 
@@ -143,8 +144,8 @@ def main() -> None:
         "ms_per_step": ms,
         "busy_over_quiet": {p: round(m["busy"] / m["quiet"], 2) for p, m in ms.items()},
         "busy_over_best_quiet": {p: round(m["busy"] / best_quiet, 2) for p, m in ms.items()},
-        # the floor: a neighbour holding one of the cores leaves at most the others, so no policy's busy
-        # step can beat the quiet step on one core fewer (here, with 2 cores: the quiet one-thread step)
+        # the floor for one process: its threads wait for each other at every operator, so with a neighbour
+        # on one core no thread policy's busy step beats the quiet step on one core fewer (here: one thread)
         "busy_over_quiet_one_core_fewer": {p: round(m["busy"] / ms["threads_1"]["quiet"], 2) for p, m in ms.items()}
         if "threads_1" in ms else None,
         "quiet_all_threads_speedup_over_one": round(ms["threads_1"]["quiet"] / ms["threads_all"]["quiet"], 2)
