@@ -42,6 +42,14 @@ def add_low_rank(result: torch.Tensor, h: torch.Tensor, lora_B: torch.Tensor, sc
     return result
 
 
+def frozen_float32_training(base: torch.nn.Module, x: torch.Tensor) -> bool:
+    """Whether a hand-written training function may stand in for autograd around ``base``: gradients
+    on, a float32 input into a frozen float32 nn.Linear (no gradient for its weight or bias)."""
+    return (torch.is_grad_enabled() and isinstance(base, torch.nn.Linear)
+            and x.dtype == base.weight.dtype == torch.float32 and not base.weight.requires_grad
+            and (base.bias is None or not base.bias.requires_grad))
+
+
 class MergedLowRank(torch.autograd.Function):
     """y = x (W + s B A)^T + bias, with gradients for x, A and B only (W and bias frozen).
 
@@ -92,9 +100,7 @@ class FusedLoraLinear(PeftLoraLinear):
             return super().forward(x, *args, **kwargs)
         names = [name for name in self.active_adapters if name in self.lora_A]
         base = self.base_layer
-        if (torch.is_grad_enabled() and len(names) == 1 and isinstance(base, torch.nn.Linear)
-                and x.dtype == base.weight.dtype == torch.float32 and not base.weight.requires_grad
-                and (base.bias is None or not base.bias.requires_grad)):
+        if len(names) == 1 and frozen_float32_training(base, x):
             (name,) = names
             return MergedLowRank.apply(x, base.weight, base.bias, self.lora_A[name].weight,
                                        self.lora_B[name].weight, self.scaling[name])

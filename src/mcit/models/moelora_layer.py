@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .fused_lora import add_low_rank
+from .fused_lora import add_low_rank, frozen_float32_training
 
 IMPLS = ("fused", "reference")
 
@@ -185,12 +185,11 @@ class MoELoRALinear(nn.Module):
 
     def _dense_fused(self, x: torch.Tensor) -> bool:
         """Whether the training forward can run as DenseMoELoRA: dense routing without the balance
-        loss's record, float32 throughout, a frozen Linear base, no dropout between x and A."""
-        base = self.base_layer
+        loss's record, float32 throughout, a frozen Linear base, no dropout between x and A. That
+        function routes inside it (softmax of the router's logits), not through :meth:`gates`."""
         return (self.impl == "fused" and self.top_k is None and not self.record_router
-                and torch.is_grad_enabled() and isinstance(base, nn.Linear) and isinstance(self.dropout, nn.Identity)
-                and x.dtype == base.weight.dtype == self.lora_A.dtype == self.router.weight.dtype == torch.float32
-                and not base.weight.requires_grad and (base.bias is None or not base.bias.requires_grad))
+                and isinstance(self.dropout, nn.Identity) and frozen_float32_training(self.base_layer, x)
+                and self.lora_A.dtype == self.router.weight.dtype == torch.float32)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._dense_fused(x):
