@@ -32,7 +32,8 @@ from test_end_to_end import SMALL
 from safetensors.torch import load_file
 
 from mcit.cli import main
-from mcit.distributed import check_engine, enable_gradient_checkpointing, merge_shards, per_process_batch, shard
+from mcit.distributed import check_engine, enable_gradient_checkpointing, merge_shards, shard
+from mcit.launch import per_process_batch
 from mcit.models.load import load_checkpoint
 from mcit.config import ConfigError
 from mcit.report.matrix import load_matrix
@@ -139,7 +140,7 @@ def test_after_step_sees_the_all_reduced_gradients_of_the_global_batch(tmp_path)
 
 # olora adds an adapter per task, lcia one per new instruction group: DDP is re-wrapped
 @pytest.mark.parametrize("method", ["lora", "olora", "lcia"])
-def test_two_processes_give_the_single_process_matrix(tmp_path, monkeypatch, method):
+def test_two_processes_give_the_single_process_matrix(tmp_path, monkeypatch, capfd, method):
     args = [*SMALL, f"method.name={method}", "train.checkpoint_every=2", f"output_dir={tmp_path / 'runs'}"]
     if method == "lcia":  # SMALL's two tasks share their instruction line: a threshold above 1 always expands;
         # expand tasks keep the projector's balanced EMA, so the coefficients run across processes too
@@ -153,7 +154,14 @@ def test_two_processes_give_the_single_process_matrix(tmp_path, monkeypatch, met
     finally:
         torch.set_num_threads(threads)
     # A fresh cache: the 2-process run builds the base model too (main process alone, others wait).
-    done = _accelerate_launch(["-m", "mcit", "run", *args, "name=two"], _env(tmp_path / "cache2"))
+    if method == "olora":  # mcit's own launch: `mcit run --processes 2` (torch's launcher underneath)
+        capfd.readouterr()
+        monkeypatch.setenv("MCIT_CACHE", str(tmp_path / "cache2"))
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")  # as the one-process run above (kept by --processes)
+        code = main(["run", "--processes", "2", *args, "name=two"])
+        done = SimpleNamespace(returncode=code, **dict(zip(("stdout", "stderr"), capfd.readouterr())))
+    else:
+        done = _accelerate_launch(["-m", "mcit", "run", *args, "name=two"], _env(tmp_path / "cache2"))
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("run folder:") == 1  # only the main process prints
 

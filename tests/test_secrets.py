@@ -126,6 +126,14 @@ def test_redact_message_masks_argv_and_environment_secrets():
     assert masked == "bad value '***' for x; env key ***; url http://***@h/v1"
 
 
+def test_the_shells_working_directory_is_not_masked_as_a_password():
+    """PWD holds the current directory ("pwd" is also short for password): an error naming a path
+    under it must stay readable; a PWD-like credential variable is still masked."""
+    env = {"PWD": "/home/me/project", "OLDPWD": "/home/me/elsewhere", "DB_PWD": "p4ssw0rd-long"}
+    message = "no folder Original in /home/me/project/coin (was /home/me/elsewhere); p4ssw0rd-long"
+    assert redact_message(message, [], env) == "no folder Original in /home/me/project/coin (was /home/me/elsewhere); ***"
+
+
 def test_redact_config_masks_a_copy_and_keeps_the_original():
     cfg = load_config(None, ["judge.base_url=http://u:pw@h:8000/v1?token=t&x=1"])
     assert redact_config(cfg).judge.base_url == "http://***@h:8000/v1?token=***&x=1"

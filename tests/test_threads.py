@@ -106,3 +106,26 @@ def test_auto_keeps_an_explicit_omp_num_threads(tmp_path, monkeypatch):
     _stat(stat, [0, 0, 0, 0])
     assert ThreadGovernor(0, stat=stat).start() == 2
     assert threads.describe(0)["threads_at_start"] == 2
+
+
+def test_a_one_process_run_hears_once_that_a_busy_machine_took_its_cores(tmp_path, monkeypatch):
+    monkeypatch.setattr(threads, "usable_cores", lambda: [0, 1])
+    monkeypatch.setattr(threads, "own_cpu_seconds", lambda: 0.0)
+    monkeypatch.setattr(threads, "_hinted", False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    hz = threads.os.sysconf("SC_CLK_TCK")
+    stat, now, heard = tmp_path / "stat", [0.0], []
+    _stat(stat, [0, 0])
+    quiet = ThreadGovernor(0, stat=stat, clock=lambda: now[0], hint=heard.append)
+    quiet.start()
+    now[0] = 10.0
+    quiet.tick()  # both cores free: nothing to say
+    assert heard == []
+    for stage in range(2):  # one governor per stage; the hint comes once per process
+        gov = ThreadGovernor(0, stat=stat, clock=lambda: now[0], hint=heard.append)
+        gov.start()
+        now[0] += 10.0
+        _stat(stat, [int(now[0] * hz), 0])  # core 0 busy all along
+        gov.tick()
+        assert torch.get_num_threads() == 1
+    assert len(heard) == 1 and "drops to 1 thread" in heard[0] and "mcit run --processes 2" in heard[0]

@@ -34,10 +34,22 @@ def cmd_run(args) -> int:
         cfg.output_dir, cfg.name = str(run_dir.parent), run_dir.name
     else:
         cfg = load_checked_config(args.config, args.overrides)
+    if args.processes != 1:
+        return _run_as_processes(args, cfg)
     from .train import run_stream  # torch, transformers, PEFT: only once everything above passed
 
     run_stream(cfg, resume=bool(args.resume))
     return 0
+
+
+def _run_as_processes(args, cfg) -> int:
+    """`--processes N`: the checked run started as N data-parallel processes (mcit.launch)."""
+    from .launch import check_processes, run_processes
+    from .threads import usable_cores
+
+    check_processes(args.processes, cfg.train.batch_size)
+    run_args = ["--resume", args.resume] if args.resume else [*([args.config] if args.config else []), *args.overrides]
+    return run_processes(args.processes, run_args, len(usable_cores()))
 
 
 def load_checked_config(config: str | Path | None, overrides: list[str]):
@@ -297,6 +309,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("config", nargs="?", help="YAML config (default: the built-in default.yaml)")
     run.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=3e-4 method.name=full")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run after its last completed stage")
+    run.add_argument("--processes", type=int, default=1, metavar="N",
+                     help="train and evaluate as N data-parallel processes on this machine (torch's launcher; gloo on "
+                          "CPU): on a CPU shared with a busy process, 2 lose far less than 1 (float rounding differs "
+                          "from one process: compare methods within one layout). Default: 1")
     run.set_defaults(func=cmd_run)
     judge = sub.add_parser("judge", help="score a run's saved predictions with the General Knowledge judge",
                            description="Re-score RUN_DIR's saved predictions with a judge (no model is loaded) "
@@ -431,10 +447,6 @@ _OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")  # `key.sub=value`, not a path (dat
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     _current_argv[:] = argv
-    # `mcit run key=value` (no config file): argparse would take the override as CONFIG.
-    head = 2 if argv[:2] == ["data", "check"] else 1
-    if argv[:1] not in (["judge"], ["emt"]) and len(argv) > head and _OVERRIDE.match(argv[head]):
-        argv = [*argv[:head], str(DEFAULT_CONFIG), *argv[head:]]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # checkpoints are local folders, never downloads
     # PEFT still calls a transformers property deprecated in v5; the warning says nothing to users.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
@@ -446,6 +458,9 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides, extra = [*args.overrides, *extra], []
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    # `mcit run [--option ...] key=value` (no config file): argparse took the first override as CONFIG.
+    if getattr(args, "config", None) and _OVERRIDE.match(args.config):
+        args.config, args.overrides = None, [args.config, *args.overrides]
     try:
         code = args.func(args)
         if "torch.distributed" in sys.modules:  # never imported: no process group, and no torch import to ask

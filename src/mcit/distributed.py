@@ -32,18 +32,12 @@ import torch
 from accelerate.utils import DistributedType, broadcast_object_list, gather_object, send_to_device
 
 from .config import ConfigError
+from .launch import per_process_batch
 
 # Engines where the wrapped model is a DistributedDataParallel over a module we can re-wrap.
 _DDP_TYPES = {getattr(DistributedType, n) for n in ("MULTI_CPU", "MULTI_GPU", "MULTI_NPU", "MULTI_XPU",
                                                      "MULTI_MLU", "MULTI_MUSA", "MULTI_HPU", "MULTI_SDAA")
               if hasattr(DistributedType, n)}
-
-
-def per_process_batch(batch_size: int, num_processes: int, what: str = "train.batch_size") -> int:
-    if batch_size % num_processes:
-        raise ConfigError(f"{what}={batch_size} is the global batch and must be divisible by the "
-                          f"{num_processes} processes (each gets batch_size / num_processes samples)")
-    return batch_size // num_processes
 
 
 # Methods verified to train sharded as they do on one process (tests/test_fsdp.py and the runs

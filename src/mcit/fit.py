@@ -22,7 +22,7 @@ from . import checkpoint as ckpt
 from .data.encode import collate
 from .distributed import backward, global_loss_kwargs, mean_over_processes
 from .methods.base import Method, TaskContext, needs_all_logits
-from .progress import Progress
+from .progress import Progress, note
 from .threads import ThreadGovernor
 from .tracking import TrainLog
 
@@ -125,7 +125,7 @@ def train_task(model, method: Method, ctx: TaskContext, items: list[dict], run_c
     else:
         optimizer, loader, scheduler = acc.prepare(optimizer, loader, scheduler)
 
-    governor = ThreadGovernor(tc.threads)
+    governor = ThreadGovernor(tc.threads, hint=note if acc.num_processes == 1 and acc.is_main_process else None)
     governor.start()
     forward = _compiled(model) if tc.compile else model
     # Logits only where an answer token is scored, unless a method reads them all (LwF) or the model

@@ -43,6 +43,12 @@ def _print(line: str) -> None:
     print(line, flush=True)
 
 
+def note(line: str) -> None:
+    """A message printed while a bar may be on screen, above it instead of through it."""
+    tqdm.write(line)
+    sys.stdout.flush()
+
+
 def duration(seconds: float) -> str:
     """12s, 3m05s, 2h07m."""
     s = int(round(seconds))

@@ -26,6 +26,7 @@ _SECRET_NAME = re.compile(r"key|token(?!s)|secret|passw|pwd|credential", re.IGNO
 _SHORTEST_SECRET = 4  # shorter values ("1", "abc") would mask ordinary words of a message
 _SHORTEST_ENV_SECRET = 8  # an environment variable is only masked when it is key-sized ("true" is not)
 _NOT_SECRET_SUFFIXES = ("_env", "_path", "_file", "_dir")  # they name where a secret is, not the secret
+_SHELL_DIRS = ("PWD", "OLDPWD")  # the shell's working directories: "pwd" names no password there
 
 
 def is_secret_name(name: str) -> bool:
@@ -60,7 +61,8 @@ def secret_values(argv: Sequence[str], environ: Mapping[str, str] | None = None)
     """Every secret in ``argv`` and in the environment, longest first (so a longer secret is masked
     whole before a shorter one inside it)."""
     environ = os.environ if environ is None else environ
-    found = [value for name, value in environ.items() if is_secret_name(name) and len(value) >= _SHORTEST_ENV_SECRET]
+    found = [value for name, value in environ.items()
+             if is_secret_name(name) and name not in _SHELL_DIRS and len(value) >= _SHORTEST_ENV_SECRET]
     for i, arg in enumerate(argv):
         name, sep, value = arg.partition("=")
         if sep and is_secret_name(name):

@@ -329,8 +329,8 @@ def save_environment(run_dir: str | Path, cfg: Any, extra: dict[str, Any] | None
 
 
 def _threads_record(cfg: Any) -> dict[str, Any] | None:
-    """train.threads, the usable cores and the threads a stage starts with (mcit.threads loads torch:
-    only imported once a run is under way)."""
+    """train.threads, the usable cores and the threads a stage starts with (recorded only once a run
+    is under way, torch loaded)."""
     train = getattr(cfg, "train", None)
     if train is None or "torch" not in sys.modules:
         return None

@@ -9,6 +9,8 @@ and uses the cores left free, at least one. A task stage's results do not depend
 torch's CPU kernels give the same numbers with 1 or 2 threads here (checked in tests/test_threads.py).
 The vision-encoder stage's do (its last bits), so it runs at a fixed count (recipes/base_model.py).
 Written by hand: neither torch nor Accelerate adapts its thread count to load.
+Light module (torch is imported where threads are set): `mcit run --processes` counts cores before
+torch is loaded.
 """
 from __future__ import annotations
 
@@ -16,8 +18,7 @@ import math
 import os
 import time
 from pathlib import Path
-
-import torch
+from typing import Callable
 
 PROC_STAT = Path("/proc/stat")
 CHECK_EVERY_S = 2.0  # how often auto re-reads the load: a few steps, so a neighbour costs little
@@ -71,12 +72,21 @@ def threads_for(cores: int, others_busy: float) -> int:
     return max(1, min(cores, math.floor(cores - others_busy + SPARE)))
 
 
+BUSY_HINT = ("mcit: another process is using this machine's cores; training drops to {threads} thread(s), about "
+             "its one-thread speed. Two processes of one thread each lose far less beside a busy neighbour: "
+             "`mcit run --processes 2 ...` (float rounding differs from one process: compare methods within "
+             "one layout)")
+_hinted = False  # the hint is given once per process, not once per stage
+
+
 class ThreadGovernor:
     """Sets torch's thread count at the start and, in auto mode (setting 0), re-checks the load
-    every CHECK_EVERY_S seconds from `tick()`, called once per optimizer step."""
+    every CHECK_EVERY_S seconds from `tick()`, called once per optimizer step. `hint` (a printer;
+    the main process of a one-process run passes one) hears once when the load first takes cores away."""
 
-    def __init__(self, setting: int, stat: Path = PROC_STAT, clock=time.monotonic):
-        self.setting, self.stat, self.clock = setting, stat, clock
+    def __init__(self, setting: int, stat: Path = PROC_STAT, clock=time.monotonic,
+                 hint: Callable[[str], None] | None = None):
+        self.setting, self.stat, self.clock, self.hint = setting, stat, clock, hint
         self.cores = usable_cores()
         self.cap = thread_cap(len(self.cores))
         self.used: set[int] = set()
@@ -101,13 +111,20 @@ class ThreadGovernor:
         wall, busy, own = (a - b for a, b in zip(sample, self._last))
         self._last = sample
         others = max(0.0, (busy - own) / wall) if wall > 0 else 0.0
-        self._apply(min(self.cap, threads_for(len(self.cores), others)))
+        threads = min(self.cap, threads_for(len(self.cores), others))
+        self._apply(threads)
+        global _hinted
+        if threads < self.cap and self.hint is not None and not _hinted:
+            _hinted = True
+            self.hint(BUSY_HINT.format(threads=threads))
 
     def _sample(self) -> tuple[float, float, float] | None:
         busy = busy_seconds(self.cores, self.stat)
         return None if busy is None else (self.clock(), busy, own_cpu_seconds())
 
     def _apply(self, threads: int) -> None:
+        import torch
+
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
         self.used.add(threads)

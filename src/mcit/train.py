@@ -25,13 +25,14 @@ from .data.encode import encode_for_training
 from .data.stream import Stream, build_stream, cache_dir
 from .distributed import (accelerator_options, check_deepspeed, check_engine, check_engine_settings,
                           copy_for_engine, enable_gradient_checkpointing, engine_in_use, gather_into, gather_records,
-                          merge_shards, on_main, per_process_batch, rewrap_if_changed, shard, shard_for_training,
+                          merge_shards, on_main, rewrap_if_changed, shard, shard_for_training,
                           trainable_ids, uses_deepspeed, uses_fsdp, whole_models)
 from .emt.curve import EmtTracker
 from .eval.evaluate import evaluate_task, max_new_tokens_for, trivial_baseline
 from .eval.generate import EvalTiming, PromptCache
 from .export import base_model_record
 from .fit import steps_for, train_task
+from .launch import per_process_batch
 from .methods import Method, TaskContext, build_method
 from .metrics import compute_metrics
 from .models.folder_check import check_run_models
