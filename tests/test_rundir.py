@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -72,6 +73,58 @@ def test_existing_folder_with_other_config_is_refused(tmp_path):
     message = str(info.value)
     assert str(run_dir) in message and "train.lr" in message
     assert (run_dir / "config.yaml").read_text() == before
+
+
+@pytest.mark.parametrize("method, unused_change, used_change", [
+    ("lora", "method.ewc_lambda=5", "method.lora_r=4"),
+    ("ewc", "method.lcia_fallback=0.5", "method.ewc_lambda=5"),  # an addition alone runs on lora
+    ("ewc", "method.replay_ratio=0.9", "method.lora_r=4"),
+    ("lcia-ema", "method.lcia_threshold=0.5", "method.lcia_fallback=0.5"),
+])
+def test_a_new_value_of_a_setting_the_method_never_reads_keeps_the_same_run(tmp_path, method, unused_change,
+                                                                            used_change):
+    cfg = make_cfg(tmp_path, "name=r", f"method.name={method}")
+    run_dir = create_run_dir(cfg)
+    save_run_info(run_dir, cfg, {})
+    assert create_run_dir(make_cfg(tmp_path, "name=r", f"method.name={method}", unused_change)) == run_dir
+    with pytest.raises(RunError, match=used_change.split("=")[0]):
+        create_run_dir(make_cfg(tmp_path, "name=r", f"method.name={method}", used_change))
+    with pytest.raises(RunError, match="method.with"):  # another part is another run
+        create_run_dir(make_cfg(tmp_path, "name=r", f"method.name={method}", "method.with=[replay]"))
+
+
+def test_unused_settings_are_the_ones_no_part_declares():
+    from mcit.methods.registry import unused_settings
+
+    assert "replay_ratio" not in unused_settings("lora", ["replay"])
+    assert {"replay_ratio", "ewc_lambda", "moe_experts", "lcia_fallback"} <= unused_settings("lora", [])
+    assert "lora_r" not in unused_settings("ewc", [])  # on lora
+    assert "lora_r" in unused_settings("full", []) and "train_projector" not in unused_settings("full", [])
+    assert unused_settings("my.module:Method", []) == set()  # a method from outside mcit may read anything
+    assert unused_settings("lora", ["my.module:Extra"]) == set()
+
+
+def test_each_method_file_reads_only_the_settings_its_spec_declares():
+    """What makes unused_settings safe: every method.* setting a built-in method's code (the files
+    of its class and base classes) reads is declared by its spec. Any attribute of a setting's
+    name counts as a read (`c.lora_r`, `self.cfg.lora_r`): too many, never too few."""
+    import inspect
+
+    from mcit.methods.registry import BUILTIN, _union_fields
+
+    fields = {n for n, _, _ in _union_fields([c for s in BUILTIN for c in s.settings])}
+    # lcia-ema is LCIA with grouping off: LCIA's constructor reads the grouping settings, which
+    # only the grouping decision (never reached) uses.
+    never_reached = {"lcia-ema": {"lcia_grouping", "lcia_threshold", "lcia_similarity", "lcia_tfidf",
+                                  "lcia_expand_ema"}}
+    seen = {}
+    for spec in BUILTIN:
+        declared = {f.name for c in spec.settings for f in dataclasses.fields(c)}
+        files = {inspect.getsourcefile(k) for k in spec.load().__mro__ if k.__module__.startswith("mcit.methods")}
+        read = {m for f in files for m in re.findall(r"\.(\w+)", Path(f).read_text())} & fields
+        assert read - declared - never_reached.get(spec.name, set()) == set(), spec.name
+        seen[spec.name] = read
+    assert seen["lora"] >= {"lora_r", "train_projector"} and "lcia_fallback" in seen["lcia-ema"]  # the scan sees reads
 
 
 def test_existing_folder_with_unreadable_config_is_refused(tmp_path):

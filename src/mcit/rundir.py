@@ -90,10 +90,18 @@ def _content_dict(cfg: Any) -> dict[str, Any]:
 
 
 def _result_dict(cfg: Any) -> dict[str, Any]:
-    """The settings that decide a run's results: its content without the speed-only keys."""
+    """The settings that decide a run's results: its content without the speed-only keys and
+    without the settings of methods the run does not use (a new default for EWC's lambda leaves
+    a finished LoRA run the same run)."""
+    from .methods.registry import unused_settings
+
     data = _content_dict(cfg)
     for section, key in _SPEED_ONLY_KEYS:
         data.get(section, {}).pop(key, None)
+    method = data.get("method")
+    if isinstance(method, dict) and isinstance(method.get("name"), str):
+        for key in unused_settings(method["name"], list(method.get("with") or [])):
+            method.pop(key, None)
     return data
 
 

@@ -265,6 +265,20 @@ def settings_markdown() -> str:
     return "\n".join(rows)
 
 
+def unused_settings(name: str, with_: list[str]) -> set[str]:
+    """The built-in method settings that no part of the method `name` with `with_` declares, hence
+    never reads (tests/test_method_plugins.py checks each method file reads only what its spec
+    declares): a run's results cannot depend on them. Empty when a part is not built in (its
+    class may read anything). Names only: nothing is imported or resolved."""
+    parts = [SPECS.get(n) for n in [name, *with_]]
+    if any(p is None for p in parts):
+        return set()
+    if parts[0].role == ADDITION:
+        parts.append(SPECS[DEFAULT_BASE])
+    declared = {f.name for p in parts for c in p.settings for f in dataclasses.fields(c)}
+    return {n for n, _, _ in _union_fields([c for s in BUILTIN for c in s.settings])} - declared
+
+
 def _names(role: str) -> str:
     return ", ".join(s.name for s in BUILTIN if s.role == role)
 
