@@ -7,7 +7,7 @@ Two parts (spec: shared/reference/methods.md, "LCIA / LLaCA"):
 
        a = 2 (1 + ||g_t||_1) / (||theta_t - theta*_{t-1}||_1 * ||g_t - g_{t-1}||_1)
 
-   used only if 0 < a < 1, else method.lcia_fallback (the paper's 0.01; default 0.03, tuned on
+   used only if 0 < a < 1, else method.lcia_fallback (the paper's 0.01; default 0.1, tuned on
    coin-mini); on the first step of a task (no g_{t-1}) the fallback too. The shadow theta* is
    taken at the task's first step (so that step's update is a no-op) and written into the live
    weights at the end of the task. A trainable tensor without a gradient is counted and reported

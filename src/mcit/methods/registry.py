@@ -31,7 +31,7 @@ DEFAULT_BASE = "lora"  # what an addition named alone (method.name=ewc) runs on,
 
 # How a default was chosen: a grid run with `mcit tune` on the tuning stream (the four coin-mini
 # tasks the comparison does not use), best mean final accuracy; README, "How the defaults were tuned".
-_TUNED = " [tuned on coin-mini: mcit tune configs/tune_small.yaml, best mean MFN over seeds 0,1 of {grid}; {paper}]"
+_TUNED = " [tuned on coin-mini: mcit tune configs/tune_small.yaml, best mean MFN over seeds 0,1,2 of {grid}; {paper}]"
 _POSITIVE, _NON_NEGATIVE, _WEIGHT = POSITIVE, NON_NEGATIVE, Range(0, 1, low_open=True)
 
 
@@ -93,8 +93,8 @@ class EMASettings:
 @dataclass
 class LCIABalancedSettings:
     lcia_fallback: float = setting(
-        0.03, "lcia: the EMA weight used where the balanced coefficient is not in (0, 1)"
-        + _TUNED.format(grid="0.01, 0.03, 0.1", paper="the paper: 0.01"), aliases=("fallback",), check=_WEIGHT)
+        0.1, "lcia: the EMA weight used where the balanced coefficient is not in (0, 1)"
+        + _TUNED.format(grid="0.01, 0.03, 0.1, 0.3", paper="the paper: 0.01"), aliases=("fallback",), check=_WEIGHT)
 
 
 @dataclass
@@ -126,8 +126,8 @@ class ReplaySettings:
         "balanced", 'replay: "reservoir" sampling over everything seen, or "balanced" (equal share per earlier task)',
         aliases=("buffer_selection",))
     replay_ratio: float = setting(
-        0.25, "replay: buffer samples mixed in per task, as a fraction of the task's own training samples"
-        + _TUNED.format(grid="0.1, 0.25, 0.5", paper="with replay_size 200"),
+        0.5, "replay: buffer samples mixed in per task, as a fraction of the task's own training samples"
+        + _TUNED.format(grid="0.1, 0.25, 0.5, 1", paper="with replay_size 200"),
         aliases=("mix_ratio", "replay_fraction"), check=_NON_NEGATIVE)
 
 
