@@ -142,9 +142,9 @@ class EWCSettings:
 
 @dataclass
 class LwFSettings:
-    lwf_lambda: float = setting(0.05, "lwf: weight of KL(previous stage || current) on the answer tokens"
-                                + _TUNED.format(grid="0.05, 0.1, 0.25, 1, 4", paper="at the grid's low edge; "
-                                                "every value stayed below LoRA's MFN there"),
+    lwf_lambda: float = setting(0.01, "lwf: weight of KL(previous stage || current) on the answer tokens"
+                                + _TUNED.format(grid="0.01, 0.05, 0.1, 0.25, 1, 4", paper="at the grid's low edge "
+                                                "again: less distillation was better down to LoRA's own MFN"),
                                 aliases=("lwf_weight", "distill_weight"), check=_NON_NEGATIVE)
     lwf_temperature: float = setting(2.0, "lwf: softmax temperature of the distillation", aliases=("temperature",),
                                      check=_POSITIVE)
