@@ -152,9 +152,8 @@ class LwFSettings:
 
 @dataclass
 class OLoRASettings:
-    olora_lambda: float = setting(0.01, "olora: weight of the orthogonality loss sum |A_t A_j^T| over earlier tasks j"
-                                  + _TUNED.format(grid="0.01, 0.05, 0.5, 5", paper="at the grid's low edge; "
-                                                  "O-LoRA: about 0.05"),
+    olora_lambda: float = setting(0.05, "olora: weight of the orthogonality loss sum |A_t A_j^T| over earlier tasks j"
+                                  + _TUNED.format(grid="0.01, 0.05, 0.5, 5", paper="O-LoRA: about 0.05"),
                                   aliases=("orth_weight", "lambda_orth"), check=_NON_NEGATIVE)
 
 
