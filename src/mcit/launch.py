@@ -1,5 +1,6 @@
 """`mcit run --processes N`: the same run as N data-parallel processes on this machine, started by
-torch's elastic launcher (what `torchrun --standalone` runs), so a user does not have to know it. The checks run before torch is imported.
+torch's elastic launcher (what `torchrun --standalone` runs), so a user does not have to know it.
+The checks run before torch is imported.
 
 Why offer it: on a CPU shared with a busy neighbour, one process's OpenMP threads meet at a barrier
 inside every operator and its step slows to its one-thread time (1.6x its quiet step on 2 cores);

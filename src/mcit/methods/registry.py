@@ -267,7 +267,7 @@ def settings_markdown() -> str:
 
 def unused_settings(name: str, with_: list[str]) -> set[str]:
     """The built-in method settings that no part of the method `name` with `with_` declares, hence
-    never reads (tests/test_method_plugins.py checks each method file reads only what its spec
+    never reads (tests/test_rundir.py checks each method file reads only what its spec
     declares): a run's results cannot depend on them. Empty when a part is not built in (its
     class may read anything). Names only: nothing is imported or resolved."""
     parts = [SPECS.get(n) for n in [name, *with_]]
