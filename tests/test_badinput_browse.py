@@ -94,7 +94,7 @@ CASES = {
                     ["lcia", "cannot be merged", "instruction"]),
     "export-moelora-several-experts": (
         lambda run, tmp: _method(run, "name: moelora") or ["export", str(run), "--merge", str(tmp / "out")],
-        ["moelora", "moe_experts=2", "router"]),
+        ["moelora", "moe_experts=4", "router"]),
     "export-base-model-gone": (
         lambda run, tmp: _base(run, lambda b: b.update(path=str(tmp / "gone"), sha256="0" * 64))
         or ["export", str(run), "--merge", str(tmp / "out")],

@@ -291,7 +291,7 @@ def test_old_flat_keys_and_saved_configs_still_load(tmp_path):
     # the saved file's values where today's defaults moved since (issue 16's 3-seed tuning)
     assert load_config(old).method == load_config(None, [
         "method.name=ewc", "method.ewc_lambda=100", "method.lora_r=8", "method.lcia_fallback=0.03",
-        "method.replay_ratio=0.25", "method.lwf_lambda=0.05", "method.olora_lambda=0.01"]).method
+        "method.replay_ratio=0.25", "method.lwf_lambda=0.05", "method.olora_lambda=0.01", "method.moe_experts=2"]).method
     for path in sorted(Path(DEFAULT_CONFIG).parent.glob("*.yaml")):
         load_config(path)
     with pytest.raises(ConfigError, match="did you mean 'method.ewc_lambda'"):

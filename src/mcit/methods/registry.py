@@ -57,10 +57,8 @@ class ProjectorSettings:
 
 @dataclass
 class MoESettings:
-    moe_experts: int = setting(2, "moelora: LoRA experts per adapted layer, each of rank lora_r / moe_experts"
-                               + " [tuned on coin-mini over seeds 0,1 of 2, 4, 8 (2 and 8 tied on MFN); over seeds "
-                               "0,1,2 the best is 4, not yet applied: README, \"How the defaults were tuned\"; CoIN: 8 "
-                               "experts of rank 16]",
+    moe_experts: int = setting(4, "moelora: LoRA experts per adapted layer, each of rank lora_r / moe_experts"
+                               + _TUNED.format(grid="2, 4, 8", paper="CoIN: 8 experts of rank 16"),
                                aliases=("experts", "num_experts", "expert_num", "n_experts"), check=AT_LEAST_ONE)
     moe_top_k: int | None = setting(
         None, "moelora: experts each token uses (gates renormalised over them); null = dense, all experts",
