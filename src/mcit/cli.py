@@ -247,10 +247,7 @@ def cmd_config_show(args) -> int:
     """The resolved config with every key's help text, as a run would save it."""
     from .config import config_hash, config_to_yaml, load_config
 
-    overrides = list(args.overrides)
-    if args.config and _OVERRIDE.match(args.config):  # `mcit config show key=value`: no config file given
-        args.config, overrides = None, [args.config, *overrides]
-    cfg = load_config(_config_path(args.config), overrides)
+    cfg = load_config(_config_path(args.config), list(args.overrides))  # main() moved a leading key=value here
     print(config_to_yaml(cfg, header=f"resolved mcit configuration (config hash {config_hash(cfg)})"), end="")
     return 0
 
@@ -458,7 +455,8 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides, extra = [*args.overrides, *extra], []
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    # `mcit run [--option ...] key=value` (no config file): argparse took the first override as CONFIG.
+    # `mcit run [--option ...] key=value` with no config file, and the same for every command taking
+    # CONFIG (compare, tune, data check, base-model, config show): argparse took the override as CONFIG.
     if getattr(args, "config", None) and _OVERRIDE.match(args.config):
         args.config, args.overrides = None, [args.config, *args.overrides]
     try:
